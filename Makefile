@@ -1,0 +1,41 @@
+# One command each: `make test`, `make demo`. Both build .venv from the project's own files.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv test test-fast demo bench wheel lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e ".[notebooks,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+test-fast: venv
+	$(PY) -m pytest tests -m "not slow"
+
+demo: venv
+	$(PY) -m gi_utils.pipeline
+
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+wheel: venv
+	$(PY) -m build --wheel --outdir dist .
+
+lint: venv
+	$(PY) -m ruff check gi_utils tests benchmarks notebooks
+
+clean:
+	rm -rf $(VENV) dist build *.egg-info

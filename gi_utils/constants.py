@@ -1,0 +1,56 @@
+"""Constants of the competition and the project, defined once and imported everywhere.
+
+The class order is the order of the rows in ``train.csv`` and of the mask channels
+everywhere in this package: channel 0 = large bowel, 1 = small bowel, 2 = stomach.
+Swapping the two bowels is the classic bug of public code for this competition, so no
+other module spells these names out.
+"""
+
+from __future__ import annotations
+
+#: Class names in ``train.csv`` order; also the channel order of every mask array.
+CLASSES: tuple[str, ...] = ("large_bowel", "small_bowel", "stomach")
+NUM_CLASSES: int = len(CLASSES)
+CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
+
+#: Overlay colours (RGB, 0-1) per class, in class order.
+CLASS_COLORS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.85, 0.0),  # large bowel: yellow
+    (0.0, 0.8, 0.2),  # small bowel: green
+    (0.9, 0.1, 0.1),  # stomach: red
+)
+
+#: Columns of train.csv and of a submission.
+TRAIN_CSV_COLUMNS: tuple[str, ...] = ("id", "class", "segmentation")
+SUBMISSION_COLUMNS: tuple[str, ...] = ("id", "class", "predicted")
+
+#: Environment variable that names the data root.
+DATA_DIR_ENV: str = "GI_DATA_DIR"
+#: Where Kaggle mounts the competition data.
+KAGGLE_DATA_DIR: str = "/kaggle/input/uw-madison-gi-tract-image-segmentation"
+#: Where a Colab user who copied the data to Google Drive keeps it.
+COLAB_DATA_DIR: str = "/content/drive/MyDrive/uw-madison-gi-tract-image-segmentation"
+#: Local fallback folder name (relative to the working directory, then the repository).
+LOCAL_DATA_DIRNAME: str = "data"
+
+#: Real image sizes in the training set as (width, height) with their pixel spacing (mm)
+#: and number of slices in train.
+REAL_SIZES: tuple[tuple[int, int, float, int], ...] = (
+    (266, 266, 1.50, 25_920),
+    (360, 310, 1.50, 11_232),
+    (276, 276, 1.63, 1_200),
+    (234, 234, 1.50, 144),
+)
+#: Slice thickness in mm (the Hausdorff metric uses depth 1 per slice regardless).
+SLICE_THICKNESS_MM: float = 3.0
+#: Number of slices per scan in the real data.
+SLICES_PER_SCAN: tuple[int, ...] = (80, 144)
+#: Full size of the real training set, used by the scale benchmark.
+REAL_TRAIN_SLICES: int = 38_496
+
+#: Metric weights: score = DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1 - hausdorff).
+DICE_WEIGHT: float = 0.4
+HAUSDORFF_WEIGHT: float = 0.6
+
+#: Case-days with known annotation problems that strong solutions drop from training.
+BAD_CASE_DAYS: tuple[str, ...] = ("case7_day0", "case81_day30")

@@ -1,0 +1,68 @@
+"""Shared fixtures: environment for offline runs and a tiny Kaggle-layout dataset."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from gi_utils.constants import CLASSES  # noqa: E402
+from gi_utils.rle import encode_rle  # noqa: E402
+
+
+def write_kaggle_tree(
+    root: Path,
+    scans: dict[str, tuple[int, int, int]],
+    masks: dict[str, np.ndarray] | None = None,
+    spacing: float = 1.5,
+) -> Path:
+    """Write a hand-made dataset in the Kaggle layout.
+
+    Args:
+        root: data root to create.
+        scans: ``{"case1_day0": (n_slices, width, height)}``.
+        masks: optional ``{"case1_day0": bool (D, H, W, 3)}``; others get empty masks.
+        spacing: pixel spacing written in the file names.
+
+    Each slice s of a scan has constant intensity ``100 * s`` so tests can tell slices apart.
+    """
+    rows = []
+    for case_day, (n, w, h) in scans.items():
+        case = case_day.split("_")[0]
+        folder = root / "train" / case / case_day / "scans"
+        folder.mkdir(parents=True, exist_ok=True)
+        vol_mask = (masks or {}).get(case_day)
+        for s in range(1, n + 1):
+            img = np.full((h, w), 100 * s, dtype=np.uint16)
+            cv2.imwrite(str(folder / f"slice_{s:04d}_{w}_{h}_{spacing:.2f}_{spacing:.2f}.png"), img)
+            for c, name in enumerate(CLASSES):
+                rle = encode_rle(vol_mask[s - 1, ..., c]) if vol_mask is not None else ""
+                rows.append((f"{case_day}_slice_{s:04d}", name, rle))
+    pd.DataFrame(rows, columns=["id", "class", "segmentation"]).to_csv(root / "train.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def tiny_tree(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """Two scans: a square 266x266 one with masks, a non-square 360x310 one without."""
+    h, w = 310, 360
+    mask = np.zeros((4, h, w, 3), dtype=bool)
+    mask[1, 10:20, 300:340, 0] = True  # large bowel, slice 2, right side
+    mask[2, 100:150, 50:60, 1] = True  # small bowel, slice 3
+    mask[2, 0, 0, 2] = True  # stomach: the very first pixel
+    mask[3, -1, -1, 2] = True  # stomach: the very last pixel
+    root = write_kaggle_tree(
+        tmp_path / "data",
+        {"case1_day0": (3, 266, 266), "case2_day5": (4, w, h)},
+        masks={"case2_day5": mask},
+    )
+    return root, mask

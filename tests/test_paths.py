@@ -1,0 +1,67 @@
+"""Data-root resolution order and its error message."""
+
+from __future__ import annotations
+
+import pytest
+
+from gi_utils import paths
+from gi_utils.paths import DataNotFoundError, resolve_data_dir
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No real mounts, no env var, an empty working directory and repository."""
+    monkeypatch.setattr(paths, "KAGGLE_DATA_DIR", str(tmp_path / "kaggle"))
+    monkeypatch.setattr(paths, "COLAB_DATA_DIR", str(tmp_path / "colab"))
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.delenv("GI_DATA_DIR", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+def _make(path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "train.csv").write_text("id,class,segmentation\n")
+    return path
+
+
+def test_order(isolated, monkeypatch):
+    t = isolated
+    repo = _make(t / "repo" / "data")
+    assert resolve_data_dir() == repo
+    cwd = _make(t / "work" / "data")
+    assert resolve_data_dir() == cwd
+    colab = _make(t / "colab")
+    assert resolve_data_dir() == colab
+    kaggle = _make(t / "kaggle")
+    assert resolve_data_dir() == kaggle
+    env = _make(t / "env")
+    monkeypatch.setenv("GI_DATA_DIR", str(env))
+    assert resolve_data_dir() == env
+    arg = _make(t / "arg")
+    assert resolve_data_dir(arg) == arg
+    assert resolve_data_dir("") == env  # "" means "search", as in the notebooks
+
+
+def test_explicit_argument_is_not_silently_replaced(isolated):
+    _make(isolated / "kaggle")
+    with pytest.raises(DataNotFoundError, match="argument data_dir.*nowhere.*missing"):
+        resolve_data_dir(isolated / "nowhere")
+
+
+def test_env_var_without_train_csv(isolated, monkeypatch):
+    (isolated / "env").mkdir()
+    monkeypatch.setenv("GI_DATA_DIR", str(isolated / "env"))
+    with pytest.raises(DataNotFoundError, match="GI_DATA_DIR.*no train.csv"):
+        resolve_data_dir()
+
+
+def test_error_lists_everything_and_says_how_to_fix(isolated):
+    with pytest.raises(DataNotFoundError) as err:
+        resolve_data_dir()
+    msg = str(err.value)
+    for place in ("kaggle", "colab", "work", "repo"):
+        assert str(isolated / place) in msg
+    assert "python -m gi_utils.synth" in msg and "GI_DATA_DIR" in msg
