@@ -6,9 +6,19 @@ import numpy as np
 import pandas as pd
 
 from gi_utils.constants import CLASSES
+from gi_utils.data import read_image, slice_mask
+from gi_utils.plotting import plot_overlays
 from gi_utils.rle import parse_rle
 
-__all__ = ["dataset_summary", "size_table", "empty_share", "mask_areas", "organ_area_by_position"]
+__all__ = [
+    "dataset_summary",
+    "size_table",
+    "empty_share",
+    "mask_areas",
+    "organ_area_by_position",
+    "sample_labelled",
+    "overlay_grid",
+]
 
 
 def dataset_summary(meta: pd.DataFrame) -> pd.Series:
@@ -62,3 +72,24 @@ def organ_area_by_position(meta: pd.DataFrame, bins: int = 20) -> pd.DataFrame:
     table.index = (edges[:-1] + edges[1:])[table.index] / 2
     table.index.name = "relative position"
     return table
+
+
+def sample_labelled(meta: pd.DataFrame, n: int = 8, seed: int = 0) -> pd.DataFrame:
+    """``n`` labelled slices drawn at random (seeded), each from a different scan when possible."""
+    labelled = meta[~meta["empty"]]
+    if labelled.empty:
+        raise ValueError("no labelled slice in the table")
+    shuffled = labelled.sample(frac=1.0, random_state=seed)
+    picks = shuffled.groupby("case_day", sort=False).head(1)
+    if len(picks) < n:
+        picks = pd.concat([picks, shuffled.drop(picks.index)])
+    return picks.head(n).sort_values(["case", "day", "slice"])
+
+
+def overlay_grid(meta: pd.DataFrame, n: int = 8, seed: int = 0, ncols: int = 4):
+    """Figure of ``n`` labelled slices with their three masks overlaid (reads the PNGs)."""
+    rows = sample_labelled(meta, n, seed)
+    images = [read_image(p) for p in rows["path"]]
+    masks = [slice_mask(r) for _, r in rows.iterrows()]
+    titles = [f"{i} ({w}x{h})" for i, w, h in zip(rows["id"], rows["width"], rows["height"])]
+    return plot_overlays(images, masks, titles, ncols=ncols)

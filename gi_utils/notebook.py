@@ -27,51 +27,52 @@ def new_names(namespace: Mapping[str, Any], before: set[str]) -> dict[str, Any]:
     return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
 
 
-def _type_ok(value: Any, default: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
+def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):
+        return bool in expected
+    if float in expected and isinstance(value, int):
+        return True  # 1 for 1.0
+    if tuple in expected and isinstance(value, list):
+        return True  # YAML gives lists
+    return isinstance(value, expected)
 
 
-def check_params(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate notebook parameters against their defaults.
+def check_params(given: Mapping[str, Any], spec: Mapping[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """Validate notebook parameters against a spec of expected types.
 
     Args:
         given: the parameters as the notebook sees them (from :func:`new_names`).
-        defaults: the parameters cell's names and default values (their types are the
-            expected types; an int is accepted where a float is expected, a list for a
-            tuple, anything where the default is ``None``).
+        spec: ``{name: type or tuple of types}``; an int is accepted for a float and a
+            list for a tuple (papermill passes YAML values).
 
     Returns:
-        The parameters, floats widened, lists turned into tuples where the default is one.
+        The parameters, ints widened to float and lists turned into tuples where the spec
+        asks for those.
 
     Raises:
-        ParameterError: an unknown name (with the list of valid names) or a wrong type.
+        ParameterError: an unknown name (listing the valid names), a missing name, or a
+            value of the wrong type; the message names the parameter.
     """
-    unknown = sorted(set(given) - set(defaults))
+    unknown = sorted(set(given) - set(spec))
     if unknown:
         raise ParameterError(
-            f"unknown notebook parameter(s) {unknown}; valid parameters: {sorted(defaults)}"
+            f"unknown notebook parameter(s) {unknown}; valid parameters: {sorted(spec)}"
         )
     out = {}
-    for name, default in defaults.items():
-        value = given.get(name, default)
-        if not _type_ok(value, default):
+    for name, expected in spec.items():
+        if name not in given:
+            raise ParameterError(f"parameter {name!r} is missing from the parameters cell")
+        value = given[name]
+        if not _type_ok(value, expected):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
             raise ParameterError(
-                f"parameter {name!r} = {value!r} has type {type(value).__name__}; "
-                f"expected {type(default).__name__} (default {default!r})"
+                f"parameter {name!r} = {value!r} has type {type(value).__name__}; expected {names}"
             )
-        if isinstance(default, float) and isinstance(value, int):
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool) and int not in kinds:
             value = float(value)
-        if isinstance(default, tuple) and isinstance(value, list):
+        if tuple in kinds and isinstance(value, list):
             value = tuple(value)
         out[name] = value
     return out

@@ -159,12 +159,16 @@ def plot_empty_share(share: pd.Series, ax: plt.Axes | None = None) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save atomically (temp file + rename) and close the figure; return the path."""
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110, close: bool = False) -> Path:
+    """Save atomically (temp file + rename); close the figure if asked; return the path.
+
+    In a notebook leave ``close=False`` so the inline backend still shows the figure.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     os.replace(tmp, path)
-    plt.close(fig)
+    if close:
+        plt.close(fig)
     return path

@@ -18,6 +18,10 @@ import numpy as np
 __all__ = ["RLEError", "parse_rle", "decode_rle", "encode_rle", "is_empty_rle"]
 
 
+#: Larger than the pixel count of any image; bigger tokens are rejected before arithmetic.
+MAX_VALUE = 2**40
+
+
 class RLEError(ValueError):
     """A malformed run-length string. Subclass of :class:`ValueError`."""
 
@@ -57,8 +61,13 @@ def parse_rle(rle: str | float | None, n_pixels: int | None = None) -> tuple[np.
     try:
         values = np.array(tokens, dtype=np.int64)
     except (ValueError, OverflowError):
-        bad = next(t for t in tokens if not _is_int_token(t))
-        raise RLEError(f"RLE token {bad!r} is not an integer") from None
+        bad = next((t for t in tokens if not _is_int_token(t)), None)
+        if bad is not None:
+            raise RLEError(f"RLE token {bad!r} is not an integer") from None
+        values = np.array([min(abs(int(t)), MAX_VALUE) for t in tokens], dtype=np.int64)
+    if len(values) and np.abs(values).max() >= MAX_VALUE:
+        big = next(t for t in tokens if abs(int(t)) >= MAX_VALUE)
+        raise RLEError(f"RLE token {big[:24]!r} is too large for any image")
     starts, lengths = values[0::2], values[1::2]
     if len(values) and values.min() < 1:  # one pass for the common (valid) case
         if (starts < 1).any():

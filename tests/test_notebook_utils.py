@@ -15,11 +15,12 @@ from gi_utils.eda import dataset_summary, empty_share, organ_area_by_position, s
 from gi_utils.notebook import ParameterError, check_params, new_names, read_json, write_json
 from gi_utils.plotting import overlay_rgb, plot_history, plot_overlays, save_figure
 
-DEFAULTS = {"arch": "unet", "epochs": 1, "lr": 1e-3, "slices": (-2, 0, 2), "data_dir": "", "amp": False}
+SPEC = {"arch": str, "epochs": int, "lr": float, "slices": tuple, "data_dir": str, "amp": bool}
+GIVEN = {"arch": "unet", "epochs": 1, "lr": 1e-3, "slices": (-2, 0, 2), "data_dir": "", "amp": False}
 
 
 def test_check_params_defaults_and_coercion():
-    out = check_params({"lr": 1, "slices": [-1, 0, 1]}, DEFAULTS)
+    out = check_params({**GIVEN, "lr": 1, "slices": [-1, 0, 1]}, SPEC)
     assert out["lr"] == 1.0 and isinstance(out["lr"], float)
     assert out["slices"] == (-1, 0, 1)
     assert out["arch"] == "unet"
@@ -27,13 +28,20 @@ def test_check_params_defaults_and_coercion():
 
 def test_check_params_unknown_name_lists_valid():
     with pytest.raises(ParameterError, match=r"\['archh'\].*valid parameters.*'arch'"):
-        check_params({"archh": "unet"}, DEFAULTS)
+        check_params({**GIVEN, "archh": "unet"}, SPEC)
 
 
 @pytest.mark.parametrize(("name", "value"), [("epochs", "3"), ("epochs", 2.5), ("amp", 1), ("arch", 3)])
 def test_check_params_wrong_type(name, value):
     with pytest.raises(ParameterError, match=f"parameter '{name}'"):
-        check_params({name: value}, DEFAULTS)
+        check_params({**GIVEN, name: value}, SPEC)
+
+
+def test_check_params_missing():
+    given = dict(GIVEN)
+    del given["lr"]
+    with pytest.raises(ParameterError, match="'lr' is missing"):
+        check_params(given, SPEC)
 
 
 def test_new_names():

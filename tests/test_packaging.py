@@ -18,8 +18,11 @@ def test_environment_yml_installs_the_project_with_notebooks_extra():
     pip_lines = re.findall(r"^\s+- (.+)$", text.split("- pip:")[1], flags=re.M)
     assert pip_lines == ["-e .[notebooks]"]
     assert "notebooks" in _pyproject()["project"]["optional-dependencies"]
-    conda = re.findall(r"^  - ([a-z]+)", text.split("dependencies:")[1], flags=re.M)
+    conda = re.findall(r"^  - ([a-z]+)(?:=\S+)?$", text.split("dependencies:")[1], flags=re.M)
     assert conda == ["python", "pip"]
+    python = re.search(r"python=(\d+)\.(\d+)", text).groups()
+    low = re.search(r">=(\d+)\.(\d+)", _pyproject()["project"]["requires-python"]).groups()
+    assert tuple(map(int, python)) >= tuple(map(int, low))
 
 
 def test_torch_is_not_pinned_to_an_unavailable_build():
@@ -32,7 +35,7 @@ def test_torch_is_not_pinned_to_an_unavailable_build():
 def test_readme_opens_with_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     first_block = re.search(r"```(?:bash|sh)?\n(.*?)```", readme, flags=re.S).group(1)
-    commands = [ln.strip() for ln in first_block.splitlines() if ln.strip() and not ln.startswith("#")]
+    commands = [ln.split("#")[0].strip() for ln in first_block.splitlines() if ln.split("#")[0].strip()]
     assert commands[:2] == ["make demo", "make test"]
 
 

@@ -74,6 +74,8 @@ def test_encode_empty_is_empty_string():
         ("5 1 5 1", "not increasing"),
         ("1 5 3 2", "overlap"),
         ("10 5", "past the end of the image"),
+        ("1 99999999999999999999999", "too large"),
+        ("1 9223372036854775000", "too large"),
     ],
 )
 def test_malformed_rle_raises_value_error(rle, fragment):

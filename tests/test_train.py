@@ -1,0 +1,326 @@
+"""TrainConfig validation, the schedule and sampler, and training runs on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gi_utils.checkpoint import load_state
+from gi_utils.models import load_model
+from gi_utils.synth import generate_dataset
+from gi_utils.train import (
+    EpochSampler,
+    NonFiniteLossError,
+    SeededSamples,
+    TrainConfig,
+    WarmupCosine,
+    parse_args,
+    train,
+)
+
+torch.set_num_threads(1)
+METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_dice", "val_hausdorff",
+                  "val_score", "dice_large_bowel", "dice_small_bowel", "dice_stomach"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    """4 cases x 2-3 scans x 12 slices of 80x72 (non-square), half the slices empty."""
+    return generate_dataset(tmp_path_factory.mktemp("synth") / "data", n_cases=4, n_test_cases=1,
+                            seed=0, slices_per_scan=12, size=(80, 72))  # fmt: skip
+
+
+def tiny_config(data_dir: Path, out_dir: Path, **kw) -> TrainConfig:
+    base = {"data_dir": str(data_dir), "out_dir": str(out_dir), "img_size": 64, "epochs": 1,
+            "batch_size": 4, "n_folds": 2, "progress": False, "device": "cpu"}  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------- config
+def test_defaults_are_valid_and_round_trip_through_json():
+    cfg = TrainConfig()
+    back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.slice_offsets == (-2, 0, 2)
+
+
+def test_unknown_parameter_is_rejected_with_a_suggestion():
+    with pytest.raises(
+        ValueError, match=r"unknown TrainConfig parameter.*'lrr'.*did you mean 'lr'"
+    ):
+        TrainConfig.from_dict({"lrr": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("arch", "unett", r"arch='unett'.*unet, unetplusplus"),
+        ("encoder", "resnet19", r"encoder.*resnet19"),
+        ("loss", "focal_nope", r"loss='focal_nope'.*bce_dice"),
+        ("img_size", 100, r"img_size=100 is not divisible by the encoder's stride 32"),
+        ("amp", "fp8", r"amp='fp8'"),
+        ("cache", "ssd", r"cache='ssd'"),
+        ("fold", 5, r"fold must be in 0..4"),
+        ("epochs", 0, r"epochs must be >= 1"),
+        ("lr", -1e-3, r"lr must be a positive"),
+        ("lr", float("nan"), r"lr must be a positive"),
+        ("sample_empty_fraction", 1.5, r"sample_empty_fraction"),
+        ("threshold", 1.0, r"threshold"),
+        ("epochs", "3", r"epochs must be int"),
+        ("augment", "yes", r"augment must be bool"),
+        ("slice_offsets", (), r"slice_offsets"),
+        ("slice_offsets", (0.5,), r"slice_offsets must be"),
+    ],
+)
+def test_bad_values_name_the_parameter(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_command_line_parsing():
+    cfg = parse_args(["--arch", "fpn", "--img-size", "64", "--slice-offsets", "-1", "0", "1",
+                      "--no-augment", "--weights", "none", "--lr", "0.003",
+                      "--model-kwargs", '{"decoder_dropout": 0.1}'])  # fmt: skip
+    assert (cfg.arch, cfg.img_size, cfg.slice_offsets, cfg.augment) == (
+        "fpn",
+        64,
+        (-1, 0, 1),
+        False,
+    )
+    assert cfg.weights is None and cfg.lr == 0.003 and cfg.model_kwargs == {"decoder_dropout": 0.1}
+    with pytest.raises(SystemExit):
+        parse_args(["--no-such-flag", "1"])
+    with pytest.raises(SystemExit):  # a bad value is an argparse error too
+        parse_args(["--img-size", "100"])
+
+
+def test_config_file_with_flag_override(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"arch": "manet", "epochs": 7}))
+    cfg = parse_args(["--config", str(path), "--epochs", "2"])
+    assert (cfg.arch, cfg.epochs) == ("manet", 2)
+
+
+# --------------------------------------------------------------------------- schedule, sampler
+def test_warmup_cosine_by_hand():
+    f = WarmupCosine(warmup=2, total=6, floor=0.0)
+    # warm-up: (step + 1) / (warmup + 1); then cosine over the remaining 4 steps
+    expected = [
+        1 / 3,
+        2 / 3,
+        1.0,
+        0.5 * (1 + math.cos(math.pi / 4)),
+        0.5,
+        0.5 * (1 + math.cos(3 * math.pi / 4)),
+        0.0,
+    ]
+    assert [f(s) for s in range(7)] == pytest.approx(expected)
+    assert WarmupCosine(0, 10, floor=0.1)(10) == pytest.approx(0.1)
+
+
+def test_epoch_sampler_keeps_organs_and_draws_empties():
+    empty = np.array([True] * 10 + [False] * 6)
+    s = EpochSampler(empty, seed=1, empty_fraction=0.3)
+    e0, e1 = s.indices(0), s.indices(1)
+    assert len(s) == len(e0) == 6 + 3
+    assert set(range(10, 16)) <= set(e0.tolist())  # every organ slice, every epoch
+    assert len(set(e0.tolist())) == len(e0)
+    assert not np.array_equal(e0, e1)
+    assert np.array_equal(e0, EpochSampler(empty, seed=1, empty_fraction=0.3).indices(0))
+    s.set_epoch(1)
+    assert list(s) == (16 + e1).tolist()  # epoch encoded in the index
+    s.skip = 4
+    assert list(s) == (16 + e1[4:]).tolist() and len(s) == 5
+    assert len(EpochSampler(empty, seed=1, max_samples=5)) == 5
+
+
+class _Recorder:
+    """A dataset whose 'augmentation' draws one number from the transform's generator."""
+
+    class _Compose:
+        def set_random_state(self, rng, py_rng):
+            self.rng = rng
+
+        def __call__(self, **data):
+            return {"value": float(self.rng.random())}
+
+    def __init__(self):
+        self.transform = self._Compose()
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return self.transform(image=i)["value"]
+
+
+def test_augmentation_seed_depends_on_seed_epoch_and_sample_only():
+    ds = SeededSamples(_Recorder(), seed=7)
+    forward = [ds[j] for j in range(10)]  # epochs 0 and 1
+    backward = [ds[j] for j in reversed(range(10))][::-1]
+    assert forward == backward
+    assert forward[:5] != forward[5:]
+    ds.base.transform.set_random_seed(123)  # SliceDataset's per-worker reseed: ignored
+    assert ds[3] == forward[3]
+
+
+# --------------------------------------------------------------------------- training runs
+def test_one_epoch_writes_all_files(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    history = train(tiny_config(synth_dir, out, epochs=1, max_steps_per_epoch=3))
+    assert list(history.columns) == [*METRIC_COLUMNS, "epoch_time_s"] and len(history) == 1
+    assert history["step"].iloc[0] == 3
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "last.pt",
+        "best.safetensors",
+        "best.json",
+        "history.csv",
+        "metrics.json",
+    } <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == tiny_config(
+        synth_dir, out, epochs=1, max_steps_per_epoch=3
+    )
+    model, cfg = load_model(out / "best.safetensors")
+    assert (cfg["arch"], cfg["img_size"], cfg["slice_offsets"]) == ("unet", 64, [-2, 0, 2])
+    state = load_state(out / "last.pt")  # weights_only=True
+    assert state["finished"] and state["epoch"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and metrics["device"] == "cpu"
+    # a finished run called again returns its history without training
+    again = train(tiny_config(synth_dir, out, epochs=1, max_steps_per_epoch=3))
+    pd.testing.assert_frame_equal(again, history)
+
+
+def test_resume_with_another_config_is_refused(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(synth_dir, out, max_steps_per_epoch=1))
+    with pytest.raises(ValueError, match=r"another run \(lr: saved 0.002 != now 0.001\)"):
+        train(tiny_config(synth_dir, out, max_steps_per_epoch=1, lr=1e-3))
+
+
+class _NanOnSecondCall(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, logits, target):
+        self.calls += 1
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return loss * float("nan") if self.calls == 2 else loss
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_dir, tmp_path, monkeypatch):
+    import gi_utils.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_build_loss", lambda cfg: _NanOnSecondCall())
+    out = tmp_path / "run"
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is nan at batch 2.*last good checkpoint kept.*last.pt"
+    ):
+        train(tiny_config(synth_dir, out, save_every_steps=1, max_steps_per_epoch=3))
+    state = load_state(out / "last.pt")
+    assert state["n_batches"] == 1 and not state["finished"]
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_two_epochs_improve_validation_dice(synth_dir, tmp_path):
+    history = train(tiny_config(synth_dir, tmp_path / "run", epochs=2, lr=3e-3, augment=False,
+                                warmup_epochs=0.0, batch_size=4))  # fmt: skip
+    assert history["val_dice"].iloc[1] > history["val_dice"].iloc[0]
+    assert history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
+
+
+def _train_cmd(data_dir: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "gi_utils.train", "--data-dir", str(data_dir), "--out-dir", str(out),
+            "--img-size", "64", "--epochs", "3", "--batch-size", "4", "--n-folds", "2", "--device", "cpu",
+            "--save-every-steps", "3", "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run(synth_dir, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_train_cmd(synth_dir, full), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(synth_dir, cut), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    killed_after = None
+    for line in proc.stdout:  # blocks on the child's output: no sleeping
+        if line.startswith("saved checkpoint") and "epoch 2, batch" in line:
+            proc.send_signal(signal.SIGKILL)
+            killed_after = line
+            break
+    proc.wait()
+    assert killed_after and proc.returncode == -signal.SIGKILL
+    assert not load_state(cut / "last.pt")["finished"]
+    resumed = subprocess.run(
+        _train_cmd(synth_dir, cut), env=env, check=True, capture_output=True, text=True
+    )
+    assert "resuming" in resumed.stdout
+    a = pd.read_csv(full / "history.csv")[METRIC_COLUMNS]
+    b = pd.read_csv(cut / "history.csv")[METRIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    wa, wb = load_file(full / "best.safetensors"), load_file(cut / "best.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = load_state(full / "last.pt"), load_state(cut / "last.pt")
+    assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+
+
+def test_switching_amp_between_runs_in_one_process(synth_dir, tmp_path):
+    # a notebook trains several models one after the other with other settings
+    train(tiny_config(synth_dir, tmp_path / "a", max_steps_per_epoch=1))
+    history = train(tiny_config(synth_dir, tmp_path / "b", max_steps_per_epoch=1, amp="bf16"))
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["mixed_precision"] == "bf16"
+    assert np.isfinite(history["train_loss"]).all()
+    with pytest.warns(UserWarning, match="fp16. needs a CUDA GPU"):
+        train(tiny_config(synth_dir, tmp_path / "c", max_steps_per_epoch=1, amp="fp16"))
+
+
+@pytest.mark.slow
+def test_two_processes_gather_validation_and_only_main_writes(synth_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one set of files, metrics on whole volumes."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "gi_utils.train", "--data-dir", str(synth_dir), "--out-dir", str(out), "--img-size", "64",
+           "--epochs", "1", "--batch-size", "2", "--n-folds", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("epoch 1/1 train_loss") == 1  # only the main process prints
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["best.json", "best.safetensors", "config.json", "history.csv", "last.pt", "metrics.json"]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    row = pd.read_csv(out / "history.csv").iloc[0]
+    # validation gathered from both processes equals scoring the saved model on whole volumes
+    from gi_utils.data import build_metadata, read_volume, read_volume_mask
+    from gi_utils.folds import assign_folds, split_fold
+    from gi_utils.infer import predict_probs, stack_slices
+    from gi_utils.metrics import competition_score
+    from gi_utils.transforms import preprocess_mask, preprocess_volume
+
+    model, cfg = load_model(out / "best.safetensors")
+    meta = assign_folds(build_metadata(synth_dir), 2, 42, data_dir=synth_dir, drop_bad=True)
+    _, val = split_fold(meta, 0)
+    pred, true = {}, {}
+    for case_day, rows in val.groupby("case_day", sort=False):
+        images = stack_slices(preprocess_volume(read_volume(rows), 64), cfg["slice_offsets"])
+        pred[case_day] = np.moveaxis(predict_probs(model, images, batch_size=4), 1, -1) > 0.5
+        true[case_day] = np.moveaxis(preprocess_mask(read_volume_mask(rows), 64), 1, -1)
+    res = competition_score(pred, true)
+    assert row["val_score"] == pytest.approx(res.score, abs=1e-3)
+    assert row["val_dice"] == pytest.approx(res.dice, abs=1e-3)
