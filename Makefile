@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: venv
+	$(PY) -m gi_utils.pipeline --data-only
 	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 test-fast: venv
@@ -31,8 +32,11 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/run_all.py
 
+# The wheels a Kaggle notebook needs offline: gi_utils and segmentation-models-pytorch
+# (the Kaggle image has torch, timm, albumentations, accelerate and safetensors).
 wheel: venv
-	$(PY) -m build --wheel --outdir dist .
+	rm -rf dist && $(PY) -m pip wheel -qq --no-deps --wheel-dir dist . segmentation-models-pytorch
+	ls dist
 
 lint: venv
 	$(PY) -m ruff check gi_utils tests benchmarks notebooks

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "atomic_write_json",
+    "remove_stale_temps",
     "save_state",
     "load_state",
     "rng_state",
@@ -62,6 +63,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.NAME.*.tmp``) a writer killed mid-write left in ``folder``.
+
+    Call it only where no other process is writing into ``folder`` at the same time.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def _umask() -> int:

@@ -50,6 +50,7 @@ FILENAME_RE = re.compile(
     r"^slice_(?P<slice>\d+)_(?P<width>\d+)_(?P<height>\d+)_"
     r"(?P<spacing_w>\d+(?:\.\d+)?)_(?P<spacing_h>\d+(?:\.\d+)?)\.png$"
 )
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METADATA_COLUMNS: tuple[str, ...] = (
     "id", "case", "day", "slice", "case_day", "width", "height",
     "spacing_w", "spacing_h", "path",
@@ -201,13 +202,18 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
 
     Raises:
         DataError: the file is missing, the columns are not ``id, class, segmentation``,
-            an (id, class) pair appears twice, a class name is unknown, or an id is
-            malformed. Each message names the offending row or value.
+            the file does not parse as CSV, an (id, class) pair appears twice, a class name
+            is unknown, or an id is malformed. Each message names the offending row or
+            value. An id with rows for only some classes gives a warning (the missing
+            classes are empty masks).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"train.csv not found at {path}")
-    df = pd.read_csv(path, dtype={"id": str, "class": str, "segmentation": str})
+    try:
+        df = pd.read_csv(path, dtype={"id": str, "class": str, "segmentation": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a readable CSV ({type(err).__name__}: {err})") from err
     if tuple(df.columns) != TRAIN_CSV_COLUMNS:
         raise DataError(
             f"{path} has columns {list(df.columns)}; expected {list(TRAIN_CSV_COLUMNS)}"
@@ -230,8 +236,16 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
     if bad_id.any():
         i = int(np.flatnonzero(bad_id)[0])
         raise DataError(f"{path} row {i + 2}: id {df['id'].iloc[i]!r} is not 'caseN_dayD_slice_SSSS'")
+    counts = df.groupby("id").size()
+    partial = counts[counts < len(CLASSES)]
+    if len(partial):
+        warnings.warn(
+            f"{path}: {len(partial)} id(s) lack rows for some classes, first {partial.index[0]!r}; "
+            "the missing classes are taken as empty masks",
+            stacklevel=2,
+        )
     wide = df.pivot(index="id", columns="class", values="segmentation")
-    wide = wide.reindex(columns=list(CLASSES)).fillna("")
+    wide = wide.reindex(columns=list(CLASSES), fill_value="").fillna("")
     wide.columns.name = None
     return wide
 
@@ -254,6 +268,7 @@ def build_metadata(
     Raises:
         DataError: see :func:`list_slices` and :func:`read_train_csv`; also a
             ``train.csv`` id that has no image, named with the folder it should be in.
+            (An image without ``train.csv`` rows only warns; its masks are empty.)
     """
     data_dir = Path(data_dir)
     meta = list_slices(data_dir, split)
@@ -270,6 +285,13 @@ def build_metadata(
         raise DataError(
             f"{len(orphans)} train.csv id(s) have no image, first {sid!r}: expected "
             f"{folder}/slice_{s:04d}_W_H_SW_SH.png"
+        )
+    unlabelled = pd.Index(meta["id"]).difference(wide.index)
+    if len(unlabelled):
+        warnings.warn(
+            f"{len(unlabelled)} image(s) under {data_dir / split} have no train.csv rows, first "
+            f"{unlabelled[0]!r}; their masks are taken as empty",
+            stacklevel=2,
         )
     meta = meta.join(wide, on="id")
     for name in CLASSES:
@@ -291,13 +313,17 @@ def read_image(path: str | os.PathLike, shape: tuple[int, int] | None = None) ->
             competition's naming.
 
     Raises:
-        ImageReadError: the file is missing, does not decode, has colour channels, or
-            its size differs from ``shape`` / its file name. The message names the path.
+        ImageReadError: the file is missing, is not a PNG, does not decode (truncated),
+            has colour channels, or its size differs from ``shape`` / its file name. The
+            message names the path.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    data = np.fromfile(path, dtype=np.uint8)
+    if data[: len(PNG_SIGNATURE)].tobytes() != PNG_SIGNATURE:
+        raise ImageReadError(f"image {path} is not a PNG file (no PNG signature at its start)")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(f"image does not decode (not a PNG or truncated): {path}")
     if img.ndim != 2:

@@ -32,7 +32,7 @@ from gi_utils.checkpoint import atomic_write_text
 from gi_utils.constants import CLASSES, NUM_CLASSES, SUBMISSION_COLUMNS
 from gi_utils.data import build_metadata, iter_volumes, read_volume
 from gi_utils.models import load_model
-from gi_utils.paths import resolve_data_dir
+from gi_utils.paths import DataNotFoundError, resolve_data_dir
 from gi_utils.rle import RLEError, encode_rle, is_empty_rle, parse_rle
 from gi_utils.transforms import NORM_VERSION, preprocess_volume, restore_size
 
@@ -242,7 +242,7 @@ def make_submission(
     out_csv: str | os.PathLike | None = "submission.csv",
     *,
     thresholds: float | Sequence[float] = 0.5,
-    min_size: int | Sequence[int] = 0,
+    min_size: int | Sequence[int] | None = None,
     tta=False,
     batch_size: int = 16,
     device=None,
@@ -256,7 +256,9 @@ def make_submission(
         split: folder of the scans, ``"test"`` on Kaggle.
         out_csv: where to write (atomically); ``None`` writes nothing.
         thresholds: probability threshold, one value or one per class.
-        min_size: remove components smaller than this many pixels (0 = keep all).
+        min_size: remove components smaller than this many pixels (0 = keep all);
+            ``None`` = the models' own ``min_size`` (set in training, at model
+            resolution; the largest of the ensemble) scaled to each scan's size.
         tta: ``False``, ``True`` (horizontal flip) or names of :data:`TTA_FLIPS`.
 
     Returns:
@@ -264,8 +266,14 @@ def make_submission(
         :data:`~gi_utils.constants.CLASSES` order, ``""`` for no mask. When the split has
         no images (Kaggle's hidden test set while a notebook is saved) the result is
         empty, with the header, and a warning.
+
+    Raises:
+        DataNotFoundError: ``data_dir`` does not exist (a typo must not give an empty
+            submission).
     """
     root = Path(data_dir) if data_dir is not None else resolve_data_dir()
+    if not root.is_dir():
+        raise DataNotFoundError(f"data folder {root} does not exist (make_submission data_dir)")
     if not _has_images(root / split):
         warnings.warn(f"no images under {root / split}: writing an empty submission", stacklevel=2)
         df = empty_submission()
@@ -276,7 +284,8 @@ def make_submission(
         for _, rows, probs in predict_volumes(
             models, meta, tta=tta, batch_size=batch_size, device=device, progress=progress
         ):
-            masks = postprocess(probs, thresholds, min_size)
+            sizes = min_size if min_size is not None else _model_min_size(models, probs.shape[1:3])
+            masks = postprocess(probs, thresholds, sizes)
             for d, sid in enumerate(rows.sort_values("slice")["id"]):
                 rows_out.extend(
                     (sid, name, encode_rle(masks[d, ..., c])) for c, name in enumerate(CLASSES)
@@ -286,6 +295,15 @@ def make_submission(
     if out_csv is not None:
         write_submission(df, out_csv)
     return df
+
+
+def _model_min_size(models: Sequence[Model], size_hw: tuple[int, int]) -> int:
+    """The ensemble's training-time ``min_size`` in pixels of a scan of (H, W)."""
+    best = 0.0
+    for _, config in models:
+        s = int(config["img_size"])
+        best = max(best, float(config.get("min_size", 0)) * size_hw[0] * size_hw[1] / (s * s))
+    return int(round(best))
 
 
 def write_submission(df: pd.DataFrame, path: str | os.PathLike) -> Path:

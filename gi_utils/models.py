@@ -297,11 +297,15 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"model file {path} is truncated or not a safetensors file: {err}"
         ) from err
-    if _METADATA_KEY in meta:
-        return json.loads(meta[_METADATA_KEY])
     sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text(encoding="utf-8"))
+    try:
+        if _METADATA_KEY in meta:
+            return json.loads(meta[_METADATA_KEY])
+        if sidecar.is_file():
+            return json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = path if _METADATA_KEY in meta else sidecar
+        raise CheckpointError(f"model config in {where} is not valid JSON: {err}") from err
     raise CheckpointError(f"model file {path} has no embedded config and no {sidecar.name}")
 
 

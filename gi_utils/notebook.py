@@ -80,12 +80,10 @@ def check_params(given: Mapping[str, Any], spec: Mapping[str, type | tuple[type,
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Write JSON atomically (temp file + rename) so a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n")
-    os.replace(tmp, path)
-    return path
+    from gi_utils.checkpoint import atomic_write_text  # imports torch: only when writing
+
+    text = json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n"
+    return atomic_write_text(path, text)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

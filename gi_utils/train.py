@@ -52,12 +52,14 @@ from gi_utils.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_state,
+    remove_stale_temps,
     rng_state,
     save_state,
     set_rng_state,
 )
 from gi_utils.constants import CLASSES
 from gi_utils.data import build_metadata
+from gi_utils.distributed import LR_SCALING, effective_batch_size, effective_lr
 from gi_utils.models import (
     ARCHITECTURES,
     build_model,
@@ -117,11 +119,15 @@ class TrainConfig:
     (2.5D channels), ``augment``, ``cache`` ("none"|"memory"|"disk", disk under
     ``cache_dir``, default ``<out_dir>/../cache`` so runs share it), ``num_workers``.
     Optimisation: ``epochs``, ``batch_size`` (per process), ``lr``, ``weight_decay``,
-    ``warmup_epochs``, ``grad_accum``, ``loss`` (a name of :data:`gi_utils.losses.LOSSES`)
-    with ``loss_kwargs``,
+    ``warmup_epochs``, ``grad_accum``, ``scale_lr`` ("none"|"linear"|"sqrt": scale ``lr``, set
+    for one process, to the effective batch ``batch_size x processes x grad_accum``; see
+    :func:`gi_utils.distributed.effective_lr`), ``loss`` (a name of
+    :data:`gi_utils.losses.LOSSES`) with ``loss_kwargs``,
     ``amp`` ("no"|"fp16"|"bf16"), ``compile`` (torch.compile, opt-in), ``device``
     ("auto": CUDA when present | "cpu"). Validation: ``threshold`` on probabilities,
-    ``patience`` (early stopping on the validation score; 0 = off).
+    ``patience`` (early stopping on the validation score; 0 = off), ``min_size``
+    (predicted components smaller than this many pixels at model resolution are removed
+    before scoring, as inference does; 0 = keep all).
     Cheap runs: ``sample_empty_fraction`` (share of slices without any organ drawn per
     epoch, the rest always) and ``max_steps_per_epoch`` (0 = no limit).
     Bookkeeping: ``out_dir``, ``seed``, ``deterministic``, ``save_every_steps`` (also
@@ -151,12 +157,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     grad_accum: int = 1
+    scale_lr: str = "none"
     loss: str = "bce_dice"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     amp: str = "no"
     compile: bool = False
     device: str = "auto"
     threshold: float = 0.5
+    min_size: int = 0
     patience: int = 0
     sample_empty_fraction: float = 1.0
     max_steps_per_epoch: int = 0
@@ -183,6 +191,7 @@ class TrainConfig:
         _check_choice("cache", self.cache, CACHE_MODES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        _check_choice("scale_lr", self.scale_lr, LR_SCALING)
         check_img_size(self.img_size)
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
@@ -192,6 +201,7 @@ class TrainConfig:
             )
         positive = ("epochs", "batch_size", "grad_accum")
         non_negative = (
+            "min_size",
             "num_workers",
             "patience",
             "max_steps_per_epoch",
@@ -469,7 +479,9 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
     transform = build_transforms(cfg.img_size, train=True) if cfg.augment else None
     kw = {"cache": cache, "mode": cfg.resize_mode}
     train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
-    val_ds = SliceDataset(val_meta, cfg.img_size, cfg.slice_offsets, None, **kw)
+    # validation batches travel as float16 images / uint8 masks (the cache's own values,
+    # 4x fewer bytes between loader workers and the device) and are widened on the device
+    val_ds = SliceDataset(val_meta, cfg.img_size, cfg.slice_offsets, None, compact=True, **kw)
     max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
     sampler = EpochSampler(
         train_ds.meta["empty"].to_numpy(), cfg.seed, cfg.sample_empty_fraction, max_samples
@@ -497,6 +509,17 @@ def unpack_volume(packed: np.ndarray) -> np.ndarray:
     """Packed uint8 (D, S, S) -> bool (D, S, S, 3), the layout of the metric."""
     bits = np.asarray(PACK_BITS, dtype=np.uint8)
     return (packed[..., None] & bits) > 0
+
+
+def _drop_small(masks: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove components < ``min_size`` px from every (slice, class) of bool (D, S, S, C)."""
+    from gi_utils.infer import remove_small_components
+
+    out = masks.copy()
+    for d in range(out.shape[0]):
+        for c in range(out.shape[-1]):
+            out[d, ..., c] = remove_small_components(out[d, ..., c], min_size)
+    return out
 
 
 # --------------------------------------------------------------------------- the loop
@@ -555,9 +578,15 @@ def train_one_epoch(
 
 @torch.no_grad()
 def validate(
-    acc: Accelerator, model, loader, loss_fn, data: TrainData, threshold: float, progress: bool
+    acc: Accelerator, model, loader, loss_fn, data: TrainData, threshold: float, progress: bool,
+    min_size: int = 0,
 ) -> dict[str, float]:
-    """Loss and competition metrics on the whole validation volumes (model resolution)."""
+    """Loss and competition metrics on the whole validation volumes (model resolution).
+
+    ``min_size`` > 0 removes predicted components smaller than that many pixels (at model
+    resolution) before scoring, the post-processing :func:`gi_utils.infer.postprocess`
+    applies at inference.
+    """
     from gi_utils.metrics import competition_score
 
     model.eval()
@@ -565,6 +594,7 @@ def validate(
     loss_stats = torch.zeros(2, dtype=torch.float64, device=acc.device)  # sum, count
     preds, trues, order = [], [], []
     for images, masks, index in _bar(loader, "valid", progress):
+        images, masks = images.float(), masks.float()
         logits = model(images).float()
         loss_stats[0] += loss_fn(logits, masks).double() * len(images)
         loss_stats[1] += len(images)
@@ -586,6 +616,8 @@ def validate(
     pred_vol, true_vol = {}, {}
     for case_day, rows in data.val_volumes.items():
         pred_vol[case_day] = unpack_volume(pred_all[rows])
+        if min_size > 1:
+            pred_vol[case_day] = _drop_small(pred_vol[case_day], min_size)
         true_vol[case_day] = unpack_volume(true_all[rows])
     res = competition_score(pred_vol, true_vol)
     out.update(
@@ -627,14 +659,26 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
         if state.get("finished"):
             acc.print(f"{last_path}: run already finished; returning its history", flush=True)
             return pd.DataFrame(state["history"])
+        if state.get("num_processes", acc.num_processes) != acc.num_processes:
+            raise ValueError(
+                f"{last_path} was written by {state['num_processes']} process(es), this run has "
+                f"{acc.num_processes}: resume with the same number (data order and schedule "
+                "depend on it), or pass resume=False to start over"
+            )
     if acc.is_main_process:
+        remove_stale_temps(out_dir)  # left by a run killed while writing a file
         atomic_write_json(out_dir / "config.json", cfg.to_dict())
 
     with acc.main_process_first():
         data = load_train_data(cfg, acc.num_processes)
     net = build_model(cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
                       weights=None if state else cfg.weights, **cfg.model_kwargs)  # fmt: skip
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr)
+    if acc.num_processes * cfg.grad_accum > 1:
+        acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
+                  f"({cfg.batch_size} x {acc.num_processes} processes x grad_accum {cfg.grad_accum}); "
+                  f"peak lr {lr:.3g} (scale_lr={cfg.scale_lr})", flush=True)  # fmt: skip
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     loss_fn = _build_loss(cfg)
     model = torch.compile(net) if cfg.compile else net
     model, optimizer, train_loader, val_loader = acc.prepare(
@@ -669,7 +713,7 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
                 **run, "config": cfg.to_dict(), "finished": finished, "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                "accelerator_step": int(acc.step), "rng": rng_state(),
+                "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
             })  # fmt: skip
             where = (f"epoch {run['epoch'] + 1}, batch {run['n_batches']}" if run["n_batches"]
                      else f"end of epoch {run['epoch']}")  # fmt: skip
@@ -704,7 +748,8 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
             ) from None
         row = {"epoch": epoch + 1, "step": int(scheduler.last_epoch), "lr": float(scheduler.get_last_lr()[0]),
                "train_loss": loss_sum / max(n, 1)}  # fmt: skip
-        row.update(validate(acc, model, val_loader, loss_fn, data, cfg.threshold, cfg.progress))
+        row.update(validate(acc, model, val_loader, loss_fn, data, cfg.threshold, cfg.progress,
+                            cfg.min_size))  # fmt: skip
         row = broadcast_object_list([row])[0]  # the metrics are computed on the main process
         row["epoch_time_s"] = time.perf_counter() - t0
         score = row["val_score"]
@@ -780,7 +825,8 @@ def _model_config(cfg: TrainConfig, row: dict[str, Any]) -> dict[str, Any]:
     return model_config(
         cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
         model_kwargs=cfg.model_kwargs, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
-        resize_mode=cfg.resize_mode, threshold=cfg.threshold, norm_version=NORM_VERSION,
+        resize_mode=cfg.resize_mode, threshold=cfg.threshold, min_size=cfg.min_size,
+        norm_version=NORM_VERSION,
         epoch=row["epoch"], val_score=row.get("val_score"), val_dice=row.get("val_dice"),
         train_config=cfg.to_dict(),
     )  # fmt: skip
@@ -804,6 +850,8 @@ def _write_metrics(out_dir, run, history, cfg, acc, stopped_early, seconds) -> N
         "best": best, "final": history.iloc[-1].to_dict() if len(history) else {},
         "epochs_run": len(history), "stopped_early": stopped_early, "train_time_s": seconds,
         "device": str(acc.device), "mixed_precision": acc.mixed_precision, "num_processes": acc.num_processes,
+        "effective_batch_size": effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum),
+        "peak_lr": effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr),
     })  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import directed_hausdorff
 
-from gi_utils import metrics
+from gi_utils import hausdorff
 from gi_utils.constants import CLASSES
 from gi_utils.metrics import (
     CompetitionMetric,
@@ -214,8 +214,8 @@ def test_fast_hausdorff_equals_brute_force(pair):
 def test_fast_hausdorff_equals_brute_force_pruning_always_on(pair):
     a, b = pair  # block pruning on even for a handful of query voxels
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(metrics, "_PRUNE_MIN", 2)
-        mp.setattr(metrics, "_SAMPLE", 2)
+        mp.setattr(hausdorff, "_PRUNE_MIN", 2)
+        mp.setattr(hausdorff, "_SAMPLE", 2)
         assert_same(hausdorff_3d(a, b), brute_hausdorff(a, b))
 
 

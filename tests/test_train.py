@@ -293,7 +293,7 @@ def test_switching_amp_between_runs_in_one_process(synth_dir, tmp_path):
 def test_two_processes_gather_validation_and_only_main_writes(synth_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo): one set of files, metrics on whole volumes."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gi_utils.train", "--data-dir", str(synth_dir), "--out-dir", str(out), "--img-size", "64",
            "--epochs", "1", "--batch-size", "2", "--n-folds", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -1,0 +1,239 @@
+"""Training on several GPUs or CPU processes: ``launch(config, num_processes) -> history``.
+
+:func:`gi_utils.train.train` is already data-parallel through Hugging Face ``accelerate``;
+this module only starts it in ``num_processes`` processes and reads the result back:
+
+* ``num_processes=1``: ``train(config)`` in this process (nothing to start);
+* GPUs (``method="notebook"``, the default when GPUs are visible): accelerate's
+  :func:`accelerate.notebook_launcher` forks one process per GPU (NCCL). It needs CUDA
+  untouched in this process: call ``launch`` before any cell puts a tensor or a model
+  on the GPU (importing ``gi_utils`` does not);
+* CPU, or a kernel where CUDA is already initialised (``method="torchrun"``): a
+  ``python -m torch.distributed.run --standalone`` subprocess running
+  ``python -m gi_utils.train --config ...`` (gloo on CPU), its output streamed here.
+
+Shell equivalents (same ``train()``, same files)::
+
+    torchrun --standalone --nproc_per_node 2 -m gi_utils.train --epochs 20 ...
+    accelerate launch --multi_gpu --num_processes 2 -m gi_utils.train --epochs 20 ...
+
+``batch_size`` is per process, so one optimizer step sees
+:func:`effective_batch_size` ``= batch_size x num_processes x grad_accum`` samples; the
+learning rate stays ``lr`` unless ``TrainConfig.scale_lr`` asks for the ``"linear"`` or
+``"sqrt"`` rule of :func:`effective_lr`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from gi_utils.train import TrainConfig
+
+__all__ = [
+    "LR_SCALING",
+    "LAUNCH_METHODS",
+    "effective_batch_size",
+    "effective_lr",
+    "gpu_count",
+    "torchrun_command",
+    "launch",
+    "read_history",
+]
+
+#: Learning-rate scaling rules of ``TrainConfig.scale_lr`` (see :func:`effective_lr`).
+LR_SCALING: tuple[str, ...] = ("none", "linear", "sqrt")
+#: How :func:`launch` starts several processes ("auto": notebook on GPUs, torchrun on CPU).
+LAUNCH_METHODS: tuple[str, ...] = ("auto", "notebook", "torchrun")
+
+
+def effective_batch_size(batch_size: int, num_processes: int, grad_accum: int) -> int:
+    """Samples per optimizer step: ``batch_size`` (per process) x processes x accumulation."""
+    return int(batch_size) * int(num_processes) * int(grad_accum)
+
+
+def effective_lr(lr: float, num_processes: int, grad_accum: int, rule: str = "none") -> float:
+    """Peak learning rate of a run, scaled from the one-process, no-accumulation ``lr``.
+
+    With ``k = num_processes * grad_accum`` (the batch grows k-fold):
+    ``"none"`` -> ``lr``; ``"linear"`` -> ``lr * k`` (Goyal et al. 2017, for SGD-like
+    optimisers with warm-up); ``"sqrt"`` -> ``lr * sqrt(k)`` (often safer for Adam/AdamW).
+    ``k = 1`` gives ``lr`` under every rule.
+
+    Raises:
+        ValueError: an unknown ``rule`` (the valid ones are listed), or ``num_processes`` /
+            ``grad_accum`` below 1.
+    """
+    if rule not in LR_SCALING:
+        raise ValueError(f"scale_lr={rule!r} is not valid; choose one of {', '.join(LR_SCALING)}")
+    for name, value in (("num_processes", num_processes), ("grad_accum", grad_accum)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    k = num_processes * grad_accum
+    return float(lr) * {"none": 1.0, "linear": float(k), "sqrt": math.sqrt(k)}[rule]
+
+
+def gpu_count() -> int:
+    """Visible CUDA GPUs, counted through NVML so that CUDA stays uninitialised (fork-safe)."""
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def torchrun_command(config_path: str | os.PathLike, num_processes: int) -> list[str]:
+    """``python -m torch.distributed.run --standalone ... -m gi_utils.train --config FILE``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(num_processes), "-m", "gi_utils.train",
+            "--config", os.fspath(config_path)]  # fmt: skip
+
+
+def read_history(out_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """``out_dir/history.csv`` (floats read back exactly), or None if there is none."""
+    path = Path(out_dir) / "history.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def launch(
+    config: TrainConfig | dict[str, Any], num_processes: int = 1, method: str = "auto"
+) -> pd.DataFrame | None:
+    """Train ``config`` in ``num_processes`` data-parallel processes; return the history.
+
+    Args:
+        config: a :class:`gi_utils.train.TrainConfig` or a dict of its fields.
+        num_processes: 1 trains in this process; on GPUs, at most the number of visible
+            GPUs (one process each); on CPU (``device="cpu"`` or no GPU), any number.
+        method: ``"auto"`` (``"notebook"`` with GPUs, ``"torchrun"`` otherwise),
+            ``"notebook"`` (:func:`accelerate.notebook_launcher`, forks this process) or
+            ``"torchrun"`` (a subprocess; works whatever this process did before).
+
+    Returns:
+        The history, one row per epoch (as :func:`gi_utils.train.train` returns it;
+        read back from ``out_dir/history.csv`` when several processes ran), or None if
+        the processes finished without writing one.
+
+    Raises:
+        ValueError: a bad ``num_processes`` or ``method``, or more GPU processes than GPUs.
+        RuntimeError: already inside a launched process, CUDA initialised before a
+            ``"notebook"`` launch, or the training processes failed (their last output).
+    """
+    from gi_utils.train import TrainConfig, train
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes must be an int >= 1, got {num_processes!r}")
+    if method not in LAUNCH_METHODS:
+        raise ValueError(
+            f"method={method!r} is not valid; choose one of {', '.join(LAUNCH_METHODS)}"
+        )
+    if num_processes == 1:
+        return train(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            f"launch(num_processes={num_processes}) called inside a launched process "
+            f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); call gi_utils.train.train(config) there"
+        )
+    gpus = 0 if cfg.device == "cpu" else gpu_count()
+    if gpus and num_processes > gpus:
+        raise ValueError(
+            f"num_processes={num_processes} but {gpus} GPU(s) are visible (one process per "
+            "GPU); lower num_processes, or set device='cpu' to train in CPU processes"
+        )
+    if method == "auto":
+        method = "notebook" if gpus else "torchrun"
+    print(f"launching {num_processes} processes ({method}, {'GPU' if gpus else 'CPU'}); "
+          f"effective batch {effective_batch_size(cfg.batch_size, num_processes, cfg.grad_accum)}",
+          flush=True)  # fmt: skip
+    if method == "notebook":
+        _notebook_launch(cfg, num_processes, train)
+    else:
+        _torchrun_launch(cfg, num_processes, threads=None if gpus else _threads(num_processes))
+    return read_history(cfg.out_dir)
+
+
+def _notebook_launch(cfg: TrainConfig, num_processes: int, train_fn) -> None:
+    import torch
+    from accelerate import notebook_launcher
+    from accelerate.state import AcceleratorState
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError(
+            "CUDA is already initialised in this process (a tensor or model went to the GPU, or "
+            "train() ran here), so it cannot be forked: restart the kernel and call launch() "
+            "before any GPU work, or pass method='torchrun'"
+        )
+    # accelerate refuses to fork while a state exists; a finished single-process train()
+    # in this kernel leaves one behind, and nothing in this process uses it any more
+    AcceleratorState._reset_state(reset_partial_state=True)
+    notebook_launcher(train_fn, (cfg,), num_processes=num_processes, mixed_precision=cfg.amp,
+                      use_port=str(_free_port()))  # fmt: skip
+
+
+def _torchrun_launch(cfg: TrainConfig, num_processes: int, threads: int | None) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory(prefix="gi_launch_") as tmp:
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
+        cmd = torchrun_command(config_path, num_processes)
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)  # fmt: skip
+        try:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                print(line, end="", flush=True)
+                tail.append(line)
+            returncode = proc.wait()
+        except BaseException:  # KeyboardInterrupt in a notebook: stop the workers too
+            proc.terminate()  # torchrun passes SIGTERM on to its workers
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # workers run in sessions of their own
+                _kill_tree(proc.pid)
+            raise
+    if returncode != 0:
+        raise RuntimeError(
+            f"{num_processes} training processes failed (exit status {returncode}) running "
+            f"{' '.join(cmd)}; last output:\n{''.join(tail)}"
+        )
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (psutil comes with accelerate)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        procs = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def _threads(num_processes: int) -> int:
+    """CPU threads per process: the usable cores shared out (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // num_processes)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
