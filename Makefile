@@ -5,7 +5,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
-export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv test test-fast demo bench wheel lint clean
