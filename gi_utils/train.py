@@ -27,16 +27,12 @@ on ``(seed, epoch, sample)``, not on workers, processes or where the run stopped
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import json
 import math
 import os
 import random
 import sys
 import time
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +41,6 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from gi_utils.checkpoint import (
@@ -58,18 +53,29 @@ from gi_utils.checkpoint import (
     set_rng_state,
 )
 from gi_utils.constants import CLASSES
-from gi_utils.data import build_metadata
-from gi_utils.distributed import LR_SCALING, effective_batch_size, effective_lr
+from gi_utils.distributed import effective_batch_size, effective_lr
 from gi_utils.models import (
-    ARCHITECTURES,
     build_model,
-    check_encoder,
-    check_img_size,
     model_config,
     save_model,
 )
-from gi_utils.paths import resolve_data_dir
-from gi_utils.transforms import RESIZE_MODES
+from gi_utils.train_config import (  # noqa: F401  (re-exported: gi_utils.train.TrainConfig)
+    AMP_MODES,
+    CACHE_MODES,
+    DEVICES,
+    TrainConfig,
+    config_parser,
+    parse_args,
+)
+from gi_utils.train_data import (  # noqa: F401  (re-exported for tests and tools)
+    PACK_BITS,
+    EpochSampler,
+    SeededSamples,
+    TrainData,
+    _drop_small,
+    load_train_data,
+    unpack_volume,
+)
 
 __all__ = ["TrainConfig", "NonFiniteLossError", "train", "train_one_epoch", "WarmupCosine", "main"]
 
@@ -101,238 +107,6 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-# --------------------------------------------------------------------------- config
-AMP_MODES: tuple[str, ...] = ("no", "fp16", "bf16")
-CACHE_MODES: tuple[str, ...] = ("none", "memory", "disk")
-DEVICES: tuple[str, ...] = ("auto", "cpu")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; validated on creation (``ValueError`` names the field).
-
-    Model: ``arch``, ``encoder``, ``weights`` (None, "imagenet" or a local encoder state
-    dict), ``model_kwargs`` (extra smp arguments, e.g. ``{"decoder_channels": [...]}``).
-    Data: ``data_dir`` (None: :func:`gi_utils.paths.resolve_data_dir`), ``fold`` of
-    ``n_folds`` (folds made with ``folds_seed`` and persisted), ``drop_bad_cases``,
-    ``img_size`` (multiple of 32), ``resize_mode`` ("resize"|"pad"), ``slice_offsets``
-    (2.5D channels), ``augment``, ``cache`` ("none"|"memory"|"disk", disk under
-    ``cache_dir``, default ``<out_dir>/../cache`` so runs share it), ``num_workers``.
-    Optimisation: ``epochs``, ``batch_size`` (per process), ``lr``, ``weight_decay``,
-    ``warmup_epochs``, ``grad_accum``, ``scale_lr`` ("none"|"linear"|"sqrt": scale ``lr``, set
-    for one process, to the effective batch ``batch_size x processes x grad_accum``; see
-    :func:`gi_utils.distributed.effective_lr`), ``loss`` (a name of
-    :data:`gi_utils.losses.LOSSES`) with ``loss_kwargs``,
-    ``amp`` ("no"|"fp16"|"bf16"), ``compile`` (torch.compile, opt-in), ``device``
-    ("auto": CUDA when present | "cpu"). Validation: ``threshold`` on probabilities,
-    ``patience`` (early stopping on the validation score; 0 = off), ``min_size``
-    (predicted components smaller than this many pixels at model resolution are removed
-    before scoring, as inference does; 0 = keep all).
-    Cheap runs: ``sample_empty_fraction`` (share of slices without any organ drawn per
-    epoch, the rest always) and ``max_steps_per_epoch`` (0 = no limit).
-    Bookkeeping: ``out_dir``, ``seed``, ``deterministic``, ``save_every_steps`` (also
-    checkpoint inside an epoch; 0 = per epoch only), ``resume`` (continue from
-    ``out_dir/last.pt`` if present), ``progress`` (tqdm bars).
-    """
-
-    arch: str = "unet"
-    encoder: str = "resnet18"
-    weights: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    fold: int = 0
-    n_folds: int = 5
-    folds_seed: int = 42
-    drop_bad_cases: bool = True
-    img_size: int = 128
-    resize_mode: str = "resize"
-    slice_offsets: tuple[int, ...] = (-2, 0, 2)
-    augment: bool = True
-    cache: str = "memory"
-    cache_dir: str | None = None
-    num_workers: int = 0
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.5
-    grad_accum: int = 1
-    scale_lr: str = "none"
-    loss: str = "bce_dice"
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    amp: str = "no"
-    compile: bool = False
-    device: str = "auto"
-    threshold: float = 0.5
-    min_size: int = 0
-    patience: int = 0
-    sample_empty_fraction: float = 1.0
-    max_steps_per_epoch: int = 0
-    out_dir: str = "runs/unet"
-    seed: int = 42
-    deterministic: bool = True
-    save_every_steps: int = 0
-    resume: bool = True
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
-        _check_choice("arch", self.arch.lower(), tuple(ARCHITECTURES))
-        self.arch = self.arch.lower()
-        try:
-            check_encoder(self.encoder)
-        except KeyError as err:
-            raise ValueError(f"encoder: {err.args[0]}") from None
-        from gi_utils.losses import LOSSES
-
-        _check_choice("loss", self.loss, tuple(LOSSES))
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("cache", self.cache, CACHE_MODES)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
-        _check_choice("scale_lr", self.scale_lr, LR_SCALING)
-        check_img_size(self.img_size)
-        if self.n_folds < 2:
-            raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
-        if not 0 <= self.fold < self.n_folds:
-            raise ValueError(
-                f"fold must be in 0..{self.n_folds - 1} (n_folds={self.n_folds}), got {self.fold}"
-            )
-        positive = ("epochs", "batch_size", "grad_accum")
-        non_negative = (
-            "min_size",
-            "num_workers",
-            "patience",
-            "max_steps_per_epoch",
-            "save_every_steps",
-            "warmup_epochs",
-            "weight_decay",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if not 0 <= self.sample_empty_fraction <= 1:
-            raise ValueError(
-                f"sample_empty_fraction must be in [0, 1], got {self.sample_empty_fraction}"
-            )
-        if not self.slice_offsets:
-            raise ValueError("slice_offsets must hold at least one offset, e.g. (0,) or (-2, 0, 2)")
-        for name in ("model_kwargs", "loss_kwargs"):
-            try:
-                json.dumps(getattr(self, name))
-            except TypeError as err:
-                raise ValueError(f"{name} must be JSON-serialisable: {err}") from None
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | TrainConfig) -> TrainConfig:
-        """Build from a dict (e.g. notebook parameters); unknown names raise ``ValueError``."""
-        if isinstance(values, TrainConfig):
-            return cls(**values.to_dict())
-        names = [f.name for f in fields(cls)]
-        unknown = [k for k in values if k not in names]
-        if unknown:
-            hints = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
-            hint = "; ".join(f"{k!r}: did you mean {v[0]!r}?" for k, v in hints.items() if v)
-            raise ValueError(
-                f"unknown TrainConfig parameter(s) {unknown}{' (' + hint + ')' if hint else ''}; "
-                f"valid names: {', '.join(names)}"
-            )
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples as lists); ``from_dict(to_dict())`` gives an equal config."""
-        d = asdict(self)
-        d["slice_offsets"] = list(self.slice_offsets)
-        return d
-
-
-def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
-
-
-def _coerce(name: str, kind: str, value: Any) -> Any:
-    """Check/convert one field to its annotated type; ``ValueError`` names the field."""
-    if kind.endswith("| None") and value is None:
-        return None
-    base = kind.removesuffix(" | None")
-    ok = True
-    if base == "bool":
-        ok = isinstance(value, bool)
-    elif base == "int":
-        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-        value = int(value) if ok else value
-    elif base == "float":
-        ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif base == "str":
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        ok = isinstance(value, str)
-    elif base.startswith("tuple"):
-        ok = isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-        )
-        value = tuple(int(v) for v in value) if ok else value
-    elif base.startswith("dict"):
-        ok = isinstance(value, dict)
-    if not ok:
-        raise ValueError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def config_parser() -> argparse.ArgumentParser:
-    """argparse over the TrainConfig fields (``--img-size 128``, ``--no-augment``...)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m gi_utils.train", description="Train one model on one fold (gi_utils.train)."
-    )
-    parser.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
-    for f in fields(TrainConfig):
-        flags = [f"--{f.name.replace('_', '-')}"]
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        kw: dict[str, Any] = {
-            "dest": f.name,
-            "default": argparse.SUPPRESS,
-            "help": f"default: {default!r}",
-        }
-        base = f.type.removesuffix(" | None")
-        if base == "bool":
-            kw["action"] = argparse.BooleanOptionalAction
-        elif base.startswith("tuple"):
-            kw.update(nargs="+", type=int)
-        elif base.startswith("dict"):
-            kw["type"] = json.loads
-        elif f.type.endswith("| None"):
-            kw["type"] = lambda s: None if s.lower() in ("", "none", "null") else s
-        else:
-            kw["type"] = {"int": int, "float": float, "str": str}[base]
-        parser.add_argument(*flags, **kw)
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse command-line flags (and ``--config FILE``) into a validated TrainConfig."""
-    parser = config_parser()
-    args = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
-    config_file = args.pop("config", None)
-    if config_file:
-        values.update(json.loads(Path(config_file).read_text(encoding="utf-8")))
-    values.update(args)
-    try:
-        return TrainConfig.from_dict(values)
-    except ValueError as err:
-        parser.error(str(err))  # exits with status 2 and the usage line
-
-
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed python, numpy and torch; with ``deterministic``, cuDNN picks fixed kernels."""
     random.seed(seed)
@@ -341,185 +115,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-
-
-# --------------------------------------------------------------------------- data
-#: Bit of each class in packed masks (same as :func:`gi_utils.transforms.pack_mask`).
-PACK_BITS: tuple[int, ...] = tuple(1 << c for c in range(len(CLASSES)))
-
-
-class EpochSampler(Sampler[int]):
-    """Sample order of one epoch, a function of ``(seed, epoch)`` only.
-
-    Every slice with an organ, plus ``round(empty_fraction * n_empty)`` slices without
-    one drawn afresh each epoch, shuffled and cut to ``max_samples``. The yielded
-    numbers encode the epoch (``epoch * n + index``) so that :class:`SeededSamples`
-    can seed each sample's augmentation, whatever worker or process loads it.
-    ``skip`` leaves out the first samples of the epoch (resuming in its middle).
-    """
-
-    def __init__(
-        self, empty: np.ndarray, seed: int, empty_fraction: float = 1.0, max_samples: int = 0
-    ) -> None:
-        empty = np.asarray(empty, dtype=bool)
-        self.n, self.seed, self.epoch, self.skip = len(empty), int(seed), 0, 0
-        self.organ, self.empty = np.flatnonzero(~empty), np.flatnonzero(empty)
-        self.n_empty = int(round(empty_fraction * len(self.empty)))
-        total = len(self.organ) + self.n_empty
-        self.length = min(total, max_samples) if max_samples else total
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def indices(self, epoch: int) -> np.ndarray:
-        """Dataset indices of ``epoch``, in order."""
-        rng = np.random.default_rng([self.seed, epoch])
-        empty = (
-            rng.choice(self.empty, self.n_empty, replace=False) if self.n_empty else self.empty[:0]
-        )
-        idx = np.concatenate([self.organ, empty])
-        rng.shuffle(idx)
-        return idx[: self.length]
-
-    def __iter__(self):
-        return iter((self.epoch * self.n + self.indices(self.epoch)[self.skip :]).tolist())
-
-    def __len__(self) -> int:
-        return max(self.length - self.skip, 0)
-
-
-class _SampleSeededTransform:
-    """Wraps an albumentations Compose; each call draws from a generator seeded by ``key``."""
-
-    def __init__(self, compose) -> None:
-        self.compose, self.key = compose, (0, 0, 0)
-
-    def set_random_seed(self, seed: int | None) -> None:
-        """Ignored: the per-sample seed replaces SliceDataset's per-worker seed."""
-
-    def __call__(self, **data):
-        seq = np.random.SeedSequence(self.key)
-        py_seed = int(seq.generate_state(1)[0])
-        self.compose.set_random_state(np.random.default_rng(seq), random.Random(py_seed))
-        return self.compose(**data)
-
-
-class SeededSamples(Dataset):
-    """Training view of a SliceDataset: index ``epoch * n + i`` -> sample ``i`` augmented
-    with the seed ``(seed, epoch, i)``."""
-
-    def __init__(self, base: Dataset, seed: int) -> None:
-        self.base, self.seed, self.n = base, int(seed), len(base)
-        if getattr(base, "transform", None) is not None:
-            base.transform = _SampleSeededTransform(base.transform)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, j: int):
-        epoch, i = divmod(int(j), self.n)
-        if isinstance(self.base.transform, _SampleSeededTransform):
-            self.base.transform.key = (self.seed, epoch, i)
-        return self.base[i]
-
-
-class _Indexed(Dataset):
-    """``(image, mask, i)``: validation samples carry their index through ``gather``."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        return (*self.base[i], i)
-
-
-@dataclass
-class TrainData:
-    """Datasets and loaders of one fold; ``val_volumes``: case_day -> rows of ``val_ds``."""
-
-    train_ds: Any
-    val_ds: Any
-    sampler: EpochSampler
-    train_loader: DataLoader
-    val_loader: DataLoader
-    val_volumes: dict[str, np.ndarray]
-
-
-def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
-    """Metadata, folds, cache, datasets and loaders for ``cfg`` (see :class:`TrainConfig`)."""
-    from gi_utils.dataset import (
-        SliceDataset,
-        VolumeCache,
-        assign_folds,
-        build_transforms,
-        split_fold,
-    )
-
-    data_dir = resolve_data_dir(cfg.data_dir)
-    meta = build_metadata(data_dir, "train")
-    meta = assign_folds(meta, cfg.n_folds, cfg.folds_seed, data_dir=data_dir, run_dir=Path(cfg.out_dir),
-                        drop_bad=cfg.drop_bad_cases)  # fmt: skip
-    train_meta, val_meta = split_fold(meta, cfg.fold)
-    cache = None
-    if cfg.cache != "none":
-        cache_dir = (
-            None
-            if cfg.cache == "memory"
-            else Path(cfg.cache_dir or Path(cfg.out_dir).parent / "cache")
-        )
-        try:
-            cache = VolumeCache(
-                meta, cfg.img_size, cache_dir, mode=cfg.resize_mode, progress=cfg.progress
-            )
-        except MemoryError as err:
-            raise MemoryError(f"{err}; in TrainConfig: cache='disk' (or 'none')") from None
-    transform = build_transforms(cfg.img_size, train=True) if cfg.augment else None
-    kw = {"cache": cache, "mode": cfg.resize_mode}
-    train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
-    # validation batches travel as float16 images / uint8 masks (the cache's own values,
-    # 4x fewer bytes between loader workers and the device) and are widened on the device
-    val_ds = SliceDataset(val_meta, cfg.img_size, cfg.slice_offsets, None, compact=True, **kw)
-    max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
-    sampler = EpochSampler(
-        train_ds.meta["empty"].to_numpy(), cfg.seed, cfg.sample_empty_fraction, max_samples
-    )
-    if len(sampler) < cfg.batch_size * num_processes:
-        raise ValueError(
-            f"fold {cfg.fold} draws {len(sampler)} training slices per epoch, fewer than one batch "
-            f"(batch_size={cfg.batch_size} x {num_processes} processes); lower batch_size"
-        )
-    pin = cfg.device != "cpu" and torch.cuda.is_available()
-    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
-    train_loader = DataLoader(
-        SeededSamples(train_ds, cfg.seed), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.seed), **loader_kw,
-    )  # fmt: skip
-    val_loader = DataLoader(
-        _Indexed(val_ds), batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw
-    )
-    codes = val_ds.meta["case_day"].to_numpy()
-    volumes = {str(cd): np.flatnonzero(codes == cd) for cd in pd.unique(codes)}
-    return TrainData(train_ds, val_ds, sampler, train_loader, val_loader, volumes)
-
-
-def unpack_volume(packed: np.ndarray) -> np.ndarray:
-    """Packed uint8 (D, S, S) -> bool (D, S, S, 3), the layout of the metric."""
-    bits = np.asarray(PACK_BITS, dtype=np.uint8)
-    return (packed[..., None] & bits) > 0
-
-
-def _drop_small(masks: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove components < ``min_size`` px from every (slice, class) of bool (D, S, S, C)."""
-    from gi_utils.infer import remove_small_components
-
-    out = masks.copy()
-    for d in range(out.shape[0]):
-        for c in range(out.shape[-1]):
-            out[d, ..., c] = remove_small_components(out[d, ..., c], min_size)
-    return out
 
 
 # --------------------------------------------------------------------------- the loop
