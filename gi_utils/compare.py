@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from gi_utils.atomic import atomic_write_text
 from gi_utils.constants import CLASSES
 from gi_utils.data import build_metadata, iter_volumes, read_volume, read_volume_mask
 from gi_utils.folds import assign_folds, split_fold
@@ -174,7 +175,4 @@ def update_readme(table_md: str, readme: str | os.PathLike = REPO_ROOT / "README
     text = readme.read_text()
     start = text.index(README_START) + len(README_START)
     end = text.index(README_END)
-    tmp = readme.with_name(f".{readme.name}.tmp")
-    tmp.write_text(text[:start] + "\n" + table_md + text[end:])
-    os.replace(tmp, readme)
-    return readme
+    return atomic_write_text(readme, text[:start] + "\n" + table_md + text[end:])

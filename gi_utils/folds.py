@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from gi_utils.atomic import atomic_write_text
 from gi_utils.constants import BAD_CASE_DAYS
 
 __all__ = [
@@ -98,14 +99,7 @@ def _infer_data_dir(meta: pd.DataFrame) -> Path | None:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _read_folds(path: Path, n_splits: int, seed: int) -> dict[str, int]:

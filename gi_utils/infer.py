@@ -45,6 +45,7 @@ __all__ = [
     "predict_volume",
     "remove_small_components",
     "postprocess",
+    "drop_small_components",
     "predict_volumes",
     "make_submission",
     "validate_submission",
@@ -195,13 +196,17 @@ def postprocess(
         bool (D, H, W, 3).
     """
     th = _per_class(thresholds, "thresholds")
-    sizes = _per_class(min_size, "min_size", int)
-    out = probs > np.asarray(th, np.float32)
-    for c, size in enumerate(sizes):
+    return drop_small_components(probs > np.asarray(th, np.float32), min_size)
+
+
+def drop_small_components(masks: np.ndarray, min_size: int | Sequence[int]) -> np.ndarray:
+    """Remove components smaller than ``min_size`` (one value or one per class) from every
+    (slice, class) of bool (D, H, W, 3) masks, in place; returns ``masks``."""
+    for c, size in enumerate(_per_class(min_size, "min_size", int)):
         if size > 1:
-            for d in range(len(out)):
-                out[d, ..., c] = remove_small_components(out[d, ..., c], size)
-    return out
+            for d in range(len(masks)):
+                masks[d, ..., c] = remove_small_components(masks[d, ..., c], size)
+    return masks
 
 
 def predict_volumes(

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gi_utils.atomic import atomic_write_text
+
 __all__ = ["ParameterError", "check_params", "new_names", "write_json", "read_json"]
 
 
@@ -80,8 +82,6 @@ def check_params(given: Mapping[str, Any], spec: Mapping[str, type | tuple[type,
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Write JSON atomically (temp file + rename) so a kill never leaves half a file."""
-    from gi_utils.checkpoint import atomic_write_text  # imports torch: only when writing
-
     text = json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n"
     return atomic_write_text(path, text)
 

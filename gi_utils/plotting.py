@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from gi_utils.atomic import atomic_path  # noqa: E402
 from gi_utils.constants import CLASS_COLORS, CLASSES  # noqa: E402
 
 __all__ = [
@@ -165,10 +166,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110, close: boo
     In a notebook leave ``close=False`` so the inline backend still shows the figure.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     if close:
         plt.close(fig)
     return path

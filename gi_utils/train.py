@@ -54,6 +54,7 @@ from gi_utils.checkpoint import (
 )
 from gi_utils.constants import CLASSES
 from gi_utils.distributed import effective_batch_size, effective_lr
+from gi_utils.infer import drop_small_components
 from gi_utils.models import (
     build_model,
     model_config,
@@ -72,7 +73,6 @@ from gi_utils.train_data import (  # noqa: F401  (re-exported for tests and tool
     EpochSampler,
     SeededSamples,
     TrainData,
-    _drop_small,
     load_train_data,
     unpack_volume,
 )
@@ -212,7 +212,7 @@ def validate(
     for case_day, rows in data.val_volumes.items():
         pred_vol[case_day] = unpack_volume(pred_all[rows])
         if min_size > 1:
-            pred_vol[case_day] = _drop_small(pred_vol[case_day], min_size)
+            pred_vol[case_day] = drop_small_components(pred_vol[case_day], min_size)
         true_vol[case_day] = unpack_volume(true_all[rows])
     res = competition_score(pred_vol, true_vol)
     out.update(

@@ -187,13 +187,3 @@ def unpack_volume(packed: np.ndarray) -> np.ndarray:
     bits = np.asarray(PACK_BITS, dtype=np.uint8)
     return (packed[..., None] & bits) > 0
 
-
-def _drop_small(masks: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove components < ``min_size`` px from every (slice, class) of bool (D, S, S, C)."""
-    from gi_utils.infer import remove_small_components
-
-    out = masks.copy()
-    for d in range(out.shape[0]):
-        for c in range(out.shape[-1]):
-            out[d, ..., c] = remove_small_components(out[d, ..., c], min_size)
-    return out
