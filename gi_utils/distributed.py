@@ -176,7 +176,10 @@ def _notebook_launch(cfg: TrainConfig, num_processes: int, train_fn) -> None:
     # accelerate refuses to fork while a state exists; a finished single-process train()
     # in this kernel leaves one behind, and nothing in this process uses it any more
     AcceleratorState._reset_state(reset_partial_state=True)
-    notebook_launcher(train_fn, (cfg,), num_processes=num_processes, mixed_precision=cfg.amp,
+    # amp="auto" is resolved by train() in each child: asking the GPU whether it has bf16
+    # here would initialise CUDA in the parent, which then cannot fork
+    amp = "no" if cfg.amp == "auto" else cfg.amp
+    notebook_launcher(train_fn, (cfg,), num_processes=num_processes, mixed_precision=amp,
                       use_port=str(_free_port()))  # fmt: skip
 
 

@@ -13,9 +13,10 @@ Files in ``out_dir`` (only the main process writes; every write is atomic):
 
 * ``config.json`` -- the :class:`TrainConfig`;
 * ``last.pt`` -- everything needed to resume (model, optimizer, scheduler, scaler,
-  epoch, step, best score, history, RNG states), safe types only (loads with
+  weight average, epoch, step, best score, history, RNG states), safe types only (loads with
   ``weights_only=True``); written after every epoch and every ``save_every_steps``;
-* ``best.safetensors`` + ``best.json`` -- the model of the best validation score, with
+* ``best.safetensors`` + ``best.json`` -- the model of the best validation score (the
+  exponential moving average of the weights when ``ema_decay`` > 0: what is validated), with
   the config :func:`gi_utils.models.load_model` and inference need;
 * ``history.csv`` -- one row per epoch; ``metrics.json`` -- the best and final figures.
 
@@ -32,7 +33,6 @@ import os
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from gi_utils.checkpoint import (
@@ -67,6 +68,7 @@ from gi_utils.train_config import (  # noqa: F401  (re-exported: gi_utils.train.
     TrainConfig,
     config_parser,
     parse_args,
+    resolve_amp,
 )
 from gi_utils.train_data import (  # noqa: F401  (re-exported for tests and tools)
     PACK_BITS,
@@ -131,6 +133,7 @@ def train_one_epoch(
     loss_sum: float = 0.0,
     n_batches: int = 0,
     on_step=None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> tuple[float, int]:
     """One pass over ``loader``: forward, loss, backward, optimizer and scheduler step.
 
@@ -139,6 +142,8 @@ def train_one_epoch(
         loader: yields ``(image (N, C, S, S), mask (N, 3, S, S))`` batches.
         loss_sum, n_batches: running totals when resuming in the middle of an epoch.
         on_step: called as ``on_step(loss_sum, n_batches)`` after every optimizer step.
+        memory_format: layout the images are put in (``torch.channels_last`` to match a
+            channels-last model).
 
     Returns:
         ``(loss_sum, n_batches)``; the epoch's mean loss is their ratio.
@@ -149,6 +154,7 @@ def train_one_epoch(
     model.train()
     bar = _bar(loader, desc, progress)
     for images, masks in bar:
+        images = images.contiguous(memory_format=memory_format)
         with acc.accumulate(model):
             logits = model(images)
             loss = loss_fn(logits.float(), masks)
@@ -174,7 +180,7 @@ def train_one_epoch(
 @torch.no_grad()
 def validate(
     acc: Accelerator, model, loader, loss_fn, data: TrainData, threshold: float, progress: bool,
-    min_size: int = 0,
+    min_size: int = 0, memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
     """Loss and competition metrics on the whole validation volumes (model resolution).
 
@@ -189,8 +195,9 @@ def validate(
     loss_stats = torch.zeros(2, dtype=torch.float64, device=acc.device)  # sum, count
     preds, trues, order = [], [], []
     for images, masks, index in _bar(loader, "valid", progress):
-        images, masks = images.float(), masks.float()
-        logits = model(images).float()
+        images, masks = images.float().contiguous(memory_format=memory_format), masks.float()
+        with acc.autocast():  # an EMA model is not wrapped by accelerate.prepare
+            logits = model(images).float()
         loss_stats[0] += loss_fn(logits, masks).double() * len(images)
         loss_stats[1] += len(images)
         pred = (logits.sigmoid() > threshold).to(torch.uint8)
@@ -273,6 +280,8 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
         acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
                   f"({cfg.batch_size} x {acc.num_processes} processes x grad_accum {cfg.grad_accum}); "
                   f"peak lr {lr:.3g} (scale_lr={cfg.scale_lr})", flush=True)  # fmt: skip
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net = net.to(memory_format=layout)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     loss_fn = _build_loss(cfg)
     model = torch.compile(net) if cfg.compile else net
@@ -285,6 +294,9 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
         round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, schedule)
+    ema = (ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True, device=acc.device)
+           if cfg.ema_decay else None)  # fmt: skip
+    scored = ema.module if ema is not None else model  # the weights validated and kept
 
     run = {"epoch": 0, "loss_sum": 0.0, "n_batches": 0, "best_score": -math.inf, "best_epoch": -1,
            "bad_epochs": 0, "history": []}  # fmt: skip
@@ -294,6 +306,8 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
         scheduler.load_state_dict(state["scheduler"])
         if acc.scaler is not None and state.get("scaler"):
             acc.scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         acc.step = int(state["accelerator_step"])
         run.update({k: state[k] for k in run})
         set_rng_state(state["rng"])
@@ -308,6 +322,7 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
                 **run, "config": cfg.to_dict(), "finished": finished, "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
             })  # fmt: skip
             where = (f"epoch {run['epoch'] + 1}, batch {run['n_batches']}" if run["n_batches"]
@@ -317,6 +332,8 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
 
     def on_step(loss_sum: float, n_batches: int) -> None:
         run.update(loss_sum=loss_sum, n_batches=n_batches)
+        if ema is not None:
+            ema.update(net, step=int(scheduler.last_epoch))
         opt_steps = math.ceil(n_batches / cfg.grad_accum)
         if (
             cfg.save_every_steps
@@ -336,15 +353,18 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
         try:
             loss_sum, n = train_one_epoch(acc, model, train_loader, optimizer, scheduler, loss_fn, desc=desc,
                                           progress=cfg.progress, loss_sum=run["loss_sum"],
-                                          n_batches=run["n_batches"], on_step=on_step)  # fmt: skip
+                                          n_batches=run["n_batches"], on_step=on_step,
+                                          memory_format=layout)  # fmt: skip
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
                 f"{err}; training stopped, last good checkpoint kept: {last_path}"
             ) from None
         row = {"epoch": epoch + 1, "step": int(scheduler.last_epoch), "lr": float(scheduler.get_last_lr()[0]),
                "train_loss": loss_sum / max(n, 1)}  # fmt: skip
-        row.update(validate(acc, model, val_loader, loss_fn, data, cfg.threshold, cfg.progress,
-                            cfg.min_size))  # fmt: skip
+        if ema is not None and acc.num_processes > 1:
+            _sync_buffers(ema.module)
+        row.update(validate(acc, scored, val_loader, loss_fn, data, cfg.threshold, cfg.progress,
+                            cfg.min_size, layout))  # fmt: skip
         row = broadcast_object_list([row])[0]  # the metrics are computed on the main process
         row["epoch_time_s"] = time.perf_counter() - t0
         score = row["val_score"]
@@ -352,7 +372,8 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
         if improved:
             run.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
             if acc.is_main_process:
-                save_model(out_dir / "best.safetensors", net, _model_config(cfg, row))
+                best = ema.module if ema is not None else net
+                save_model(out_dir / "best.safetensors", best, _model_config(cfg, row))
         else:
             run["bad_epochs"] += 1
         run["history"].append(row)
@@ -382,10 +403,7 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
 
 
 def _accelerator(cfg: TrainConfig) -> Accelerator:
-    amp = cfg.amp
-    if amp == "fp16" and (cfg.device == "cpu" or not torch.cuda.is_available()):
-        warnings.warn("amp='fp16' needs a CUDA GPU; training in full precision", stacklevel=3)
-        amp = "no"
+    amp = resolve_amp(cfg.amp, cuda=cfg.device != "cpu" and torch.cuda.is_available())
     from accelerate.state import AcceleratorState
 
     if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -395,6 +413,19 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(
         mixed_precision=amp, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu"
     )
+
+
+def _sync_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers of ``module`` (an EMA model).
+
+    DDP broadcasts rank 0's BatchNorm statistics at every forward, so the other ranks'
+    copies drift between steps and so do the averages they feed; the model that is
+    validated (and saved by rank 0) must be the same on all ranks, also after a resume.
+    """
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def _build_loss(cfg: TrainConfig) -> torch.nn.Module:

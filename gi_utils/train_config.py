@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,13 @@ from gi_utils.distributed import LR_SCALING
 from gi_utils.models import ARCHITECTURES, check_encoder, check_img_size
 from gi_utils.transforms import RESIZE_MODES
 
-__all__ = ["AMP_MODES", "CACHE_MODES", "DEVICES", "TrainConfig", "config_parser", "parse_args"]
+__all__ = [
+    "AMP_MODES", "CACHE_MODES", "DEVICES", "TrainConfig", "config_parser", "parse_args", "resolve_amp",
+]  # fmt: skip
 
-AMP_MODES: tuple[str, ...] = ("no", "fp16", "bf16")
+#: Mixed precision: "auto" = fp16 or bf16 on a GPU (bf16 where it is supported), bf16 on a
+#: CPU with native bf16 instructions (AVX512-BF16 or AMX), full precision elsewhere.
+AMP_MODES: tuple[str, ...] = ("no", "fp16", "bf16", "auto")
 CACHE_MODES: tuple[str, ...] = ("none", "memory", "disk")
 DEVICES: tuple[str, ...] = ("auto", "cpu")
 
@@ -37,15 +42,20 @@ class TrainConfig:
     Data: ``data_dir`` (None: :func:`gi_utils.paths.resolve_data_dir`), ``fold`` of
     ``n_folds`` (folds made with ``folds_seed`` and persisted), ``drop_bad_cases``,
     ``img_size`` (multiple of 32), ``resize_mode`` ("resize"|"pad"), ``slice_offsets``
-    (2.5D channels), ``augment``, ``cache`` ("none"|"memory"|"disk", disk under
+    (2.5D channels), ``augment`` with ``augment_kwargs`` (per-transform overrides of the
+    default augmentation, e.g. ``{"HorizontalFlip": {"p": 0.0}}``; see
+    :func:`gi_utils.transforms.build_transforms`), ``cache`` ("none"|"memory"|"disk", disk under
     ``cache_dir``, default ``<out_dir>/../cache`` so runs share it), ``num_workers``.
     Optimisation: ``epochs``, ``batch_size`` (per process), ``lr``, ``weight_decay``,
     ``warmup_epochs``, ``grad_accum``, ``scale_lr`` ("none"|"linear"|"sqrt": scale ``lr``, set
     for one process, to the effective batch ``batch_size x processes x grad_accum``; see
     :func:`gi_utils.distributed.effective_lr`), ``loss`` (a name of
     :data:`gi_utils.losses.LOSSES`) with ``loss_kwargs``,
-    ``amp`` ("no"|"fp16"|"bf16"), ``compile`` (torch.compile, opt-in), ``device``
-    ("auto": CUDA when present | "cpu"). Validation: ``threshold`` on probabilities,
+    ``ema_decay`` (0 = off; 0.99: validation and the best checkpoint use an
+    exponential moving average of the weights, with timm's warm-up, which steadies short
+    runs), ``amp`` ("no"|"fp16"|"bf16"|"auto", see :func:`resolve_amp`), ``channels_last`` (NHWC
+    memory layout of model and batches: faster convolutions on CPUs and tensor cores),
+    ``compile`` (torch.compile, opt-in), ``device`` ("auto": CUDA when present | "cpu"). Validation: ``threshold`` on probabilities,
     ``patience`` (early stopping on the validation score; 0 = off), ``min_size``
     (predicted components smaller than this many pixels at model resolution are removed
     before scoring, as inference does; 0 = keep all).
@@ -69,6 +79,7 @@ class TrainConfig:
     resize_mode: str = "resize"
     slice_offsets: tuple[int, ...] = (-2, 0, 2)
     augment: bool = True
+    augment_kwargs: dict[str, Any] = field(default_factory=dict)
     cache: str = "memory"
     cache_dir: str | None = None
     num_workers: int = 0
@@ -81,7 +92,9 @@ class TrainConfig:
     scale_lr: str = "none"
     loss: str = "bce_dice"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    amp: str = "no"
+    ema_decay: float = 0.99
+    amp: str = "auto"
+    channels_last: bool = True
     compile: bool = False
     device: str = "auto"
     threshold: float = 0.5
@@ -138,6 +151,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0 <= self.sample_empty_fraction <= 1:
@@ -146,11 +161,19 @@ class TrainConfig:
             )
         if not self.slice_offsets:
             raise ValueError("slice_offsets must hold at least one offset, e.g. (0,) or (-2, 0, 2)")
-        for name in ("model_kwargs", "loss_kwargs"):
+        for name in ("model_kwargs", "loss_kwargs", "augment_kwargs"):
             try:
                 json.dumps(getattr(self, name))
             except TypeError as err:
                 raise ValueError(f"{name} must be JSON-serialisable: {err}") from None
+        if self.augment_kwargs:
+            from gi_utils.transforms import build_transforms
+
+            try:  # a wrong transform or argument name fails here, before any work
+                build_transforms(self.img_size, train=True, overrides=self.augment_kwargs)
+            except (KeyError, ValueError, TypeError) as err:
+                msg = err.args[0] if err.args else str(err)
+                raise ValueError(f"augment_kwargs: {msg}") from None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | TrainConfig) -> TrainConfig:
@@ -173,6 +196,27 @@ class TrainConfig:
         d = asdict(self)
         d["slice_offsets"] = list(self.slice_offsets)
         return d
+
+
+def resolve_amp(amp: str, cuda: bool) -> str:
+    """The mixed precision a run uses: ``amp`` with "auto" (and fp16 without a GPU) resolved.
+
+    "auto" gives bf16 on a GPU that supports it, fp16 on other GPUs (T4, P100), bf16 on a
+    CPU with native bf16 instructions (about 2x faster there) and "no" on other CPUs,
+    where bf16 is emulated and slower. "fp16" without CUDA warns and gives "no".
+    """
+    import torch
+
+    if amp == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        native = (getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                  or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())  # fmt: skip
+        return "bf16" if native else "no"
+    if amp == "fp16" and not cuda:
+        warnings.warn("amp='fp16' needs a CUDA GPU; training in full precision", stacklevel=3)
+        return "no"
+    return amp
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:

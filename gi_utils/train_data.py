@@ -153,7 +153,8 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
             )
         except MemoryError as err:
             raise MemoryError(f"{err}; in TrainConfig: cache='disk' (or 'none')") from None
-    transform = build_transforms(cfg.img_size, train=True) if cfg.augment else None
+    transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)
+                 if cfg.augment else None)  # fmt: skip
     kw = {"cache": cache, "mode": cfg.resize_mode}
     train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
     # validation batches travel as float16 images / uint8 masks (the cache's own values,

@@ -290,12 +290,16 @@ def build_transforms(
         return None
     specs = _default_train_specs(img_size)
     names = [name for name, _ in specs]
-    for name in overrides or {}:
+    for name, given in (overrides or {}).items():
         if name not in names:
             raise KeyError(f"override for unknown transform {name!r}; valid names: {names}")
+        if not isinstance(given, dict):
+            raise ValueError(f"override for {name} must be a dict of its arguments, got {given!r}")
     transforms = []
     for name, kwargs in specs:
         kwargs = {**kwargs, **(overrides or {}).get(name, {})}
-        # strict=True: a wrong argument name raises here instead of warning
-        transforms.append(getattr(A, name)(**kwargs, strict=True))
+        try:  # strict=True: a wrong argument name raises here instead of warning
+            transforms.append(getattr(A, name)(**kwargs, strict=True))
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
     return A.Compose(transforms, strict=True, seed=seed)

@@ -80,6 +80,10 @@ def test_unknown_parameter_is_rejected_with_a_suggestion():
         ("augment", "yes", r"augment must be bool"),
         ("slice_offsets", (), r"slice_offsets"),
         ("slice_offsets", (0.5,), r"slice_offsets must be"),
+        ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
+        ("augment_kwargs", {"Flip": {"p": 0.0}}, r"augment_kwargs: override for unknown transform 'Flip'"),
+        ("augment_kwargs", {"Affine": {"rotation": 5}}, r"augment_kwargs: Affine: .*rotation"),
+        ("augment_kwargs", {"Affine": 0.5}, r"augment_kwargs: override for Affine must be a dict"),
     ],
 )
 def test_bad_values_name_the_parameter(field, value, message):
@@ -247,7 +251,7 @@ def test_two_epochs_improve_validation_dice(synth_dir, tmp_path):
 def _train_cmd(data_dir: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "gi_utils.train", "--data-dir", str(data_dir), "--out-dir", str(out),
             "--img-size", "64", "--epochs", "3", "--batch-size", "4", "--n-folds", "2", "--device", "cpu",
-            "--save-every-steps", "3", "--no-progress"]  # fmt: skip
+            "--save-every-steps", "3", "--no-progress", "--ema-decay", "0.9", "--amp", "bf16"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -277,6 +281,49 @@ def test_sigkill_then_resume_equals_uninterrupted_run(synth_dir, tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     sa, sb = load_state(full / "last.pt"), load_state(cut / "last.pt")
     assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+    assert all(torch.equal(sa["ema"][k], sb["ema"][k]) for k in sa["ema"])  # the EMA resumes too
+
+
+def test_ema_weights_are_validated_and_kept_as_best(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(synth_dir, out, max_steps_per_epoch=3, ema_decay=0.9))
+    state = load_state(out / "last.pt")
+    best = load_file(out / "best.safetensors")  # epoch 1 of 1: best = last
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    assert best.keys() == ema.keys() == state["model"].keys()
+    assert all(torch.equal(best[k], ema[k]) for k in best)
+    moved = [k for k in best if best[k].is_floating_point() and not torch.equal(best[k], state["model"][k])]
+    assert moved, "the kept weights are the raw weights, not their average"
+
+
+def test_channels_last_is_a_layout_not_a_result(synth_dir, tmp_path):
+    # full precision: the two layouts then differ only in summation order
+    a = train(tiny_config(synth_dir, tmp_path / "a", max_steps_per_epoch=2, channels_last=True, amp="no"))
+    b = train(tiny_config(synth_dir, tmp_path / "b", max_steps_per_epoch=2, channels_last=False, amp="no"))
+    losses = ["train_loss", "val_loss"]
+    pd.testing.assert_frame_equal(a[losses], b[losses], rtol=1e-3)
+    model, _ = load_model(tmp_path / "a" / "best.safetensors")  # saved contiguous, loads anywhere
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("amp", "cuda", "bf16_gpu", "bf16_cpu", "want"),
+    [
+        ("auto", False, False, True, "bf16"),  # CPU with AVX512-BF16/AMX
+        ("auto", False, False, False, "no"),  # bf16 would be emulated: slower
+        ("auto", True, True, False, "bf16"),  # A100, H100
+        ("auto", True, False, False, "fp16"),  # T4, P100
+        ("bf16", False, False, False, "bf16"),  # asked for: allowed
+        ("no", True, True, True, "no"),
+    ],
+)
+def test_resolve_amp(monkeypatch, amp, cuda, bf16_gpu, bf16_cpu, want):
+    from gi_utils.train_config import resolve_amp
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_cpu, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_amp(amp, cuda) == want
 
 
 def test_switching_amp_between_runs_in_one_process(synth_dir, tmp_path):
@@ -295,7 +342,8 @@ def test_two_processes_gather_validation_and_only_main_writes(synth_dir, tmp_pat
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gi_utils.train", "--data-dir", str(synth_dir), "--out-dir", str(out), "--img-size", "64",
-           "--epochs", "1", "--batch-size", "2", "--n-folds", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+           "--epochs", "1", "--batch-size", "2", "--n-folds", "2", "--device", "cpu", "--no-progress",
+           "--amp", "no"]  # fmt: skip  (full precision, as the check below predicts)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,54 @@
+"""ensure_data: synthetic data on first use, rewritten when stale, real data never touched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import gi_utils.pipeline as pipeline
+import gi_utils.synth as synth
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A data root the search finds, and a generator that only records its calls."""
+    root = tmp_path / "data"
+    root.mkdir()
+    calls: list[tuple] = []
+    monkeypatch.delenv("GI_DATA_DIR", raising=False)
+    monkeypatch.setattr(pipeline, "_synthetic_target", lambda: root)
+    monkeypatch.setattr(pipeline, "resolve_data_dir", lambda given=None: Path(given) if given else root)
+    monkeypatch.setattr(synth, "generate_dataset", lambda *a, **k: calls.append(a) or Path(a[0]))
+    return root, calls
+
+
+def _marker(root: Path, **params) -> None:
+    want = {"n_cases": pipeline.SYNTH_CASES, "n_test_cases": pipeline.SYNTH_TEST_CASES,
+            "seed": pipeline.SYNTH_SEED, "slices_per_scan": pipeline.SYNTH_SLICES, "size": None}  # fmt: skip
+    (root / synth.MARKER).write_text(json.dumps({"params": {**want, **params}}))
+
+
+def test_current_synthetic_dataset_is_used_as_is(fake):
+    root, calls = fake
+    _marker(root)
+    assert pipeline.ensure_data("") == root and calls == []
+
+
+def test_older_synthetic_dataset_is_written_again(fake, capsys):
+    root, calls = fake
+    _marker(root, n_cases=12)
+    assert pipeline.ensure_data("") == root
+    assert len(calls) == 1 and calls[0][:2] == (root, pipeline.SYNTH_CASES)
+    assert "older synthetic dataset (12 cases)" in capsys.readouterr().out
+
+
+def test_real_data_and_named_folders_are_never_rewritten(fake, tmp_path):
+    root, calls = fake
+    assert pipeline.ensure_data("") == root  # no synth.json: real data
+    named = tmp_path / "mine"
+    named.mkdir()
+    _marker(named, n_cases=3)
+    assert pipeline.ensure_data(named) == named  # a folder the user named
+    assert calls == []
