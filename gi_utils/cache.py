@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gi_utils.constants import CLASSES
 from gi_utils.data import ImageReadError, iter_volumes, read_volume, slice_mask
+from gi_utils.progress import progress_bar
 from gi_utils.transforms import (
     CLIP_PERCENTILE,
     NORM_VERSION,
@@ -157,8 +157,7 @@ class VolumeCache:
 
     def _build(self, put_images, put_masks, progress: bool) -> None:
         """Decode every scan once, in row order; ``put_*(slice, arr)`` store the results."""
-        bar = tqdm(total=len(self.meta), desc="caching volumes", unit="slice",
-                   disable=not progress)  # fmt: skip
+        bar = progress_bar(None, "caching volumes", progress, total=len(self.meta), unit="slice")
         for case_day, rows, start in self._scans():
             vol = read_volume(rows)
             hi = intensity_clip(vol)

@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gi_utils.checkpoint import atomic_write_text
 from gi_utils.constants import CLASSES, NUM_CLASSES, SUBMISSION_COLUMNS
 from gi_utils.data import build_metadata, iter_volumes, read_volume
 from gi_utils.models import load_model
 from gi_utils.paths import DataNotFoundError, resolve_data_dir
+from gi_utils.progress import progress_bar
 from gi_utils.rle import RLEError, encode_rle, is_empty_rle, parse_rle
 from gi_utils.transforms import NORM_VERSION, preprocess_volume, restore_size
 
@@ -220,7 +220,7 @@ def predict_volumes(
 ) -> Iterator[tuple[str, pd.DataFrame, np.ndarray]]:
     """Yield ``(case_day, rows, probs float32 (D, H, W, 3))`` per scan of ``meta``, with a bar."""
     scans = list(iter_volumes(meta))
-    for case_day, rows in tqdm(scans, desc="predict", unit="scan", disable=not progress):
+    for case_day, rows in progress_bar(scans, "predict", progress, unit="scan"):
         yield (
             case_day,
             rows,

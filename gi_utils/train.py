@@ -4,9 +4,10 @@ A plain PyTorch loop; Hugging Face ``accelerate`` supplies the device, mixed pre
 gradient accumulation and multi-process data parallelism, so the same code runs on a
 laptop CPU, one Kaggle GPU, or ``accelerate launch -m gi_utils.train ...`` / torchrun.
 
-Per epoch: AdamW steps under a warm-up + cosine schedule, then validation on whole
-volumes: per-slice predictions are gathered from all processes, put back into
-per-case-day volumes at model resolution and scored once with
+Per epoch: AdamW steps under a warm-up + cosine schedule (with an exponential moving
+average of the weights when ``ema_decay`` > 0), then validation on whole volumes
+(:func:`gi_utils.validation.validate`): per-slice predictions are gathered from all
+processes, put back into per-case-day volumes at model resolution and scored once with
 :func:`gi_utils.metrics.competition_score`.
 
 Files in ``out_dir`` (only the main process writes; every write is atomic):
@@ -42,7 +43,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from timm.utils import ModelEmaV3
-from tqdm.auto import tqdm
 
 from gi_utils.checkpoint import (
     atomic_write_json,
@@ -55,12 +55,12 @@ from gi_utils.checkpoint import (
 )
 from gi_utils.constants import CLASSES
 from gi_utils.distributed import effective_batch_size, effective_lr
-from gi_utils.infer import drop_small_components
 from gi_utils.models import (
     build_model,
     model_config,
     save_model,
 )
+from gi_utils.progress import progress_bar
 from gi_utils.train_config import (  # noqa: F401  (re-exported: gi_utils.train.TrainConfig)
     AMP_MODES,
     CACHE_MODES,
@@ -78,8 +78,9 @@ from gi_utils.train_data import (  # noqa: F401  (re-exported for tests and tool
     load_train_data,
     unpack_volume,
 )
+from gi_utils.validation import sync_buffers, validate
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "train", "train_one_epoch", "WarmupCosine", "main"]
+__all__ = ["TrainConfig", "NonFiniteLossError", "train", "train_one_epoch", "validate", "WarmupCosine", "main"]
 
 #: Config fields that may differ between a run and its resumption (they do not change
 #: the numbers, only where files live and how fast they are read).
@@ -152,7 +153,7 @@ def train_one_epoch(
         NonFiniteLossError: a batch gave a NaN or infinite loss.
     """
     model.train()
-    bar = _bar(loader, desc, progress)
+    bar = progress_bar(loader, desc, progress, leave=False)
     for images, masks in bar:
         images = images.contiguous(memory_format=memory_format)
         with acc.accumulate(model):
@@ -175,66 +176,6 @@ def train_one_epoch(
         if on_step is not None and acc.sync_gradients:
             on_step(loss_sum, n_batches)
     return loss_sum, n_batches
-
-
-@torch.no_grad()
-def validate(
-    acc: Accelerator, model, loader, loss_fn, data: TrainData, threshold: float, progress: bool,
-    min_size: int = 0, memory_format: torch.memory_format = torch.contiguous_format,
-) -> dict[str, float]:
-    """Loss and competition metrics on the whole validation volumes (model resolution).
-
-    ``min_size`` > 0 removes predicted components smaller than that many pixels (at model
-    resolution) before scoring, the post-processing :func:`gi_utils.infer.postprocess`
-    applies at inference.
-    """
-    from gi_utils.metrics import competition_score
-
-    model.eval()
-    bits = torch.tensor(PACK_BITS, dtype=torch.uint8, device=acc.device).view(1, -1, 1, 1)
-    loss_stats = torch.zeros(2, dtype=torch.float64, device=acc.device)  # sum, count
-    preds, trues, order = [], [], []
-    for images, masks, index in _bar(loader, "valid", progress):
-        images, masks = images.float().contiguous(memory_format=memory_format), masks.float()
-        with acc.autocast():  # an EMA model is not wrapped by accelerate.prepare
-            logits = model(images).float()
-        loss_stats[0] += loss_fn(logits, masks).double() * len(images)
-        loss_stats[1] += len(images)
-        pred = (logits.sigmoid() > threshold).to(torch.uint8)
-        packed_pred = (pred * bits).sum(1, dtype=torch.uint8)  # (N, S, S), bit c = class c
-        packed_true = (masks.to(torch.uint8) * bits).sum(1, dtype=torch.uint8)
-        p, t, i = acc.gather_for_metrics((packed_pred, packed_true, index))
-        preds.append(p.cpu().numpy())
-        trues.append(t.cpu().numpy())
-        order.append(i.cpu().numpy())
-    total, count = acc.reduce(loss_stats, "sum").tolist()
-    out = {"val_loss": total / max(count, 1.0)}
-    if not acc.is_main_process:
-        return out
-    order_np = np.concatenate(order)
-    pred_all = np.empty((len(data.val_ds), *preds[0].shape[1:]), np.uint8)
-    true_all = np.empty_like(pred_all)
-    pred_all[order_np], true_all[order_np] = np.concatenate(preds), np.concatenate(trues)
-    pred_vol, true_vol = {}, {}
-    for case_day, rows in data.val_volumes.items():
-        pred_vol[case_day] = unpack_volume(pred_all[rows])
-        if min_size > 1:
-            pred_vol[case_day] = drop_small_components(pred_vol[case_day], min_size)
-        true_vol[case_day] = unpack_volume(true_all[rows])
-    res = competition_score(pred_vol, true_vol)
-    out.update(
-        val_dice=float(res.dice), val_hausdorff=float(res.hausdorff), val_score=float(res.score)
-    )
-    for name in CLASSES:
-        out[f"dice_{name}"] = float(res.per_class.loc[name, "dice"])
-    return out
-
-
-def _bar(iterable, desc: str, enabled: bool):
-    """tqdm.auto bar: widget in a notebook; sparse updates when stderr is a log file."""
-    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    return tqdm(iterable, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True,
-                mininterval=0.2 if interactive else 30.0)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- train()
@@ -362,7 +303,7 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
         row = {"epoch": epoch + 1, "step": int(scheduler.last_epoch), "lr": float(scheduler.get_last_lr()[0]),
                "train_loss": loss_sum / max(n, 1)}  # fmt: skip
         if ema is not None and acc.num_processes > 1:
-            _sync_buffers(ema.module)
+            sync_buffers(ema.module)
         row.update(validate(acc, scored, val_loader, loss_fn, data, cfg.threshold, cfg.progress,
                             cfg.min_size, layout))  # fmt: skip
         row = broadcast_object_list([row])[0]  # the metrics are computed on the main process
@@ -413,19 +354,6 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(
         mixed_precision=amp, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu"
     )
-
-
-def _sync_buffers(module: torch.nn.Module) -> None:
-    """Give every process rank 0's buffers of ``module`` (an EMA model).
-
-    DDP broadcasts rank 0's BatchNorm statistics at every forward, so the other ranks'
-    copies drift between steps and so do the averages they feed; the model that is
-    validated (and saved by rank 0) must be the same on all ranks, also after a resume.
-    """
-    import torch.distributed as dist
-
-    for buffer in module.buffers():
-        dist.broadcast(buffer.data, src=0)
 
 
 def _build_loss(cfg: TrainConfig) -> torch.nn.Module:
