@@ -3,7 +3,8 @@
 Both loops train the same model (UNet/ResNet-18, 128x128, batch 8, 3 input channels)
 with AdamW and the same loss on the same in-memory batches, so the difference is the
 loop itself: accelerate's wrappers, gradient-accumulation context, scheduler step,
-loss read-back and non-finite check, progress bar (enabled). Rounds alternate
+loss read-back and non-finite check, progress bar (enabled) and the update of the weight
+average after every step (``ema_decay`` is on by default). Rounds alternate
 bare/loop and the fastest round of each counts, which damps noise from other processes.
 """
 
@@ -20,6 +21,7 @@ import _common  # noqa: E402,F401 - sets the offline environment variables first
 import torch  # noqa: E402
 from _common import peak_rss_mb, result  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
+from timm.utils import ModelEmaV3  # noqa: E402
 
 from gi_utils.losses import build_loss  # noqa: E402
 from gi_utils.models import build_model  # noqa: E402
@@ -64,6 +66,10 @@ def main() -> None:
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     model, opt = acc.prepare(net, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, WarmupCosine(2, 10 * STEPS))
+    ema = ModelEmaV3(net, decay=0.99, use_warmup=True)
+
+    def on_step(loss_sum: float, n_batches: int) -> None:  # what train() does after a step
+        ema.update(net, step=int(sched.last_epoch))
 
     bare_loop(bare_model, bare_opt, loss_fn, batches[:2])  # warm-up (allocator, kernels)
     train_one_epoch(acc, model, batches[:2], opt, sched, loss_fn, progress=False)
@@ -73,7 +79,8 @@ def main() -> None:
         bare_loop(bare_model, bare_opt, loss_fn, batches)
         bare_t.append((time.perf_counter() - t0) / STEPS)
         t0 = time.perf_counter()
-        train_one_epoch(acc, model, batches, opt, sched, loss_fn, progress=True, desc="bench")
+        train_one_epoch(acc, model, batches, opt, sched, loss_fn, progress=True, desc="bench",
+                        on_step=on_step)
         loop_t.append((time.perf_counter() - t0) / STEPS)
     bare, loop = min(bare_t), min(loop_t)
     print(f"bare PyTorch loop: {bare:.4f} s/step (rounds: {', '.join(f'{t:.4f}' for t in bare_t)})")
