@@ -123,6 +123,12 @@ def _synthetic_target() -> Path:
     return (REPO_ROOT if in_checkout else Path.cwd()) / "data"
 
 
+def _synthetic_params() -> dict[str, Any]:
+    """The ``params`` record (``synth.json``) of the dataset :func:`ensure_data` writes."""
+    return {"n_cases": SYNTH_CASES, "n_test_cases": SYNTH_TEST_CASES, "seed": SYNTH_SEED,
+            "slices_per_scan": SYNTH_SLICES, "size": None}  # fmt: skip
+
+
 def _stale_synthetic(root: Path) -> str:
     """Why the synthetic dataset in ``root`` is not the one :func:`ensure_data` makes ('' if it is)."""
     import json
@@ -133,8 +139,7 @@ def _stale_synthetic(root: Path) -> str:
         params = json.loads((root / MARKER).read_text(encoding="utf-8"))["params"]
     except (OSError, ValueError, KeyError, TypeError):
         return ""  # not a synthetic dataset of ours: real data are never touched
-    want = {"n_cases": SYNTH_CASES, "n_test_cases": SYNTH_TEST_CASES, "seed": SYNTH_SEED,
-            "slices_per_scan": SYNTH_SLICES, "size": None}  # fmt: skip
+    want = _synthetic_params()
     if {k: params.get(k) for k in want} == want:
         return ""
     return f"{root.name}/ holds an older synthetic dataset ({params.get('n_cases')} cases)"

@@ -25,9 +25,8 @@ def fake(tmp_path, monkeypatch):
 
 
 def _marker(root: Path, **params) -> None:
-    want = {"n_cases": pipeline.SYNTH_CASES, "n_test_cases": pipeline.SYNTH_TEST_CASES,
-            "seed": pipeline.SYNTH_SEED, "slices_per_scan": pipeline.SYNTH_SLICES, "size": None}  # fmt: skip
-    (root / synth.MARKER).write_text(json.dumps({"params": {**want, **params}}))
+    record = {"params": {**pipeline._synthetic_params(), **params}}
+    (root / synth.MARKER).write_text(json.dumps(record))
 
 
 def test_current_synthetic_dataset_is_used_as_is(fake):
