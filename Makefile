@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast demo bench wheel lint clean
+.PHONY: venv test test-fast demo docs notebooks bench wheel lint clean
 
 venv: $(STAMP)
 
@@ -25,8 +25,17 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest tests -m "not slow"
 
+# Writes only under runs/ (a second call continues where the first stopped); `make docs`
+# copies its table and figures into README.md and pictures/.
 demo: venv
 	$(PY) -m gi_utils.pipeline
+
+docs: venv
+	$(PY) -m gi_utils.pipeline docs
+
+# Copy notebooks/setup_cell.py into every notebook and execute them with their defaults.
+notebooks: venv
+	$(PY) -m gi_utils.pipeline notebooks
 
 bench: venv
 	$(PY) benchmarks/run_all.py

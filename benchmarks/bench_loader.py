@@ -1,13 +1,13 @@
 """Data-loading throughput: the cached 2.5D dataset vs the naive per-sample PNG reads.
 
-Same run, same synthetic data (:func:`gi_utils.synth.generate_dataset`), same outputs:
+Same run, same synthetic data (:func:`gi_utils.synthetic.generate_dataset`), same outputs:
 
 * naive = what public notebooks do: for every 2.5D sample read its 3 PNGs with OpenCV,
   normalise, resize, decode the 3 RLE masks and resize them (each sample, each epoch).
   To produce the very tensors of the cache it uses the per-scan clip values, which are
   computed beforehand and handed to it for free (so the ratio is conservative);
-* cached = :class:`gi_utils.dataset.VolumeCache` on disk (memory-mapped) +
-  :class:`gi_utils.dataset.SliceDataset`.
+* cached = :class:`gi_utils.data.VolumeCache` on disk (memory-mapped) +
+  :class:`gi_utils.data.SliceDataset`.
 
 Both run through ``DataLoader(num_workers=2, fork, batch_size=32)`` at 256x256. One epoch
 of each pair asserts identical tensors (training style too: the augmentation is seeded
@@ -38,10 +38,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gi_utils.constants import CLASSES
-from gi_utils.data import build_metadata, iter_volumes, read_volume
-from gi_utils.dataset import SliceDataset, VolumeCache, build_transforms
-from gi_utils.rle import decode_rle
-from gi_utils.transforms import intensity_clip
+from gi_utils.data import (
+    SliceDataset,
+    VolumeCache,
+    build_metadata,
+    build_transforms,
+    decode_rle,
+    intensity_clip,
+    iter_volumes,
+    read_volume,
+)
 
 IMG_SIZE = 256
 OFFSETS = (-2, 0, 2)
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    from gi_utils.synth import generate_dataset
+    from gi_utils.synthetic import generate_dataset
 
     base_rss = _peak_rss_mib()[0]
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from gi_utils.metrics import competition_score
+from gi_utils.evaluation import competition_score
 
 SHAPE = (144, 266, 266)
 Blob = tuple[tuple[float, float, float], tuple[float, float, float]]

@@ -1,6 +1,6 @@
 """Throughput of 2 data-parallel CPU processes against 1, on the same single CPU core.
 
-Both runs start the training loop of ``gi_utils.train`` (accelerate's data-parallel
+Both runs start the training loop of ``gi_utils.training`` (accelerate's data-parallel
 wrappers, the real data loader over tiny synthetic data, UNet/ResNet-18 at 64 px, batch
 8 per process) through ``torch.distributed.run``, every worker with 1 thread and pinned
 to the same core: 1 process, then 2 processes (gloo). After warm-up steps, rank 0 times
@@ -44,19 +44,14 @@ def worker(data_dir: str, out_dir: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from gi_utils.train import (
-        TrainConfig,
-        _accelerator,
-        _build_loss,
-        build_model,
-        load_train_data,
-        train_one_epoch,
-    )
+    from gi_utils.losses import build_loss
+    from gi_utils.models import build_model
+    from gi_utils.training import TrainConfig, load_train_data, make_accelerator, train_one_epoch
 
     cfg = TrainConfig(data_dir=data_dir, out_dir=out_dir, img_size=SIZE, batch_size=BATCH,
                       n_folds=2, device="cpu", progress=False, cache="memory",
                       max_steps_per_epoch=WARMUP + STEPS)  # fmt: skip
-    acc = _accelerator(cfg)
+    acc = make_accelerator(cfg)
     data = load_train_data(cfg, acc.num_processes)
     net = build_model(cfg.arch, cfg.encoder, len(cfg.slice_offsets), 3)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
@@ -70,7 +65,7 @@ def worker(data_dir: str, out_dir: str) -> None:
             marks["t0"] = time.perf_counter()
 
     loader.set_epoch(0)
-    _, n_batches = train_one_epoch(acc, model, loader, opt, sched, _build_loss(cfg),
+    _, n_batches = train_one_epoch(acc, model, loader, opt, sched, build_loss(cfg.loss, **cfg.loss_kwargs),
                                    progress=False, on_step=on_step)  # fmt: skip
     acc.wait_for_everyone()
     seconds = time.perf_counter() - marks["t0"]
@@ -97,7 +92,7 @@ def run(processes: int, data_dir: Path, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    from gi_utils.synth import generate_dataset
+    from gi_utils.synthetic import generate_dataset
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_mp_") as tmp:

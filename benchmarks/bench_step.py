@@ -14,9 +14,9 @@ import copy
 import torch
 from _common import best_of, peak_rss_mb, result
 
+from gi_utils.device import resolve_amp
 from gi_utils.models import build_model
-from gi_utils.pipeline import DEMO_ARCH_TRAIN
-from gi_utils.train_config import resolve_amp
+from gi_utils.training import ARCH_PRESETS
 
 STEPS, BATCH, SIZE = 4, 16, 128
 
@@ -47,14 +47,14 @@ def main() -> None:
     amp = resolve_amp("auto", cuda=False)
     print(f"batch {BATCH} x 3 x {SIZE} x {SIZE}, {torch.get_num_threads()} threads; amp='auto' -> {amp!r}")
     ratios = []
-    for arch, settings in DEMO_ARCH_TRAIN.items():
+    for arch, settings in ARCH_PRESETS["demo"].items():
         model = build_model(arch, "resnet18", 3, 3, weights=None, **settings.get("model_kwargs", {}))
         ref = step_time(model, "no", False)
         fast = step_time(model, amp, True)
         ratios.append(ref / fast)
         print(f"  {arch}: fp32 NCHW {ref * 1e3:.0f} ms/step, {amp} channels_last {fast * 1e3:.0f} ms/step "
               f"({ref / fast:.2f}x; peak RSS {peak_rss_mb():.0f} MiB)", flush=True)
-    for arch, r in zip(DEMO_ARCH_TRAIN, ratios):
+    for arch, r in zip(ARCH_PRESETS["demo"], ratios):
         result(f"step_speedup_{arch}", r, "x", "report")
 
 

@@ -1,4 +1,4 @@
-"""Overhead of gi_utils.train's loop over a bare PyTorch loop.
+"""Overhead of gi_utils.training's loop over a bare PyTorch loop.
 
 Both loops train the same model (UNet/ResNet-18, 128x128, batch 8, 3 input channels)
 with AdamW and the same loss on the same in-memory batches, so the difference is the
@@ -23,9 +23,9 @@ from _common import peak_rss_mb, result  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from timm.utils import ModelEmaV3  # noqa: E402
 
-from gi_utils.losses import build_loss  # noqa: E402
-from gi_utils.models import build_model  # noqa: E402
-from gi_utils.train import WarmupCosine, train_one_epoch  # noqa: E402
+from gi_utils.losses import build_loss
+from gi_utils.models import build_model
+from gi_utils.training import WarmupCosine, train_one_epoch
 
 STEPS, BATCH, SIZE, ROUNDS = 12, 8, 128, 3
 
@@ -85,7 +85,7 @@ def main() -> None:
     bare, loop = min(bare_t), min(loop_t)
     print(f"bare PyTorch loop: {bare:.4f} s/step (rounds: {', '.join(f'{t:.4f}' for t in bare_t)})")
     print(
-        f"gi_utils.train loop: {loop:.4f} s/step (rounds: {', '.join(f'{t:.4f}' for t in loop_t)})"
+        f"gi_utils.training loop: {loop:.4f} s/step (rounds: {', '.join(f'{t:.4f}' for t in loop_t)})"
     )
     print(
         f"model unet/resnet18, batch {BATCH}, {SIZE}x{SIZE}, {STEPS} steps x {ROUNDS} rounds, 1 thread, CPU"

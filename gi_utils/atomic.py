@@ -2,7 +2,7 @@
 moved over the target with :func:`os.replace`, so a process killed at any moment leaves
 either the old file or the new one, never half of one. Every writer of the package
 (checkpoints, models, histories, metrics, folds, figures, submissions, the README's
-results block) goes through here.
+results block) goes through here, and so does reading back the JSON records.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "remove_stale_temps"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "read_json", "remove_stale_temps"]
 
 
 @contextlib.contextmanager
@@ -77,6 +77,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic_write(path, lambda f: f.write(text))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically.
+
+    NumPy scalars, paths and tuples are written as plain numbers, strings and lists.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n"
+    return atomic_write_text(path, text)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, naming the path when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")

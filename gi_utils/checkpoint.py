@@ -1,8 +1,8 @@
-"""Atomic, pickle-free file I/O for models and training state.
+"""Pickle-free training state: ``last.pt`` and the RNG states it carries.
 
-Every file here is written to a temporary file in the same folder, flushed to disk and
-moved over the target with :func:`os.replace`, so a run killed at any moment leaves
-either the old file or the new one, never half of one.
+Every file here is written through :mod:`gi_utils.atomic` (a temporary file in the same
+folder, flushed and moved over the target), so a run killed at any moment leaves either
+the old file or the new one, never half of one.
 
 Nothing is ever unpickled with arbitrary globals: training state is read with
 ``torch.load(..., weights_only=True)``, which only rebuilds tensors and plain Python
@@ -14,24 +14,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from gi_utils.atomic import (  # noqa: F401  (re-exported)
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
-    remove_stale_temps,
-)
+from gi_utils.atomic import atomic_path
 
 __all__ = [
     "CheckpointError",
-    "atomic_path",
-    "atomic_write_text",
-    "atomic_write_json",
-    "remove_stale_temps",
     "save_state",
     "load_state",
     "rng_state",
@@ -87,10 +80,6 @@ def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 # --------------------------------------------------------------------------- RNG state
 def rng_state() -> dict[str, Any]:
     """The python, numpy (legacy global) and torch RNG states, as safe types only."""
-    import random
-
-    import numpy as np
-
     name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -110,10 +99,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned (CUDA states only where CUDA is up)."""
-    import random
-
-    import numpy as np
-
     random.setstate(_as_tuple(state["python"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

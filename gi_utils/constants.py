@@ -32,6 +32,10 @@ KAGGLE_DATA_DIR: str = "/kaggle/input/uw-madison-gi-tract-image-segmentation"
 COLAB_DATA_DIR: str = "/content/drive/MyDrive/uw-madison-gi-tract-image-segmentation"
 #: Local fallback folder name (relative to the working directory, then the repository).
 LOCAL_DATA_DIRNAME: str = "data"
+#: Environment variable that names the folder of run folders (checkpoints, caches, results).
+RUNS_DIR_ENV: str = "GI_RUNS_DIR"
+#: Kaggle's writable output folder.
+KAGGLE_WORKING_DIR: str = "/kaggle/working"
 
 #: Real image sizes in the training set as (width, height) with their pixel spacing (mm)
 #: and number of slices in train.

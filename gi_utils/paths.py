@@ -1,6 +1,9 @@
-"""Resolve where the competition data lives.
+"""Where things are: the competition data, the runs folder, the pictures.
 
-Order (first folder that holds ``train.csv`` wins):
+Every path of the package is resolved here, once, at an entry point (a notebook's first
+cells, a command line), and the resolved :class:`~pathlib.Path` is passed down.
+
+Data root, first folder that holds ``train.csv`` wins:
 
 1. the explicit ``data_dir`` argument,
 2. the ``GI_DATA_DIR`` environment variable,
@@ -13,6 +16,9 @@ error is raised at once rather than silently falling back to another folder), th
 
 When none holds ``train.csv`` a :class:`DataNotFoundError` lists every place tried and
 says how to make the synthetic dataset.
+
+Runs folder (checkpoints, caches, folds, results): the argument, ``$GI_RUNS_DIR``,
+``/kaggle/working/runs`` on Kaggle, ``runs/`` of the checkout, ``./runs``.
 """
 
 from __future__ import annotations
@@ -24,14 +30,38 @@ from gi_utils.constants import (
     COLAB_DATA_DIR,
     DATA_DIR_ENV,
     KAGGLE_DATA_DIR,
+    KAGGLE_WORKING_DIR,
     LOCAL_DATA_DIRNAME,
+    RUNS_DIR_ENV,
 )
+
+__all__ = [
+    "REPO_ROOT",
+    "DataNotFoundError",
+    "candidate_data_dirs",
+    "resolve_data_dir",
+    "in_checkout",
+    "on_kaggle",
+    "default_runs_dir",
+    "default_pictures_dir",
+    "default_submission_path",
+]
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[1]
 
 
 class DataNotFoundError(FileNotFoundError):
     """No data root with a ``train.csv`` was found."""
+
+
+def in_checkout() -> bool:
+    """True when ``gi_utils`` runs from a checkout of the repository (not an installed wheel)."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir()
+
+
+def on_kaggle() -> bool:
+    """True inside a Kaggle notebook (the competition mount or /kaggle/working exists)."""
+    return Path(KAGGLE_DATA_DIR).is_dir() or Path(KAGGLE_WORKING_DIR).is_dir()
 
 
 def candidate_data_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
@@ -73,5 +103,36 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         "No data folder with train.csv found. Tried, in order:\n"
         + "\n".join(tried)
         + f"\nPass data_dir=..., set {DATA_DIR_ENV}, or make the synthetic dataset with:\n"
-        "  python -m gi_utils.synth data --cases 20"
+        "  python -m gi_utils.synthetic data --cases 24"
     )
+
+
+def default_runs_dir(runs_dir: str | os.PathLike | None = None) -> Path:
+    """Folder of run folders: argument → ``$GI_RUNS_DIR`` → /kaggle/working/runs →
+    ``runs/`` of the repository checkout → ``./runs``."""
+    if runs_dir:
+        return Path(runs_dir)
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV])
+    if Path(KAGGLE_WORKING_DIR).is_dir():
+        return Path(KAGGLE_WORKING_DIR) / "runs"
+    return (REPO_ROOT if in_checkout() else Path.cwd()) / "runs"
+
+
+def default_pictures_dir(
+    pictures_dir: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = None
+) -> Path:
+    """Where a notebook saves figures: the argument, else ``<runs>/pictures``.
+
+    The repository's ``pictures/`` (shown in the README) is written only by ``make docs``,
+    which copies the figures of the last ``make demo`` there.
+    """
+    return Path(pictures_dir) if pictures_dir else default_runs_dir(runs_dir) / "pictures"
+
+
+def default_submission_path(runs_dir: str | os.PathLike) -> Path:
+    """``/kaggle/working/submission.csv`` on Kaggle (where the grader looks), else
+    ``<runs_dir>/submission.csv``."""
+    if Path(KAGGLE_WORKING_DIR).is_dir():
+        return Path(KAGGLE_WORKING_DIR) / "submission.csv"
+    return Path(runs_dir) / "submission.csv"

@@ -1,8 +1,15 @@
-"""Shared fixtures: environment for offline runs and a tiny Kaggle-layout dataset."""
+"""Shared fixtures: an offline, hermetic environment, synthetic datasets and tiny configs.
+
+Hermetic: the whole session (unit tests, papermill tests and the notebooks under nbval)
+writes its runs under a temporary ``$GI_RUNS_DIR`` made here and removed at the end, so
+a second ``make test`` trains again and the comparison sees only the runs of this session.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,8 +21,54 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from gi_utils.constants import CLASSES  # noqa: E402
-from gi_utils.rle import encode_rle  # noqa: E402
+from gi_utils.constants import CLASSES, RUNS_DIR_ENV  # noqa: E402
+from gi_utils.data import encode_rle  # noqa: E402
+from gi_utils.synthetic import generate_dataset  # noqa: E402
+from gi_utils.training import TrainConfig  # noqa: E402
+
+_OWN_RUNS: list[str] = []
+
+
+def pytest_configure(config) -> None:
+    """A fresh runs folder for this session (kernels started by nbval inherit it)."""
+    if not os.environ.get("GI_TEST_KEEP_RUNS_DIR"):
+        path = tempfile.mkdtemp(prefix="gi_test_runs_")
+        os.environ[RUNS_DIR_ENV] = path
+        _OWN_RUNS.append(path)
+
+
+def pytest_unconfigure(config) -> None:
+    for path in _OWN_RUNS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def synth_factory(tmp_path_factory):
+    """``make(n_cases=4, n_test_cases=1, seed=0, slices_per_scan=12, size=None)``: a
+    synthetic dataset in the Kaggle layout, written once per set of parameters."""
+    made: dict[tuple, Path] = {}
+
+    def make(n_cases: int = 4, n_test_cases: int = 1, seed: int = 0, slices_per_scan: int = 12,
+             size: tuple[int, int] | None = None) -> Path:  # fmt: skip
+        key = (n_cases, n_test_cases, seed, slices_per_scan, size)
+        if key not in made:
+            made[key] = generate_dataset(tmp_path_factory.mktemp("synth") / "data", n_cases, n_test_cases,
+                                         seed, slices_per_scan=slices_per_scan, size=size)  # fmt: skip
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """``make(data_dir, out_dir, **fields)``: a TrainConfig for seconds-long CPU runs."""
+
+    def make(data_dir: Path, out_dir: Path, **kw) -> TrainConfig:
+        base = {"data_dir": str(data_dir), "out_dir": str(out_dir), "img_size": 64, "epochs": 1,
+                "batch_size": 4, "n_folds": 2, "progress": False, "device": "cpu"}  # fmt: skip
+        return TrainConfig(**{**base, **kw})
+
+    return make
 
 
 def write_kaggle_tree(

@@ -26,14 +26,19 @@ from gi_utils.checkpoint import CheckpointError, load_state, save_state
 from gi_utils.constants import CLASSES, SUBMISSION_COLUMNS
 from gi_utils.data import (
     DataError,
+    FoldsError,
     ImageReadError,
+    RLEError,
+    assign_folds,
     build_metadata,
+    decode_rle,
+    make_folds,
     read_image,
     read_train_csv,
     slice_mask,
+    split_fold,
 )
-from gi_utils.folds import FoldsError, assign_folds, make_folds, split_fold
-from gi_utils.infer import make_submission, validate_submission
+from gi_utils.inference import make_submission, validate_submission
 from gi_utils.losses import build_loss
 from gi_utils.models import (
     build_model,
@@ -44,11 +49,10 @@ from gi_utils.models import (
     read_model_config,
     save_model,
 )
-from gi_utils.notebook import ParameterError, check_params
 from gi_utils.paths import DataNotFoundError, resolve_data_dir
-from gi_utils.pipeline import EDA_PARAMS, split_train_params
-from gi_utils.rle import RLEError, decode_rle
-from gi_utils.train import NonFiniteLossError, TrainConfig, train, train_one_epoch
+from gi_utils.pipeline import ParameterError, check_params, notebook_annotations, train_setup
+from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR
+from gi_utils.training import NonFiniteLossError, TrainConfig, train, train_one_epoch
 
 torch.set_num_threads(1)
 SID = "case1_day0_slice_0001"
@@ -139,8 +143,10 @@ def fold_meta(n_cases: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["case", "day", "slice", "case_day", "empty"])
 
 
-TRAIN_NB = {"run_name": "", "runs_dir": "", "pictures_dir": "", "synthetic_if_missing": False,
-            "n_overlays": 2, "num_processes": 1}  # fmt: skip
+EDA_PARAMS = notebook_annotations(NOTEBOOKS_DIR / "01_eda.ipynb")
+TRAIN_TYPES = notebook_annotations(NOTEBOOKS_DIR / "02_train.ipynb")
+TRAIN_NB = {"preset": "smoke", "data_dir": "", "run_name": "", "runs_dir": "", "pictures_dir": "",
+            "synthetic_if_missing": False, "n_overlays": 2, "num_processes": 1}  # fmt: skip
 EDA_GIVEN = {"data_dir": "", "synthetic_if_missing": True, "runs_dir": "", "pictures_dir": "",
              "n_overlays": 4, "seed": 0}  # fmt: skip
 
@@ -245,8 +251,8 @@ def drop_slice(root: Path, s: int) -> Path:
 
 def folds_twice(tmp: Path) -> None:
     meta = fold_meta(4)
-    assign_folds(meta, 2, 0, tmp / "folds.json")
-    assign_folds(meta, 3, 0, tmp / "folds.json")
+    assign_folds(meta, 2, 0, path=tmp / "folds.json")
+    assign_folds(meta, 3, 0, path=tmp / "folds.json")
 
 
 def cut(path: Path, keep: int | float) -> Path:
@@ -384,13 +390,15 @@ REJECTED = [
          ParameterError, r"parameter 'seed' = True has type bool; expected int"),
     case("notebook_param_missing", lambda e: check_params({k: v for k, v in EDA_GIVEN.items() if k != "seed"}, EDA_PARAMS),
          ParameterError, r"parameter 'seed' is missing"),
-    case("train_notebook_unknown_param", lambda e: split_train_params({**TRAIN_NB, "epoch": 2}),
+    case("train_notebook_unknown_param", lambda e: train_setup({**TRAIN_NB, "epoch": 2}, TRAIN_TYPES),
          ParameterError, r"02_train parameters: unknown TrainConfig parameter\(s\) \['epoch'\] \('epoch': did you mean 'epochs'\?\)"),
-    case("train_notebook_wrong_type", lambda e: split_train_params({**TRAIN_NB, "epochs": "3"}),
-         ParameterError, r"02_train parameters: epochs must be int, got '3' \(str\)"),
-    case("train_notebook_bad_arch", lambda e: split_train_params({**TRAIN_NB, "arch": "unetx"}),
+    case("train_notebook_wrong_type", lambda e: train_setup({**TRAIN_NB, "epochs": "3"}, TRAIN_TYPES),
+         ParameterError, r"parameter 'epochs' = '3' has type str; expected int or None"),
+    case("train_notebook_bad_arch", lambda e: train_setup({**TRAIN_NB, "arch": "unetx"}, TRAIN_TYPES),
          ParameterError, r"02_train parameters: arch='unetx' is not valid"),
-    case("train_notebook_own_param_wrong_type", lambda e: split_train_params({**TRAIN_NB, "n_overlays": "many"}),
+    case("train_notebook_bad_preset", lambda e: train_setup({**TRAIN_NB, "preset": "fast"}, TRAIN_TYPES),
+         ParameterError, r"02_train parameters: preset='fast' is not valid; choose one of smoke, demo, gpu"),
+    case("train_notebook_own_param_wrong_type", lambda e: train_setup({**TRAIN_NB, "n_overlays": "many"}, TRAIN_TYPES),
          ParameterError, r"parameter 'n_overlays' = 'many' has type str; expected int"),
     # ---- folds
     case("fewer_cases_than_folds", lambda e: make_folds(fold_meta(2), n_splits=5),
@@ -398,7 +406,7 @@ REJECTED = [
     case("empty_validation_fold", lambda e: split_fold(fold_meta(3).assign(fold=[0] * 4 + [1] * 8), 2),
          FoldsError, r"fold 2 has no validation rows in this table \(folds present: \[0, 1\]\)"),
     case("fold_out_of_range", lambda e: TrainConfig(fold=5, n_folds=5),
-         ValueError, r"fold must be in 0..4 \(n_folds=5\), got 5"),
+         ValueError, r"fold must be in 0..4 \(n_folds=5\), or -1 for all cases, got 5"),
     case("folds_file_of_other_settings", lambda e: folds_twice(e.tmp),
          FoldsError, r"folds.json was made with n_splits=2, but n_splits=3 was asked for"),
     # ---- model files (safetensors) and training state (last.pt)

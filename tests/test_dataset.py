@@ -14,20 +14,23 @@ import pytest
 import torch
 
 from gi_utils.constants import BAD_CASE_DAYS, CLASSES
-from gi_utils.data import build_metadata
-from gi_utils.dataset import (
+from gi_utils.data import (
     FoldsError,
     SliceDataset,
     VolumeCache,
     assign_folds,
+    build_metadata,
     build_transforms,
+    encode_rle,
+    intensity_clip,
     normalize_volume,
+    pack_masks,
+    preprocess_mask,
     preprocess_volume,
     restore_size,
     split_fold,
+    unpack_masks,
 )
-from gi_utils.rle import encode_rle
-from gi_utils.transforms import intensity_clip, pack_mask, preprocess_mask, unpack_mask
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -121,9 +124,14 @@ def test_mask_resize_is_nearest_and_restores():
     back = restore_size(up.transpose(0, 2, 3, 1), (10, 12))
     assert back.shape == (4, 10, 12, 3) and back.dtype == bool
     np.testing.assert_array_equal(back, m)
-    np.testing.assert_array_equal(
-        unpack_mask(pack_mask(m).transpose(0, 1, 2)), m.transpose(0, 3, 1, 2)
-    )
+    packed = pack_masks(m)  # (D, H, W), bit c = class c
+    assert packed.shape == (4, 10, 12) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(unpack_masks(packed), m)
+    np.testing.assert_array_equal(unpack_masks(packed, axis=1), m.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(pack_masks(m.transpose(0, 3, 1, 2), axis=1), packed)
+    t = torch.from_numpy(m.transpose(0, 3, 1, 2).copy())  # the same layout in torch
+    np.testing.assert_array_equal(pack_masks(t, axis=1).numpy(), packed)
+    np.testing.assert_array_equal(unpack_masks(pack_masks(t, axis=1), axis=1).numpy(), t.numpy())
     probs = restore_size(np.full((2, 16, 16), 0.25, np.float32), (10, 12))
     np.testing.assert_allclose(probs, 0.25)
 
@@ -294,19 +302,23 @@ def test_folds_json_round_trip_and_mismatch(tmp_path):
         assign_folds(bigger, n_splits=3, seed=1, path=path)
 
 
-def test_folds_default_location_and_fallback(tmp_path):
+def test_folds_live_in_the_runs_folder_keyed_by_the_cases(tmp_path):
     meta = fold_meta()
-    data = tmp_path / "data"
-    data.mkdir()
-    assign_folds(meta, 3, 2, data_dir=data)
-    assert (data / "folds_3fold_seed2.json").is_file()
-    blocked = tmp_path / "readonly"  # a file where a folder should be: not writable
+    folds_dir = tmp_path / "runs" / "folds"
+    first = assign_folds(meta, 3, 2, folds_dir)
+    files = list(folds_dir.glob("folds_3fold_seed2_*.json"))
+    assert len(files) == 1 and "fold" in first
+    again = assign_folds(meta, 3, 2, folds_dir)  # read back, not made again
+    assert again["fold"].tolist() == first["fold"].tolist() and len(list(folds_dir.iterdir())) == 1
+    other = fold_meta(13)  # other data in the same runs folder: folds of their own
+    assign_folds(other, 3, 2, folds_dir)
+    assert len(list(folds_dir.glob("folds_3fold_seed2_*.json"))) == 2
+    with pytest.raises(FoldsError, match="folds_dir"):
+        assign_folds(meta, 3, 2)
+    blocked = tmp_path / "file"  # a file where the folder should be: not writable
     blocked.write_text("")
-    run = tmp_path / "run"
-    out = assign_folds(meta, 3, 2, data_dir=blocked, run_dir=run)
-    assert (run / "folds_3fold_seed2.json").is_file() and "fold" in out
-    with pytest.raises(FoldsError, match="run_dir"):
-        assign_folds(meta, 3, 2, data_dir=blocked)
+    with pytest.raises(FoldsError, match="could not write the folds file"):
+        assign_folds(meta, 3, 2, blocked)
 
 
 def test_fold_errors_and_bad_case_days(tmp_path):

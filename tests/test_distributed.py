@@ -24,30 +24,36 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 from safetensors.torch import load_file
 
-import gi_utils.distributed as dist_mod
+import gi_utils.training.launcher as dist_mod
 from gi_utils.checkpoint import load_state
-from gi_utils.distributed import effective_batch_size, effective_lr, launch, read_history
-from gi_utils.synth import generate_dataset
-from gi_utils.train import TrainConfig, load_train_data, parse_args, train
+from gi_utils.training import (
+    TrainConfig,
+    effective_batch_size,
+    effective_lr,
+    launch,
+    load_train_data,
+    read_history,
+    train,
+)
+from gi_utils.training.cli import parse_args
 
 torch.set_num_threads(1)
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_dice", "val_hausdorff",
                   "val_score", "dice_large_bowel", "dice_small_bowel", "dice_stomach"]  # fmt: skip
 RUN_FILES = ["best.json", "best.safetensors", "config.json", "history.csv", "last.pt",
-             "metrics.json"]  # fmt: skip
+             "metrics.json", "oof", "split.json"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
+def synth_dir(synth_factory) -> Path:
     """4 cases x 2-3 scans x 16 slices (the issue's tiny dataset)."""
-    return generate_dataset(tmp_path_factory.mktemp("synth") / "data", n_cases=4, n_test_cases=1,
-                            seed=2, slices_per_scan=16)  # fmt: skip
+    return synth_factory(n_cases=4, seed=2, slices_per_scan=16)
 
 
-def tiny_config(data_dir: Path, out_dir: Path, **kw) -> TrainConfig:
-    base = {"data_dir": str(data_dir), "out_dir": str(out_dir), "img_size": 64, "epochs": 1,
-            "batch_size": 2, "n_folds": 2, "progress": False, "device": "cpu"}  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+@pytest.fixture
+def tiny(tiny_config):
+    """The shared tiny config with 2 samples per batch (two processes share 4 cases)."""
+    return lambda data_dir, out_dir, **kw: tiny_config(data_dir, out_dir, **{"batch_size": 2, **kw})
 
 
 # --------------------------------------------------------------------------- batch and lr
@@ -96,15 +102,16 @@ _PROBE = textwrap.dedent("""
             return _original(*a, **k)
         setattr(torch._C, name, record)
     import gi_utils
-    import gi_utils.train
-    from gi_utils.train import TrainConfig
+    import gi_utils.training.launcher
+    from gi_utils.training import TrainConfig
     TrainConfig(arch="unetplusplus", amp="fp16", device="auto")
-    modules = [m.name for m in pkgutil.walk_packages(gi_utils.__path__, "gi_utils.")]
+    modules = [m.name for m in pkgutil.walk_packages(gi_utils.__path__, "gi_utils.")
+               if not m.name.endswith("__main__")]
     for m in modules:
         importlib.import_module(m)
     TrainConfig.from_dict({"epochs": 2})
     before = {"calls": list(calls), "initialized": torch.cuda.is_initialized()}
-    gi_utils.distributed.gpu_count()  # NVML count: may query, must not initialise
+    gi_utils.training.launcher.gpu_count()  # NVML count: may query, must not initialise
     print(json.dumps({**before, "after_count": torch.cuda.is_initialized(), "modules": modules}))
 """)
 
@@ -115,7 +122,7 @@ def test_importing_gi_utils_and_building_a_config_leaves_cuda_alone():
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {"gi_utils.train", "gi_utils.distributed", "gi_utils.infer"} <= set(out["modules"])
+    assert {"gi_utils.training.loop", "gi_utils.training.launcher", "gi_utils.inference.predict"} <= set(out["modules"])
     assert out["calls"] == [] and out["initialized"] is False
     assert out["after_count"] is False
 
@@ -135,8 +142,8 @@ def _shard_batches(data, rank: int, epoch: int, skip: int = 0) -> list[list[int]
 
 
 @pytest.mark.parametrize("max_steps", [0, 3])
-def test_two_processes_see_disjoint_shards_covering_the_epoch(synth_dir, tmp_path, max_steps):
-    cfg = tiny_config(synth_dir, tmp_path / "run", batch_size=3, cache="none",
+def test_two_processes_see_disjoint_shards_covering_the_epoch(synth_dir, tmp_path, max_steps, tiny):
+    cfg = tiny(synth_dir, tmp_path / "run", batch_size=3, cache="none",
                       max_steps_per_epoch=max_steps)  # fmt: skip
     data = load_train_data(cfg, num_processes=2)
     n, per_round = len(data.train_ds), cfg.batch_size * 2
@@ -162,9 +169,9 @@ def test_two_processes_see_disjoint_shards_covering_the_epoch(synth_dir, tmp_pat
 
 
 # --------------------------------------------------------------------------- launch()
-def test_launch_with_one_process_trains_here(synth_dir, tmp_path):
+def test_launch_with_one_process_trains_here(synth_dir, tmp_path, tiny):
     out = tmp_path / "one"
-    history = launch(tiny_config(synth_dir, out, max_steps_per_epoch=1, scale_lr="linear"), 1)
+    history = launch(tiny(synth_dir, out, max_steps_per_epoch=1, scale_lr="linear"), 1)
     pd.testing.assert_frame_equal(read_history(out), history, check_exact=True)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 1 and metrics["effective_batch_size"] == 2
@@ -172,8 +179,8 @@ def test_launch_with_one_process_trains_here(synth_dir, tmp_path):
     assert read_history(tmp_path / "nothing") is None
 
 
-def test_launch_rejects_bad_requests(synth_dir, tmp_path, monkeypatch):
-    cfg = tiny_config(synth_dir, tmp_path / "x")
+def test_launch_rejects_bad_requests(synth_dir, tmp_path, monkeypatch, tiny):
+    cfg = tiny(synth_dir, tmp_path / "x")
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match=r"num_processes must be an int >= 1"):
             launch(cfg, bad)
@@ -188,11 +195,9 @@ def test_launch_rejects_bad_requests(synth_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
-def test_launch_on_gpus_hands_train_to_the_notebook_launcher(synth_dir, tmp_path, monkeypatch):
+def test_launch_on_gpus_hands_train_to_the_notebook_launcher(synth_dir, tmp_path, monkeypatch, tiny):
     """GPU path without GPUs: the launcher is replaced by a recorder that writes a history."""
-    import accelerate
-
-    cfg = TrainConfig.from_dict({**tiny_config(synth_dir, tmp_path / "gpu").to_dict(),
+    cfg = TrainConfig.from_dict({**tiny(synth_dir, tmp_path / "gpu").to_dict(),
                                  "device": "auto", "amp": "bf16"})  # fmt: skip
     calls = []
 
@@ -204,7 +209,7 @@ def test_launch_on_gpus_hands_train_to_the_notebook_launcher(synth_dir, tmp_path
         )
 
     monkeypatch.setattr(dist_mod, "gpu_count", lambda: 2)
-    monkeypatch.setattr(accelerate, "notebook_launcher", fake_launcher)
+    monkeypatch.setattr(dist_mod, "notebook_launcher", fake_launcher)
     history = launch(cfg, 2)
     assert calls == [(train, (cfg,), 2, "bf16")]
     assert history.to_dict("list") == {"epoch": [1], "val_score": [0.5]}
@@ -215,19 +220,19 @@ def test_launch_on_gpus_hands_train_to_the_notebook_launcher(synth_dir, tmp_path
 
 def _torchrun_cmd(data_dir: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "gi_utils.train", "--data-dir", str(data_dir), "--out-dir", str(out),
+            "-m", "gi_utils.training", "--data-dir", str(data_dir), "--out-dir", str(out),
             "--img-size", "64", "--epochs", "2", "--batch-size", "2", "--n-folds", "2",
             "--max-steps-per-epoch", "3", "--save-every-steps", "2", "--device", "cpu",
             "--no-progress"]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_two_process_launch_kill_and_resume_equals_uninterrupted_run(synth_dir, tmp_path, capfd):
+def test_two_process_launch_kill_and_resume_equals_uninterrupted_run(synth_dir, tmp_path, capfd, tiny):
     """notebook launcher (the GPU code path, here on CPU with gloo) vs a torchrun run killed in
     epoch 2 and resumed through launch(method="torchrun"): the same numbers and weights."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     common = {"epochs": 2, "max_steps_per_epoch": 3, "save_every_steps": 2}
-    history = launch(tiny_config(synth_dir, full, **common), 2, method="notebook")
+    history = launch(tiny(synth_dir, full, **common), 2, method="notebook")
     printed = capfd.readouterr().out
     assert printed.count("epoch 1/2 train_loss") == 1  # only the main process prints
     assert sorted(p.name for p in full.iterdir()) == RUN_FILES  # one set of files
@@ -253,10 +258,10 @@ def test_two_process_launch_kill_and_resume_equals_uninterrupted_run(synth_dir, 
     state = load_state(cut / "last.pt")
     assert not state["finished"] and state["num_processes"] == 2 and state["n_batches"] == 2
     with pytest.raises(ValueError, match=r"written by 2 process\(es\), this run has 1"):
-        train(tiny_config(synth_dir, cut, **common))  # resuming needs the same process count
+        train(tiny(synth_dir, cut, **common))  # resuming needs the same process count
 
     capfd.readouterr()
-    resumed = launch(tiny_config(synth_dir, cut, **common), 2, method="torchrun")
+    resumed = launch(tiny(synth_dir, cut, **common), 2, method="torchrun")
     printed = capfd.readouterr().out
     assert "resuming" in printed, printed
     pd.testing.assert_frame_equal(history[METRIC_COLUMNS], resumed[METRIC_COLUMNS],

@@ -10,8 +10,14 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gi_utils.data import DataError, parse_id, parse_slice_filename
-from gi_utils.rle import RLEError, decode_rle, encode_rle
+from gi_utils.data import (
+    DataError,
+    RLEError,
+    decode_rle,
+    encode_rle,
+    parse_id,
+    parse_slice_filename,
+)
 
 FUZZ = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOKENS = st.one_of(

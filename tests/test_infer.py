@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from gi_utils.constants import CLASSES, SUBMISSION_COLUMNS
-from gi_utils.data import build_metadata, read_volume
-from gi_utils.dataset import SliceDataset, VolumeCache
-from gi_utils.infer import (
+from gi_utils.data import (
+    SliceDataset,
+    VolumeCache,
+    build_metadata,
+    decode_rle,
+    preprocess_volume,
+    read_volume,
+)
+from gi_utils.inference import (
+    PostProcess,
     load_models,
     make_submission,
     postprocess,
@@ -21,17 +28,13 @@ from gi_utils.infer import (
     validate_submission,
 )
 from gi_utils.models import build_model, model_config, save_model
-from gi_utils.rle import decode_rle
-from gi_utils.synth import generate_dataset
-from gi_utils.transforms import preprocess_volume
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    return generate_dataset(tmp_path_factory.mktemp("synth") / "data", n_cases=2, n_test_cases=1,
-                            seed=1, slices_per_scan=6, size=(80, 72))  # fmt: skip
+def synth_dir(synth_factory):
+    return synth_factory(n_cases=2, seed=1, slices_per_scan=6, size=(80, 72))
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +123,9 @@ def test_ensemble_is_the_mean_of_its_members(synth_dir, model_paths):
 # --------------------------------------------------------------------------- submission
 def test_submission_round_trip(synth_dir, model_paths, tmp_path):
     out = tmp_path / "submission.csv"
-    df = make_submission(model_paths, synth_dir, "test", out, tta=True, min_size=3, progress=False,
-                         thresholds=0.5, device="cpu")  # fmt: skip
+    post = PostProcess((0.5,) * 3, (3,) * 3)  # sizes in each scan's own pixels
+    df = make_submission(model_paths, synth_dir, "test", out, post=post, tta=True, progress=False,
+                         device="cpu")  # fmt: skip
     meta = build_metadata(synth_dir, "test", labels=False)
     assert list(df.columns) == list(SUBMISSION_COLUMNS) and len(df) == 3 * len(meta)
     assert df["class"].tolist()[:3] == list(CLASSES) and df["id"].iloc[0] == meta["id"].iloc[0]

@@ -33,19 +33,11 @@ import torch
 from safetensors.torch import load_file
 
 import gi_utils.checkpoint as checkpoint
-from gi_utils.checkpoint import (
-    atomic_write_json,
-    atomic_write_text,
-    load_state,
-    remove_stale_temps,
-    save_state,
-)
+from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
+from gi_utils.checkpoint import load_state, save_state
 from gi_utils.constants import CLASSES, SUBMISSION_COLUMNS
-from gi_utils.folds import _write_json_atomic
-from gi_utils.infer import write_submission
+from gi_utils.inference import write_submission
 from gi_utils.models import build_model, model_config, read_model_config, save_model
-from gi_utils.notebook import write_json
-from gi_utils.synth import generate_dataset
 
 torch.set_num_threads(1)
 
@@ -70,8 +62,8 @@ WRITERS: dict[str, tuple[tuple[str, ...], Callable[[Path, int], object]]] = {
     "best.safetensors": (("best.safetensors", "best.json"), lambda d, v: save_model(d / "best.safetensors", _model(v), {**_CFG, "epoch": v})),
     "history.csv": (("history.csv",), lambda d, v: atomic_write_text(d / "history.csv", pd.DataFrame({"epoch": range(v)}).to_csv(index=False))),
     "metrics.json": (("metrics.json",), lambda d, v: atomic_write_json(d / "metrics.json", {"best_epoch": v})),
-    "notebook_record.json": (("train_metrics.json",), lambda d, v: write_json(d / "train_metrics.json", {"val_dice": v / 10})),
-    "folds.json": (("folds.json",), lambda d, v: _write_json_atomic(d / "folds.json", {"folds": {"case1": v}})),
+    "notebook_record.json": (("train_metrics.json",), lambda d, v: atomic_write_json(d / "train_metrics.json", {"val_dice": v / 10})),
+    "folds.json": (("folds.json",), lambda d, v: atomic_write_json(d / "folds.json", {"folds": {"case1": v}})),
     "submission.csv": (("submission.csv",), lambda d, v: write_submission(_submission(f"{v} 2"), d / "submission.csv")),
 }  # fmt: skip
 
@@ -146,13 +138,12 @@ SMALL_DECODER = json.dumps({"decoder_channels": [32, 16, 16, 8, 8]})
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("synth") / "data", n_cases=4, n_test_cases=1,
-                            seed=1, slices_per_scan=16)  # fmt: skip
+def synth_dir(synth_factory) -> Path:
+    return synth_factory(n_cases=4, seed=1, slices_per_scan=16)
 
 
 def _train_cmd(data_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "gi_utils.train", "--data-dir", str(data_dir), "--out-dir", str(out),
+    return [sys.executable, "-m", "gi_utils.training", "--data-dir", str(data_dir), "--out-dir", str(out),
             "--img-size", "64", "--epochs", "2", "--max-steps-per-epoch", "6", "--batch-size", "4",
             "--n-folds", "2", "--device", "cpu", "--save-every-steps", "1", "--no-progress",
             "--encoder", "mobilenet_v2", "--model-kwargs", SMALL_DECODER]  # fmt: skip

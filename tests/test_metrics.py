@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import directed_hausdorff
 
-from gi_utils import hausdorff
+import gi_utils.evaluation.hausdorff as hausdorff
 from gi_utils.constants import CLASSES
-from gi_utils.metrics import (
+from gi_utils.evaluation import (
     CompetitionMetric,
     batch_dice,
     competition_score,

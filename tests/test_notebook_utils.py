@@ -9,11 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gi_utils.atomic import atomic_write_json, read_json
 from gi_utils.constants import CLASSES
 from gi_utils.data import build_metadata
-from gi_utils.eda import dataset_summary, empty_share, organ_area_by_position, size_table
-from gi_utils.notebook import ParameterError, check_params, new_names, read_json, write_json
-from gi_utils.plotting import overlay_rgb, plot_history, plot_overlays, save_figure
+from gi_utils.pipeline import ParameterError, check_params, new_names
+from gi_utils.report import (
+    dataset_summary,
+    empty_share,
+    organ_area_by_position,
+    overlay_rgb,
+    plot_history,
+    plot_overlays,
+    save_figure,
+    size_table,
+)
 
 SPEC = {"arch": str, "epochs": int, "lr": float, "slices": tuple, "data_dir": str, "amp": bool}
 GIVEN = {"arch": "unet", "epochs": 1, "lr": 1e-3, "slices": (-2, 0, 2), "data_dir": "", "amp": False}
@@ -50,7 +59,7 @@ def test_new_names():
 
 
 def test_json_round_trip_atomic(tmp_path):
-    path = write_json(tmp_path / "sub" / "m.json", {"x": np.float32(0.5), "t": (1, 2)})
+    path = atomic_write_json(tmp_path / "sub" / "m.json", {"x": np.float32(0.5), "t": (1, 2)})
     assert read_json(path) == {"t": [1, 2], "x": 0.5}
     assert not list(path.parent.glob(".*tmp"))
     (tmp_path / "bad.json").write_text("{")

@@ -1,41 +1,44 @@
-"""Each notebook end to end through papermill, with cheap parameters, in a temp folder."""
+"""Each notebook end to end through papermill with cheap parameters, in this session's
+temporary runs folder; the notebooks' parameters cells, setup cell and committed state."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import papermill as pm
 import pytest
 
-from gi_utils.compare import readme_results
 from gi_utils.constants import CLASSES
-from gi_utils.paths import REPO_ROOT
-from gi_utils.synth import generate_dataset
+from gi_utils.paths import REPO_ROOT, default_runs_dir
+from gi_utils.pipeline import notebook_annotations
+from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR, notebook_paths
 
-NOTEBOOKS = REPO_ROOT / "notebooks"
 pytestmark = pytest.mark.slow
 
 
-def run(name: str, out: Path, **parameters) -> Path:
+def run(name: str, out: Path, cwd: Path = NOTEBOOKS_DIR, **parameters) -> Path:
     path = out / f"{name}.ipynb"
-    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(path), parameters=parameters,
-                        cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)  # fmt: skip
+    pm.execute_notebook(str(NOTEBOOKS_DIR / f"{name}.ipynb"), str(path), parameters=parameters,
+                        cwd=str(cwd), kernel_name="python3", progress_bar=False)  # fmt: skip
     return path
 
 
 @pytest.fixture(scope="module")
-def series(tmp_path_factory):
-    """Tiny data, then 01 -> 02 (unet) -> 03 -> 04, all writing under one temp folder."""
+def series(tmp_path_factory, synth_factory):
+    """Tiny data, then 01 -> 02 (unet, run from the repository root) -> 03 -> 04, all
+    writing under this session's runs folder (only the figures go to a temp folder)."""
     tmp = tmp_path_factory.mktemp("series")
-    data = generate_dataset(tmp / "data", n_cases=4, n_test_cases=1, seed=3, slices_per_scan=24)
-    runs = tmp / "runs"
+    data = synth_factory(n_cases=4, n_test_cases=1, seed=3, slices_per_scan=24)
+    runs = default_runs_dir() / "series"
     common = {"runs_dir": str(runs), "pictures_dir": str(tmp / "pictures")}
     run("01_eda", tmp, data_dir=str(data), **common)
-    run("02_train", tmp, data_dir=str(data), arch="unet", img_size=64, epochs=2, n_folds=2,
+    run("02_train", tmp, cwd=REPO_ROOT, data_dir=str(data), arch="unet", epochs=2, n_folds=2,
         max_steps_per_epoch=4, batch_size=8, **common)  # fmt: skip
-    run("03_compare", tmp, data_dir=str(data), **common)
+    run("03_compare", tmp, **common)
     run("04_submission", tmp, data_dir=str(data), runs_dir=str(runs))
     return tmp, data, runs
 
@@ -59,7 +62,7 @@ def test_train_records_metrics_in_range(series):
     for key in ("val_dice", "val_score", *(f"dice_{c}" for c in CLASSES)):
         assert 0.0 <= best[key] <= 1.0, key
     assert metrics["train_time_s"] > 0
-    for name in ("best.safetensors", "last.pt", "history.csv", "config.json"):
+    for name in ("best.safetensors", "last.pt", "history.csv", "config.json", "split.json", "oof/index.json"):
         assert (run_dir / name).is_file(), name
     assert (tmp / "pictures" / "unet_resnet18_64px_fold0_validation.png").is_file()
 
@@ -97,25 +100,18 @@ def test_wrong_type_fails(tmp_path):
         run("01_eda", tmp_path, n_overlays="many", runs_dir=str(tmp_path / "runs"))
 
 
-def test_readme_table_matches_last_comparison():
-    """The README's results block is the table that the last `make demo` wrote."""
-    results = REPO_ROOT / "pictures" / "results.md"
-    if not results.is_file():
-        pytest.fail("pictures/results.md is missing: run `make demo` and commit its outputs")
-    assert readme_results().strip() == results.read_text().strip()
+def test_papermill_help_lists_every_parameter_with_its_type():
+    """``papermill --help-notebook`` reads the annotations: no "Unknown type", none left out."""
+    for path in notebook_paths():
+        out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert "Unknown type" not in out, path.name
+        for name in notebook_annotations(path):
+            assert f"  {name}: " in out, (path.name, name)
 
 
-def test_notebooks_are_committed_executed_or_stripped():
-    import nbformat
-
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        counts = [c.execution_count for c in code]
-        executed = all(isinstance(n, int) for n in counts)
-        stripped = all(n is None and not c.outputs for n, c in zip(counts, code))
-        assert executed or stripped, f"{path.name}: some cells executed, some not"
-        assert not any("sys.path" in c.source for c in code), path.name
-        assert not any("/kaggle/input/uw-madison" in c.source for c in code), path.name
-        assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, path.name
-
+def test_pytest_at_the_root_collects_the_notebooks():
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--nbval", "-p", "no:cacheprovider"],
+                         cwd=REPO_ROOT, capture_output=True, text=True).stdout  # fmt: skip
+    for path in notebook_paths():
+        assert f"notebooks/{path.name}::Cell 0" in out, path.name

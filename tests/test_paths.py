@@ -64,4 +64,4 @@ def test_error_lists_everything_and_says_how_to_fix(isolated):
     msg = str(err.value)
     for place in ("kaggle", "colab", "work", "repo"):
         assert str(isolated / place) in msg
-    assert "python -m gi_utils.synth" in msg and "GI_DATA_DIR" in msg
+    assert "python -m gi_utils.synthetic" in msg and "GI_DATA_DIR" in msg

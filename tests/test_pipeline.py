@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import gi_utils.pipeline as pipeline
-import gi_utils.synth as synth
+import gi_utils.pipeline.data_root as pipeline
+from gi_utils.synthetic import MARKER
 
 
 @pytest.fixture
@@ -20,13 +20,13 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.delenv("GI_DATA_DIR", raising=False)
     monkeypatch.setattr(pipeline, "_synthetic_target", lambda: root)
     monkeypatch.setattr(pipeline, "resolve_data_dir", lambda given=None: Path(given) if given else root)
-    monkeypatch.setattr(synth, "generate_dataset", lambda *a, **k: calls.append(a) or Path(a[0]))
+    monkeypatch.setattr(pipeline, "generate_dataset", lambda *a, **k: calls.append(a) or Path(a[0]))
     return root, calls
 
 
 def _marker(root: Path, **params) -> None:
-    record = {"params": {**pipeline._synthetic_params(), **params}}
-    (root / synth.MARKER).write_text(json.dumps(record))
+    record = {"params": {**pipeline.synthetic_params(), **params}}
+    (root / MARKER).write_text(json.dumps(record))
 
 
 def test_current_synthetic_dataset_is_used_as_is(fake):

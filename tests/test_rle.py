@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gi_utils.rle import RLEError, decode_rle, encode_rle, parse_rle
+from gi_utils.data import RLEError, decode_rle, encode_rle, parse_rle
 
 
 def test_hand_worked_3x4():

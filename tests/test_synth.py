@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gi_utils import synth
+import gi_utils.synthetic.generate as synth
 from gi_utils.constants import BAD_CASE_DAYS, CLASSES, REAL_SIZES
 from gi_utils.data import build_metadata, iter_volumes, read_volume, read_volume_mask
-from gi_utils.synth import MARKER, ScanSpec, generate_dataset, plan_dataset, render_scan
+from gi_utils.synthetic import MARKER, ScanSpec, generate_dataset, plan_dataset, render_scan
 
 PNG_RE = re.compile(
     r"^(?P<split>train|test)/case(?P<case>\d+)/case(?P=case)_day(?P<day>\d+)/scans/"
@@ -215,7 +215,7 @@ def test_refuses_foreign_folder_and_leaves_nothing_on_failure(tmp_path, monkeypa
     def boom(spec):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synth, "_render", boom)
+    monkeypatch.setattr(synth, "render_label_map", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         generate_dataset(out, 2, 0, seed=9, slices_per_scan=4, size=(48, 48))
     assert (out / "train.csv").read_bytes() == before  # previous dataset untouched
@@ -226,7 +226,7 @@ def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["--cases", "1", "--test-cases", "1", "--slices", "5", "--size", "64x64", "--quiet"]
     proc = subprocess.run(
-        [sys.executable, "-m", "gi_utils.synth", str(out), *args],
+        [sys.executable, "-m", "gi_utils.synthetic", str(out), *args],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

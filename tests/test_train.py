@@ -16,18 +16,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import gi_utils.training.session as session_mod
 from gi_utils.checkpoint import load_state
 from gi_utils.models import load_model
-from gi_utils.synth import generate_dataset
-from gi_utils.train import (
+from gi_utils.training import (
     EpochSampler,
     NonFiniteLossError,
     SeededSamples,
     TrainConfig,
     WarmupCosine,
-    parse_args,
     train,
 )
+from gi_utils.training.cli import parse_args
 
 torch.set_num_threads(1)
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_dice", "val_hausdorff",
@@ -35,16 +35,9 @@ METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_dice", "
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
+def synth_dir(synth_factory) -> Path:
     """4 cases x 2-3 scans x 12 slices of 80x72 (non-square), half the slices empty."""
-    return generate_dataset(tmp_path_factory.mktemp("synth") / "data", n_cases=4, n_test_cases=1,
-                            seed=0, slices_per_scan=12, size=(80, 72))  # fmt: skip
-
-
-def tiny_config(data_dir: Path, out_dir: Path, **kw) -> TrainConfig:
-    base = {"data_dir": str(data_dir), "out_dir": str(out_dir), "img_size": 64, "epochs": 1,
-            "batch_size": 4, "n_folds": 2, "progress": False, "device": "cpu"}  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    return synth_factory(n_cases=4, seed=0, slices_per_scan=12, size=(80, 72))
 
 
 # --------------------------------------------------------------------------- config
@@ -179,7 +172,7 @@ def test_augmentation_seed_depends_on_seed_epoch_and_sample_only():
 
 
 # --------------------------------------------------------------------------- training runs
-def test_one_epoch_writes_all_files(synth_dir, tmp_path):
+def test_one_epoch_writes_all_files(synth_dir, tmp_path, tiny_config):
     out = tmp_path / "run"
     history = train(tiny_config(synth_dir, out, epochs=1, max_steps_per_epoch=3))
     assert list(history.columns) == [*METRIC_COLUMNS, "epoch_time_s"] and len(history) == 1
@@ -208,7 +201,7 @@ def test_one_epoch_writes_all_files(synth_dir, tmp_path):
     pd.testing.assert_frame_equal(again, history)
 
 
-def test_resume_with_another_config_is_refused(synth_dir, tmp_path):
+def test_resume_with_another_config_is_refused(synth_dir, tmp_path, tiny_config):
     out = tmp_path / "run"
     train(tiny_config(synth_dir, out, max_steps_per_epoch=1))
     with pytest.raises(ValueError, match=r"another run \(lr: saved 0.002 != now 0.001\)"):
@@ -226,10 +219,8 @@ class _NanOnSecondCall(torch.nn.Module):
         return loss * float("nan") if self.calls == 2 else loss
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_dir, tmp_path, monkeypatch):
-    import gi_utils.train as train_mod
-
-    monkeypatch.setattr(train_mod, "_build_loss", lambda cfg: _NanOnSecondCall())
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_dir, tmp_path, monkeypatch, tiny_config):
+    monkeypatch.setattr(session_mod, "build_loss", lambda name, **kw: _NanOnSecondCall())
     out = tmp_path / "run"
     with pytest.raises(
         NonFiniteLossError, match=r"loss is nan at batch 2.*last good checkpoint kept.*last.pt"
@@ -241,7 +232,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_two_epochs_improve_validation_dice(synth_dir, tmp_path):
+def test_two_epochs_improve_validation_dice(synth_dir, tmp_path, tiny_config):
     history = train(tiny_config(synth_dir, tmp_path / "run", epochs=2, lr=3e-3, augment=False,
                                 warmup_epochs=0.0, batch_size=4))  # fmt: skip
     assert history["val_dice"].iloc[1] > history["val_dice"].iloc[0]
@@ -249,7 +240,7 @@ def test_two_epochs_improve_validation_dice(synth_dir, tmp_path):
 
 
 def _train_cmd(data_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "gi_utils.train", "--data-dir", str(data_dir), "--out-dir", str(out),
+    return [sys.executable, "-m", "gi_utils.training", "--data-dir", str(data_dir), "--out-dir", str(out),
             "--img-size", "64", "--epochs", "3", "--batch-size", "4", "--n-folds", "2", "--device", "cpu",
             "--save-every-steps", "3", "--no-progress", "--ema-decay", "0.9", "--amp", "bf16"]  # fmt: skip
 
@@ -284,7 +275,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(synth_dir, tmp_path):
     assert all(torch.equal(sa["ema"][k], sb["ema"][k]) for k in sa["ema"])  # the EMA resumes too
 
 
-def test_ema_weights_are_validated_and_kept_as_best(synth_dir, tmp_path):
+def test_ema_weights_are_validated_and_kept_as_best(synth_dir, tmp_path, tiny_config):
     out = tmp_path / "run"
     train(tiny_config(synth_dir, out, max_steps_per_epoch=3, ema_decay=0.9))
     state = load_state(out / "last.pt")
@@ -296,7 +287,7 @@ def test_ema_weights_are_validated_and_kept_as_best(synth_dir, tmp_path):
     assert moved, "the kept weights are the raw weights, not their average"
 
 
-def test_channels_last_is_a_layout_not_a_result(synth_dir, tmp_path):
+def test_channels_last_is_a_layout_not_a_result(synth_dir, tmp_path, tiny_config):
     # full precision: the two layouts then differ only in summation order
     a = train(tiny_config(synth_dir, tmp_path / "a", max_steps_per_epoch=2, channels_last=True, amp="no"))
     b = train(tiny_config(synth_dir, tmp_path / "b", max_steps_per_epoch=2, channels_last=False, amp="no"))
@@ -318,7 +309,7 @@ def test_channels_last_is_a_layout_not_a_result(synth_dir, tmp_path):
     ],
 )
 def test_resolve_amp(monkeypatch, amp, cuda, bf16_gpu, bf16_cpu, want):
-    from gi_utils.train_config import resolve_amp
+    from gi_utils.device import resolve_amp
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_cpu, raising=False)
@@ -326,7 +317,7 @@ def test_resolve_amp(monkeypatch, amp, cuda, bf16_gpu, bf16_cpu, want):
     assert resolve_amp(amp, cuda) == want
 
 
-def test_switching_amp_between_runs_in_one_process(synth_dir, tmp_path):
+def test_switching_amp_between_runs_in_one_process(synth_dir, tmp_path, tiny_config):
     # a notebook trains several models one after the other with other settings
     train(tiny_config(synth_dir, tmp_path / "a", max_steps_per_epoch=1))
     history = train(tiny_config(synth_dir, tmp_path / "b", max_steps_per_epoch=1, amp="bf16"))
@@ -341,7 +332,7 @@ def test_two_processes_gather_validation_and_only_main_writes(synth_dir, tmp_pat
     """torchrun with 2 CPU processes (gloo): one set of files, metrics on whole volumes."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "gi_utils.train", "--data-dir", str(synth_dir), "--out-dir", str(out), "--img-size", "64",
+           "-m", "gi_utils.training", "--data-dir", str(synth_dir), "--out-dir", str(out), "--img-size", "64",
            "--epochs", "1", "--batch-size", "2", "--n-folds", "2", "--device", "cpu", "--no-progress",
            "--amp", "no"]  # fmt: skip  (full precision, as the check below predicts)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -349,21 +340,27 @@ def test_two_processes_gather_validation_and_only_main_writes(synth_dir, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("epoch 1/1 train_loss") == 1  # only the main process prints
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["best.json", "best.safetensors", "config.json", "history.csv", "last.pt", "metrics.json"]
+        ["best.json", "best.safetensors", "config.json", "history.csv", "last.pt", "metrics.json", "oof", "split.json"]
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2
     row = pd.read_csv(out / "history.csv").iloc[0]
     # validation gathered from both processes equals scoring the saved model on whole volumes
-    from gi_utils.data import build_metadata, read_volume, read_volume_mask
-    from gi_utils.folds import assign_folds, split_fold
-    from gi_utils.infer import predict_probs, stack_slices
-    from gi_utils.metrics import competition_score
-    from gi_utils.transforms import preprocess_mask, preprocess_volume
+    from gi_utils.data import (
+        build_metadata,
+        preprocess_mask,
+        preprocess_volume,
+        read_volume,
+        read_volume_mask,
+    )
+    from gi_utils.evaluation import competition_score
+    from gi_utils.inference import predict_probs, stack_slices
 
     model, cfg = load_model(out / "best.safetensors")
-    meta = assign_folds(build_metadata(synth_dir), 2, 42, data_dir=synth_dir, drop_bad=True)
-    _, val = split_fold(meta, 0)
+    split = json.loads((out / "split.json").read_text())  # the run records its split
+    meta = build_metadata(synth_dir)
+    val = meta[meta["case_day"].isin(split["val_case_days"])]
+    assert split["fold"] == 0 and set(split["train_case_days"]).isdisjoint(split["val_case_days"])
     pred, true = {}, {}
     for case_day, rows in val.groupby("case_day", sort=False):
         images = stack_slices(preprocess_volume(read_volume(rows), 64), cfg["slice_offsets"])

@@ -1,0 +1,257 @@
+"""The cache of preprocessed volumes: every scan decoded once, normalised, resized and kept
+as float16 (N, S, S) images plus bit-packed uint8 (N, S, S) masks (bit c = class c).
+
+In memory (small data only: refused above ``max_memory_bytes``) or as ``.npy`` files under
+``cache_dir`` read back with ``np.load(mmap_mode="r")``. On disk the folder name carries a
+key (data files' names, sizes and mtimes, masks, img_size, mode, normalisation version);
+a matching folder is reused across runs, and a new one is written under a temporary name
+and moved in place with ``os.replace``. With fork, DataLoader workers share the
+memory-mapped files through the page cache; pickling a disk cache (spawn) sends only its
+folder name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gi_utils.constants import CLASSES
+from gi_utils.data.errors import ImageReadError
+from gi_utils.data.images import iter_volumes, read_volume, slice_mask
+from gi_utils.data.layout import has_masks, sort_slices
+from gi_utils.data.masks import fit_packed_mask, pack_masks, unpack_masks
+from gi_utils.data.preprocess import (
+    CLIP_PERCENTILE,
+    NORM_VERSION,
+    check_mode,
+    intensity_clip,
+    preprocess_volume_f16,
+)
+from gi_utils.progress import progress_bar
+
+__all__ = ["VolumeCache", "cache_key", "CACHE_FORMAT", "MAX_MEMORY_BYTES"]
+
+CACHE_FORMAT: int = 1
+#: An in-memory cache larger than this is refused (use ``cache_dir``).
+MAX_MEMORY_BYTES: int = 2 * 1024**3
+
+
+def cache_key(meta: pd.DataFrame, img_size: int, mode: str, with_masks: bool) -> str:
+    """sha256 over the settings, each image file (id, name, size, mtime) and the masks."""
+    h = hashlib.sha256()
+    settings = {"format": CACHE_FORMAT, "norm": NORM_VERSION, "clip": CLIP_PERCENTILE,
+                "img_size": int(img_size), "mode": mode, "masks": bool(with_masks)}  # fmt: skip
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for sid, path in zip(meta["id"], meta["path"], strict=True):
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            raise ImageReadError(f"image of {sid!r} not found: {path}") from err
+        h.update(f"{sid}|{os.path.basename(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    if with_masks:
+        for name in CLASSES:
+            h.update("\n".join(meta[name]).encode())
+    return h.hexdigest()
+
+
+class _NpyWriter:
+    """Write an .npy file of known shape front to back (keeps RSS low, unlike a memmap)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: type) -> None:
+        m = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        offset = m.offset
+        del m
+        self._f = open(path, "r+b")  # closed in close()
+        self._f.seek(offset)
+
+    def write(self, arr: np.ndarray) -> None:
+        self._f.write(np.ascontiguousarray(arr).tobytes())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class VolumeCache:
+    """Preprocessed scans: float16 images (N, S, S) and packed uint8 masks (N, S, S).
+
+    Rows follow ``meta`` sorted by case, day, slice. Built in the constructor (with a
+    tqdm bar) unless a matching folder under ``cache_dir`` exists.
+
+    Args:
+        meta: :func:`gi_utils.data.build_metadata` table (train or test).
+        img_size: S.
+        cache_dir: folder for memory-mapped files; ``None`` keeps the arrays in memory.
+        mode: ``"resize"`` or ``"pad"`` (see :func:`preprocess_volume`).
+        with_masks: store masks; default: when ``meta`` has the class columns.
+        max_memory_bytes: refuse an in-memory cache larger than this.
+        progress: show the tqdm bar while building.
+
+    Attributes:
+        path: the cache folder (``None`` in memory); ``reused``: found on disk.
+    """
+
+    def __init__(
+        self,
+        meta: pd.DataFrame,
+        img_size: int = 256,
+        cache_dir: str | os.PathLike | None = None,
+        *,
+        mode: str = "resize",
+        with_masks: bool | None = None,
+        max_memory_bytes: int = MAX_MEMORY_BYTES,
+        progress: bool = True,
+    ) -> None:
+        check_mode(mode)
+        self.meta = sort_slices(meta)
+        self.img_size, self.mode = int(img_size), mode
+        self.with_masks = has_masks(self.meta) if with_masks is None else bool(with_masks)
+        if self.with_masks and not has_masks(self.meta):
+            raise ValueError(f"with_masks=True but meta lacks the class columns {list(CLASSES)}")
+        self._row = pd.Index(self.meta["id"])
+        self._images: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
+        self.clips: dict[str, float] = {}
+        self._spans: dict[str, tuple[int, int]] = {}
+        n, s = len(self.meta), self.img_size
+        self.nbytes = n * s * s * (2 + (1 if self.with_masks else 0))
+        self.reused = False
+        if cache_dir is None:
+            if self.nbytes > max_memory_bytes:
+                raise MemoryError(
+                    f"an in-memory cache of {n} slices at {s}x{s} needs "
+                    f"{self.nbytes / 1024**3:.1f} GiB (> max_memory_bytes="
+                    f"{max_memory_bytes / 1024**3:.1f} GiB); pass cache_dir= to use "
+                    "memory-mapped files on disk"
+                )
+            self.path = None
+            self._images = np.empty((n, s, s), np.float16)
+            self._masks = np.empty((n, s, s), np.uint8) if self.with_masks else None
+            put_masks = self._masks.__setitem__ if self.with_masks else None
+            self._build(self._images.__setitem__, put_masks, progress)
+        else:
+            self.key = cache_key(self.meta, s, mode, self.with_masks)
+            self.path = Path(cache_dir) / f"gi_cache_s{s}_{mode}_{self.key[:16]}"
+            self.reused = self._load_index()
+            if not self.reused:
+                self._build_on_disk(progress)
+
+    # ---------------------------------------------------------------- building
+    def _scans(self):
+        for case_day, rows in iter_volumes(self.meta):
+            yield case_day, rows, int(rows.index[0])
+
+    def _build(self, put_images, put_masks, progress: bool) -> None:
+        """Decode every scan once, in row order; ``put_*(slice, arr)`` store the results."""
+        bar = progress_bar(None, "caching volumes", progress, total=len(self.meta), unit="slice")
+        for case_day, rows, start in self._scans():
+            vol = read_volume(rows)
+            hi = intensity_clip(vol)
+            self.clips[case_day] = hi
+            self._spans[case_day] = (start, len(rows))
+            put_images(
+                slice(start, start + len(rows)), preprocess_volume_f16(vol, self.img_size, self.mode, hi)
+            )
+            if put_masks is not None:
+                put_masks(slice(start, start + len(rows)), self._packed_masks_of(rows))
+            bar.update(len(rows))
+        bar.close()
+
+    def _packed_masks_of(self, rows: pd.DataFrame) -> np.ndarray:
+        return np.stack([fit_packed_mask(pack_masks(slice_mask(r)), self.img_size, self.mode)
+                         for _, r in rows.iterrows()])  # fmt: skip
+
+    def _build_on_disk(self, progress: bool) -> None:
+        n, s = len(self.meta), self.img_size
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        try:
+            img_w = _NpyWriter(tmp / "images.npy", (n, s, s), np.float16)
+            mask_w = _NpyWriter(tmp / "masks.npy", (n, s, s), np.uint8) if self.with_masks else None
+            self._build(
+                lambda _sl, arr: img_w.write(arr),
+                (lambda _sl, arr: mask_w.write(arr)) if mask_w else None,
+                progress,
+            )
+            img_w.close()
+            if mask_w:
+                mask_w.close()
+            index = {"key": self.key, "n": n, "img_size": s, "mode": self.mode,
+                     "with_masks": self.with_masks, "ids": self.meta["id"].tolist(),
+                     "scans": {cd: [st, d, self.clips[cd]] for cd, (st, d) in self._spans.items()}}  # fmt: skip
+            (tmp / "index.json").write_text(json.dumps(index))
+            try:
+                os.replace(tmp, self.path)
+            except OSError:  # another process finished first: use its folder
+                if not self._load_index():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._load_index()
+
+    def _load_index(self) -> bool:
+        idx_path = self.path / "index.json"
+        if not idx_path.is_file():
+            return False
+        index = json.loads(idx_path.read_text())
+        if index.get("key") != self.key or index.get("ids") != self.meta["id"].tolist():
+            return False
+        self._spans = {cd: (int(v[0]), int(v[1])) for cd, v in index["scans"].items()}
+        self.clips = {cd: float(v[2]) for cd, v in index["scans"].items()}
+        return True
+
+    # ---------------------------------------------------------------- access
+    @property
+    def images(self) -> np.ndarray:
+        """float16 (N, S, S) in ``meta`` row order (memory-mapped read-only on disk)."""
+        if self._images is None:
+            self._images = np.load(self.path / "images.npy", mmap_mode="r")
+        return self._images
+
+    @property
+    def packed_masks(self) -> np.ndarray:
+        """uint8 (N, S, S), bit c = class c of :data:`~gi_utils.constants.CLASSES`."""
+        if not self.with_masks:
+            raise ValueError("this VolumeCache was built without masks")
+        if self._masks is None:
+            self._masks = np.load(self.path / "masks.npy", mmap_mode="r")
+        return self._masks
+
+    def rows(self, ids) -> np.ndarray:
+        """Cache rows of slice ids; ``KeyError`` names the first id not cached."""
+        r = self._row.get_indexer(pd.Index(ids))
+        if (r < 0).any():
+            raise KeyError(
+                f"slice id {list(ids)[int(np.flatnonzero(r < 0)[0])]!r} is not in this cache"
+            )
+        return r
+
+    def _span(self, case_day: str) -> slice:
+        if case_day not in self._spans:
+            raise KeyError(f"scan {case_day!r} is not in this cache")
+        start, depth = self._spans[case_day]
+        return slice(start, start + depth)
+
+    def image(self, case_day: str) -> np.ndarray:
+        """float16 (D, S, S) of one scan (a view; do not write)."""
+        return self.images[self._span(case_day)]
+
+    def mask(self, case_day: str) -> np.ndarray:
+        """bool (D, 3, S, S) of one scan, channels in class order."""
+        return unpack_masks(np.asarray(self.packed_masks[self._span(case_day)]), axis=1)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self.path is not None:  # workers re-open the memmaps themselves
+            state["_images"] = state["_masks"] = None
+        return state

@@ -1,0 +1,10 @@
+"""Evaluation: the competition metric, exact and fast (per-slice Dice, 3-D Hausdorff on
+whole case-day volumes, their 0.4/0.6 mix), with the graders' variants as options."""
+
+# Every public name of the stage, exported here only: each module's ``__all__``.
+from gi_utils.evaluation.hausdorff import *
+from gi_utils.evaluation.metric import *
+from gi_utils.evaluation.oof import *
+from gi_utils.evaluation import hausdorff, metric, oof
+
+__all__ = [*hausdorff.__all__, *metric.__all__, *oof.__all__]

@@ -1,0 +1,174 @@
+"""Out-of-fold (OOF) sets: a model's probabilities on the slices it did not train on.
+
+A run writes one at its best epoch (``<run>/oof/``); the sets of the folds of an
+architecture together cover every training case-day once. Files, all memory-mapped::
+
+    index.json   ids in row order, case-day -> [first row, slices], img_size, the split
+    probs.npy    uint8 (N, 3, S, S): round(255 * probability), model resolution
+    truth.npy    uint8 (N, S, S): the true masks, bit c = class c
+    gate.npy     float16 (N, 3): the classifier gate's probabilities (models with a gate)
+
+Rows follow the validation table sorted by case, day and slice, so each case-day is one
+contiguous block; nothing reads more than one volume at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gi_utils.atomic import atomic_write_json, read_json
+from gi_utils.constants import CLASSES, NUM_CLASSES
+from gi_utils.data.masks import unpack_masks
+from gi_utils.evaluation.metric import ScoreAccumulator, ScoreResult
+from gi_utils.inference.postprocessing import PostProcess
+
+__all__ = ["OOF_FORMAT", "OOFWriter", "OOFSet", "OOFVolume", "score_oof", "replace_dir"]
+
+OOF_FORMAT = "gi-oof-v1"
+
+
+class OOFWriter:
+    """Write an OOF set row by row (rows in any order, e.g. gathered from processes).
+
+    Args:
+        out_dir: the set's folder (created; an existing one is replaced).
+        meta: the validation rows in row order (``id``, ``case_day``).
+        volumes: case_day -> row numbers (contiguous) of ``meta``.
+        img_size: S.
+        split: the run's split record, kept in ``index.json``.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, meta: pd.DataFrame, volumes: Mapping[str, np.ndarray],
+                 img_size: int, split: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        self.dir = Path(out_dir)
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        n, s = len(meta), int(img_size)
+        spans = {}
+        for cd, rows in volumes.items():
+            rows = np.asarray(rows)
+            if len(rows) and not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+                raise ValueError(f"OOF rows of {cd!r} are not contiguous")
+            spans[str(cd)] = [int(rows[0]), len(rows)] if len(rows) else [0, 0]
+        self.index = {"format": OOF_FORMAT, "img_size": s, "n": n, "classes": list(CLASSES),
+                      "ids": meta["id"].tolist(), "case_days": spans, "gate": False,
+                      "split": dict(split or {})}  # fmt: skip
+        fmt = np.lib.format
+        self.probs = fmt.open_memmap(self.dir / "probs.npy", "w+", np.uint8, (n, NUM_CLASSES, s, s))
+        self.truth = fmt.open_memmap(self.dir / "truth.npy", "w+", np.uint8, (n, s, s))
+        self.gate: np.ndarray | None = None
+        self.written = np.zeros(n, bool)
+
+    def write(self, rows: np.ndarray, probs: np.ndarray, truth: np.ndarray, gate: np.ndarray | None = None) -> None:
+        """Rows ``rows`` of the set: uint8 probs (n, 3, S, S), packed truth (n, S, S),
+        gate probabilities (n, 3) or None."""
+        self.probs[rows] = probs
+        self.truth[rows] = truth
+        if gate is not None:
+            if self.gate is None:
+                self.gate = np.lib.format.open_memmap(
+                    self.dir / "gate.npy", "w+", np.float16, (len(self.written), NUM_CLASSES)
+                )
+                self.index["gate"] = True
+            self.gate[rows] = gate
+        self.written[rows] = True
+
+    def close(self) -> None:
+        """Flush the arrays and write ``index.json`` (the set is complete only then)."""
+        if not self.written.all():
+            raise ValueError(f"OOF set {self.dir}: {int((~self.written).sum())} rows never written")
+        for arr in (self.probs, self.truth, self.gate):
+            if arr is not None:
+                arr.flush()
+        self.probs = self.truth = self.gate = None  # type: ignore[assignment]
+        atomic_write_json(self.dir / "index.json", self.index)
+
+
+@dataclass(frozen=True)
+class OOFVolume:
+    """One case-day of an OOF set: ``probs`` uint8 (D, S, S, 3) (a view), ``truth`` bool
+    (D, S, S, 3), ``gate`` float (D, 3) or None, and the slice ``ids``."""
+
+    case_day: str
+    probs: np.ndarray
+    truth: np.ndarray
+    gate: np.ndarray | None
+    ids: list[str]
+
+
+class OOFSet:
+    """Read an OOF set (memory-mapped); ``volumes()`` yields one :class:`OOFVolume` at a time.
+
+    Raises:
+        FileNotFoundError: the folder has no complete set (``index.json``), naming it.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.dir = Path(path)
+        if not (self.dir / "index.json").is_file():
+            raise FileNotFoundError(f"no out-of-fold set at {self.dir} (no index.json)")
+        self.index = read_json(self.dir / "index.json")
+        if self.index.get("format") != OOF_FORMAT:
+            raise ValueError(f"{self.dir / 'index.json'} is not a {OOF_FORMAT!r} set")
+        self.img_size = int(self.index["img_size"])
+        self.ids: list[str] = self.index["ids"]
+        self.spans: dict[str, tuple[int, int]] = {k: (int(a), int(b)) for k, (a, b) in self.index["case_days"].items()}
+        self.probs = np.load(self.dir / "probs.npy", mmap_mode="r")
+        self.truth = np.load(self.dir / "truth.npy", mmap_mode="r")
+        self.gate = np.load(self.dir / "gate.npy", mmap_mode="r") if self.index.get("gate") else None
+
+    @property
+    def case_days(self) -> list[str]:
+        return list(self.spans)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def volume(self, case_day: str) -> OOFVolume:
+        """One case-day (``KeyError`` names it when the set does not hold it)."""
+        if case_day not in self.spans:
+            raise KeyError(f"case-day {case_day!r} is not in the out-of-fold set {self.dir}")
+        a, d = self.spans[case_day]
+        rows = slice(a, a + d)
+        gate = np.asarray(self.gate[rows], np.float32) if self.gate is not None else None
+        return OOFVolume(case_day, np.moveaxis(self.probs[rows], 1, -1),
+                         unpack_masks(np.asarray(self.truth[rows]), axis=-1), gate, self.ids[rows])  # fmt: skip
+
+    def volumes(self, case_days: list[str] | None = None) -> Iterator[OOFVolume]:
+        for cd in case_days if case_days is not None else self.case_days:
+            yield self.volume(cd)
+
+
+def score_oof(oof: OOFSet | str | os.PathLike, post: PostProcess, **metric: Any) -> ScoreResult:
+    """Competition score of an OOF set under ``post`` (``metric``: the options of
+    :class:`~gi_utils.evaluation.metric.ScoreAccumulator`), one volume at a time."""
+    oof = oof if isinstance(oof, OOFSet) else OOFSet(oof)
+    acc = ScoreAccumulator(**metric)
+    for vol in oof.volumes():
+        acc.add(vol.case_day, post.apply(vol.probs), vol.truth)
+    return acc.result()
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Move the folder ``src`` over ``dst`` (the old ``dst`` is removed first; a crash in
+    between leaves no set at ``dst``, never half of one)."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old)
+    else:
+        src.rename(dst)
+    return dst

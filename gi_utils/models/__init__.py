@@ -1,0 +1,10 @@
+"""Models: the registry of architectures (:mod:`.registry`), local encoder weights
+(:mod:`.weights`) and saving/loading trained models with their config (:mod:`.io`)."""
+
+# Every public name of the stage, exported here only: each module's ``__all__``.
+from gi_utils.models.io import *
+from gi_utils.models.registry import *
+from gi_utils.models.weights import *
+from gi_utils.models import io, registry, weights
+
+__all__ = [*io.__all__, *registry.__all__, *weights.__all__]

@@ -1,0 +1,155 @@
+"""Model registry over segmentation_models_pytorch: one name, one class.
+
+:func:`build_model` maps one architecture name to one smp class; a typo raises an error
+that lists the valid names. Encoder weights come from ``None`` (random), a named smp
+weight set such as ``"imagenet"`` (downloaded from the Hugging Face hub, so not offline),
+or a local file (:mod:`gi_utils.models.weights`). Kaggle notebooks run offline, so they
+use the local-file form. Saving and loading trained models: :mod:`gi_utils.models.io`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from torch import nn
+
+from gi_utils.constants import NUM_CLASSES
+from gi_utils.models.weights import load_encoder_file, local_weights_path
+
+__all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "encoder_names", "check_encoder", "check_arch",
+           "check_img_size", "build_model", "split_outputs"]  # fmt: skip
+
+#: Architecture name (as used in configs and on the command line) -> smp class. Every
+#: entry builds and trains at 64x64 with a ResNet encoder (smp's PAN needs >= 128 px and
+#: DPT only takes ViT encoders, so they are left out).
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "unet": smp.Unet,
+    "unetplusplus": smp.UnetPlusPlus,
+    "deeplabv3plus": smp.DeepLabV3Plus,
+    "deeplabv3": smp.DeepLabV3,
+    "fpn": smp.FPN,
+    "manet": smp.MAnet,
+    "linknet": smp.Linknet,
+    "pspnet": smp.PSPNet,
+    "upernet": smp.UPerNet,
+    "segformer": smp.Segformer,
+}
+#: Input height and width must be multiples of this (5 stride-2 stages).
+ENCODER_STRIDE: int = 32
+
+
+# --------------------------------------------------------------------------- names
+def encoder_names() -> list[str]:
+    """smp's own encoder names; any timm model also works as ``"tu-<timm name>"``."""
+    return list(smp.encoders.get_encoder_names())
+
+
+def check_encoder(encoder: str) -> str:
+    """Return ``encoder`` if smp can build it, else raise ``KeyError`` listing valid names."""
+    if encoder.startswith("tu-"):
+        if timm.is_model(encoder[3:].split(".")[0]):
+            return encoder
+        raise KeyError(
+            f"unknown timm encoder {encoder!r}: {encoder[3:]!r} is not a timm model "
+            "(see timm.list_models())"
+        )
+    if encoder not in smp.encoders.encoders:
+        raise KeyError(
+            f"unknown encoder {encoder!r}; valid smp encoders: {', '.join(encoder_names())} "
+            "(or 'tu-<timm model name>')"
+        )
+    return encoder
+
+
+def check_arch(arch: str) -> type[nn.Module]:
+    """The smp class of ``arch``; ``KeyError`` listing the valid names otherwise."""
+    try:
+        return ARCHITECTURES[arch.lower()]
+    except (KeyError, AttributeError):
+        raise KeyError(
+            f"unknown architecture {arch!r}; valid names: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def check_img_size(img_size: int, name: str = "img_size") -> int:
+    """Raise ``ValueError`` unless ``img_size`` is a positive multiple of 32."""
+    if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size <= 0:
+        raise ValueError(f"{name} must be a positive int, got {img_size!r}")
+    if img_size % ENCODER_STRIDE:
+        lo = max(ENCODER_STRIDE, img_size // ENCODER_STRIDE * ENCODER_STRIDE)
+        raise ValueError(
+            f"{name}={img_size} is not divisible by the encoder's stride {ENCODER_STRIDE}; "
+            f"use e.g. {lo} or {lo + ENCODER_STRIDE}"
+        )
+    return img_size
+
+
+# --------------------------------------------------------------------------- building
+def build_model(
+    arch: str,
+    encoder: str = "resnet18",
+    in_channels: int = 3,
+    classes: int = NUM_CLASSES,
+    weights: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build an smp segmentation model that outputs logits.
+
+    Args:
+        arch: a key of :data:`ARCHITECTURES` (case-insensitive).
+        encoder: an smp encoder name (``"resnet18"``, ``"efficientnet-b0"`` ...) or
+            ``"tu-<timm name>"``.
+        in_channels: input channels C of the (N, C, H, W) input (2.5D: slices stacked).
+        classes: output channels of the (N, classes, H, W) logits.
+        weights: ``None`` (random init), an smp weight name such as ``"imagenet"``
+            (needs internet), or a path to a local encoder state dict (``.safetensors``,
+            or ``.pt/.pth/.bin`` read with ``weights_only=True``). A first convolution
+            stored for 3 channels is adapted to ``in_channels``.
+        **kwargs: passed to the smp class (e.g. ``decoder_channels``).
+
+    Raises:
+        KeyError: unknown architecture or encoder (the message lists valid names).
+        ValueError: ``in_channels``/``classes`` not positive, or a local weight file that
+            does not fit the encoder.
+        FileNotFoundError: ``weights`` looks like a path and does not exist.
+    """
+    cls = check_arch(arch)
+    check_encoder(encoder)
+    for name, value in (("in_channels", in_channels), ("classes", classes)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    local = local_weights_path(weights)
+    smp_weights: Any = None if local is not None else weights
+    if encoder.startswith("tu-") and smp_weights is not None:
+        smp_weights = True  # timm picks the pretrained tag from the name
+    try:
+        model = cls(
+            encoder_name=encoder,
+            encoder_weights=smp_weights,
+            in_channels=in_channels,
+            classes=classes,
+            **kwargs,
+        )
+    except OSError as err:  # hub download failed (offline)
+        raise OSError(
+            f"could not fetch {weights!r} weights for encoder {encoder!r} ({err}); offline "
+            "runs (Kaggle) must pass weights=<path to a local encoder state dict>"
+        ) from err
+    if local is not None:
+        load_encoder_file(model.encoder, local)
+    return model
+
+
+def split_outputs(out: torch.Tensor | tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(segmentation logits, gate logits or None)`` of a model's output.
+
+    A model built with a classifier gate (smp ``aux_params``) returns
+    ``(masks (N, 3, ...), labels (N, 3))``; one without returns the masks alone.
+    """
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1]
+    return out, None

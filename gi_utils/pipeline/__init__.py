@@ -1,0 +1,14 @@
+"""Pipeline: the notebooks' glue (parameter checks, the data root, 02's config), the
+series run headlessly (``make demo``, which a second call continues) and ``make docs``."""
+
+# Every public name of the stage, exported here only: each module's ``__all__``.
+from gi_utils.pipeline.data_root import *
+from gi_utils.pipeline.docs import *
+from gi_utils.pipeline.notebook import *
+from gi_utils.pipeline.notebook_files import *
+from gi_utils.pipeline.params import *
+from gi_utils.pipeline.series import *
+from gi_utils.pipeline import data_root, docs, notebook, notebook_files, params, series
+
+__all__ = [*data_root.__all__, *docs.__all__, *notebook.__all__, *notebook_files.__all__,
+    *params.__all__, *series.__all__]

@@ -1,0 +1,65 @@
+"""``02_train``'s parameters -> one complete, validated :class:`TrainConfig`.
+
+The notebook's parameters cell holds ``preset`` and the main TrainConfig fields, each
+annotated ``Optional[...] = None`` where ``None`` means "the preset's value", plus the
+notebook's own parameters. :func:`train_setup` checks the types against the cell's
+annotations, resolves the data folder once, and builds the config the notebook passes on
+unchanged: defaults, then the preset, then the values given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from gi_utils.paths import default_runs_dir
+from gi_utils.pipeline.data_root import ensure_data
+from gi_utils.pipeline.notebook import ParameterError, check_params
+from gi_utils.report.runs import run_name
+from gi_utils.training.config import TrainConfig
+from gi_utils.training.presets import preset_values
+
+__all__ = ["CONFIG_FIELDS", "train_setup"]
+
+#: Names of TrainConfig fields (the other parameters of 02_train are the notebook's own).
+CONFIG_FIELDS: frozenset[str] = frozenset(f.name for f in fields(TrainConfig))
+
+
+def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """Split 02_train's parameters into a complete TrainConfig and the notebook's own.
+
+    Args:
+        given: the parameters (from :func:`gi_utils.pipeline.notebook.new_names`).
+        annotations: the parameters cell's ``__annotations__``.
+
+    ``data_dir`` ("" = search) is resolved here, once.
+
+    Returns:
+        ``(config, notebook_params)``: ``config.data_dir`` is resolved (the synthetic
+        dataset is written if no data are found and ``synthetic_if_missing``) and
+        ``config.out_dir`` is ``<runs_dir>/<run_name>``.
+
+    Raises:
+        ParameterError: an unknown parameter (with the valid names, and a close match), a
+            value of the wrong type, or an invalid setting; the message names it.
+    """
+    own_types = {k: v for k, v in annotations.items() if k not in CONFIG_FIELDS}
+    nb = check_params({k: v for k, v in given.items() if k in own_types}, own_types)
+    cell_types = {k: v for k, v in annotations.items() if k in CONFIG_FIELDS}
+    given_cfg = {k: v for k, v in given.items() if k in cell_types}
+    typed = check_params(given_cfg, {k: cell_types[k] for k in given_cfg})
+    extra = {k: v for k, v in given.items() if k not in annotations}  # -p names not in the cell
+    values = {k: v for k, v in typed.items() if v is not None} | extra
+    data_dir = values.pop("data_dir", "") or ""
+    try:
+        values = {**preset_values(nb.get("preset", ""), str(values.get("arch", TrainConfig.arch))), **values}
+        if values.get("weights") == "":
+            values["weights"] = None  # "" = random initialisation
+        probe = TrainConfig.from_dict(values)  # names and values first, before any data are touched
+    except ValueError as err:
+        raise ParameterError(f"02_train parameters: {err}") from None
+    root = ensure_data(data_dir, nb.get("synthetic_if_missing", True))
+    name = nb.get("run_name") or run_name(probe.arch, probe.encoder, probe.img_size, probe.fold)
+    out_dir = default_runs_dir(nb.get("runs_dir", "")) / name
+    return probe.replace(data_dir=str(root), out_dir=str(out_dir)), nb

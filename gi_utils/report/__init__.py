@@ -1,0 +1,11 @@
+"""Report: reading run folders, the results table, figures (overlays, curves, EDA) and the
+comparison of models on the same validation slices."""
+
+# Every public name of the stage, exported here only: each module's ``__all__``.
+from gi_utils.report.compare import *
+from gi_utils.report.eda import *
+from gi_utils.report.plotting import *
+from gi_utils.report.runs import *
+from gi_utils.report import compare, eda, plotting, runs
+
+__all__ = [*compare.__all__, *eda.__all__, *plotting.__all__, *runs.__all__]

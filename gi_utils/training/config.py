@@ -1,0 +1,228 @@
+"""The settings of a training run: :class:`TrainConfig` and its validation.
+
+Every field is a parameter of ``02_train.ipynb`` and a flag of ``python -m gi_utils.training``
+(its help text, ``TrainConfig.help(name)``, feeds ``--help`` and the README table); an
+unknown name or a bad value raises a ``ValueError`` that names the field. Named presets of
+values (``smoke``, ``demo``, ``gpu``) live beside it in :mod:`gi_utils.training.presets`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from gi_utils.data.augment import build_transforms
+from gi_utils.data.preprocess import RESIZE_MODES
+from gi_utils.device import AMP_MODES, DEVICES
+from gi_utils.losses import LOSSES
+from gi_utils.models.registry import ARCHITECTURES, check_encoder, check_img_size
+from gi_utils.training.scaling import LR_SCALING
+
+__all__ = ["CACHE_MODES", "TrainConfig"]
+
+CACHE_MODES: tuple[str, ...] = ("none", "memory", "disk")
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
+    """A dataclass field with its help text (mutable defaults copied per instance)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; validated on creation (``ValueError`` names the field).
+
+    The fields and what they do are listed with :meth:`help` (and ``python -m
+    gi_utils.training --help``); the values of the named presets with
+    :func:`gi_utils.training.presets.preset_config`.
+    """
+
+    # model
+    arch: str = _f("unet", "architecture, a name of gi_utils.models.ARCHITECTURES")
+    encoder: str = _f("resnet18", "smp encoder (resnet34, efficientnet-b4, ...) or tu-NAME for a timm model")
+    weights: str | None = _f(None, "encoder weights: None (random), imagenet (needs internet) or a local file")
+    model_kwargs: dict[str, Any] = _f({}, "extra smp arguments, e.g. {\"decoder_channels\": [64, 32, 16, 16]}")
+    # data
+    data_dir: str | None = _f(None, "data root; None: resolved once where the run starts (gi_utils.paths)")
+    fold: int = _f(0, "validation fold, 0 .. n_folds - 1; -1 trains on all cases (no validation)")
+    n_folds: int = _f(5, "folds, grouped by case and stratified on empty slices")
+    folds_seed: int = _f(42, "seed of the fold assignment (the same for every architecture)")
+    folds_dir: str | None = _f(None, "folder of the folds files; None: <out_dir>/../folds")
+    drop_bad_cases: bool = _f(True, "drop the case-days with known annotation problems")
+    img_size: int = _f(128, "model input side in pixels, a multiple of 32 (320-384 on a GPU)")
+    resize_mode: str = _f("resize", "resize (stretch each slice to img_size) or pad (centred)")
+    slice_offsets: tuple[int, ...] = _f((-2, 0, 2), "2.5D: neighbour slices stacked as channels")
+    augment: bool = _f(True, "training augmentation (flips, affine, distortions, dropout)")
+    augment_kwargs: dict[str, Any] = _f({}, "per-transform overrides, e.g. {\"HorizontalFlip\": {\"p\": 0.0}}")
+    cache: str = _f("memory", "none | memory | disk (memory-mapped, shared by runs)")
+    cache_dir: str | None = _f(None, "folder of the disk cache; None: <out_dir>/../cache")
+    num_workers: int = _f(0, "DataLoader worker processes (2 on Kaggle/Colab)")
+    # optimisation
+    epochs: int = _f(10, "epochs")
+    batch_size: int = _f(16, "samples per step and process")
+    lr: float = _f(2e-3, "AdamW peak learning rate (warm-up, then cosine)")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    warmup_epochs: float = _f(0.5, "linear warm-up, in epochs")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    scale_lr: str = _f("none", "none | linear | sqrt: scale lr to batch_size x processes x grad_accum")
+    loss: str = _f("bce_dice", "bce_dice | bce_tversky | bce | dice | tversky")
+    loss_kwargs: dict[str, Any] = _f({}, "arguments of the loss, e.g. {\"bce_weight\": 0.3}")
+    ema_decay: float = _f(0.99, "validate and keep an exponential moving average of the weights; 0 is off")
+    amp: str = _f("auto", "auto | no | fp16 | bf16 (auto: fp16/bf16 on a GPU, bf16 on a CPU that has it)")
+    channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on CPUs and tensor cores)")
+    compile: bool = _f(False, "torch.compile the model (opt-in; no gain on small CPUs)")
+    device: str = _f("auto", "auto (CUDA when present) | cpu")
+    # validation
+    threshold: float = _f(0.5, "probability threshold of validation and the default post-processing")
+    min_size: int = _f(0, "remove predicted components under this many pixels (at img_size) before scoring")
+    patience: int = _f(0, "early stop after this many epochs without a better score; 0 is off")
+    # cheap runs
+    sample_empty_fraction: float = _f(1.0, "share of the slices without any organ drawn each epoch")
+    max_steps_per_epoch: int = _f(0, "cut each epoch to this many steps; 0 is the whole epoch")
+    # bookkeeping
+    out_dir: str = _f("runs/unet", "run folder (checkpoints, history, metrics, out-of-fold files)")
+    seed: int = _f(42, "seed of weights, data order and augmentation")
+    deterministic: bool = _f(True, "deterministic cuDNN kernels")
+    save_every_steps: int = _f(0, "also checkpoint every this many steps; 0: after each epoch only")
+    resume: bool = _f(True, "continue from out_dir/last.pt when present")
+    progress: bool = _f(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
+        _check_choice("arch", self.arch.lower(), tuple(ARCHITECTURES))
+        self.arch = self.arch.lower()
+        try:
+            check_encoder(self.encoder)
+        except KeyError as err:
+            raise ValueError(f"encoder: {err.args[0]}") from None
+        _check_choice("loss", self.loss, tuple(LOSSES))
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("cache", self.cache, CACHE_MODES)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        _check_choice("scale_lr", self.scale_lr, LR_SCALING)
+        check_img_size(self.img_size)
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
+        if not -1 <= self.fold < self.n_folds:
+            raise ValueError(
+                f"fold must be in 0..{self.n_folds - 1} (n_folds={self.n_folds}), or -1 for all "
+                f"cases, got {self.fold}"
+            )
+        positive = ("epochs", "batch_size", "grad_accum")
+        non_negative = (
+            "min_size",
+            "num_workers",
+            "patience",
+            "max_steps_per_epoch",
+            "save_every_steps",
+            "warmup_epochs",
+            "weight_decay",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.fold == -1 and self.patience:
+            raise ValueError("patience needs a validation fold; fold=-1 trains on all cases")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0 <= self.sample_empty_fraction <= 1:
+            raise ValueError(
+                f"sample_empty_fraction must be in [0, 1], got {self.sample_empty_fraction}"
+            )
+        if not self.slice_offsets:
+            raise ValueError("slice_offsets must hold at least one offset, e.g. (0,) or (-2, 0, 2)")
+        for name in ("model_kwargs", "loss_kwargs", "augment_kwargs"):
+            try:
+                json.dumps(getattr(self, name))
+            except TypeError as err:
+                raise ValueError(f"{name} must be JSON-serialisable: {err}") from None
+        if self.augment_kwargs:
+            try:  # a wrong transform or argument name fails here, before any work
+                build_transforms(self.img_size, train=True, overrides=self.augment_kwargs)
+            except (KeyError, ValueError, TypeError) as err:
+                msg = err.args[0] if err.args else str(err)
+                raise ValueError(f"augment_kwargs: {msg}") from None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | TrainConfig) -> TrainConfig:
+        """Build from a dict (e.g. notebook parameters); unknown names raise ``ValueError``."""
+        if isinstance(values, TrainConfig):
+            return cls(**values.to_dict())
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+            hint = "; ".join(f"{k!r}: did you mean {v[0]!r}?" for k, v in hints.items() if v)
+            raise ValueError(
+                f"unknown TrainConfig parameter(s) {unknown}{' (' + hint + ')' if hint else ''}; "
+                f"valid names: {', '.join(names)}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists); ``from_dict(to_dict())`` gives an equal config."""
+        d = asdict(self)
+        d["slice_offsets"] = list(self.slice_offsets)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A new, validated config with ``changes`` (this one is left as it is)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    @staticmethod
+    def help(name: str | None = None) -> str | dict[str, str]:
+        """The help text of one field, or ``{field: help}`` of all."""
+        texts = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+        return texts if name is None else texts[name]
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    """Check/convert one field to its annotated type; ``ValueError`` names the field."""
+    if kind.endswith("| None") and value is None:
+        return None
+    base = kind.removesuffix(" | None")
+    ok = True
+    if base == "bool":
+        ok = isinstance(value, bool)
+    elif base == "int":
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        value = int(value) if ok else value
+    elif base == "float":
+        ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif base == "str":
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        ok = isinstance(value, str)
+    elif base.startswith("tuple"):
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+        )
+        value = tuple(int(v) for v in value) if ok else value
+    elif base.startswith("dict"):
+        ok = isinstance(value, dict)
+    if not ok:
+        raise ValueError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    return value

@@ -1,0 +1,120 @@
+"""The data side of training: metadata, folds, cache, datasets and loaders for a
+:class:`~gi_utils.training.config.TrainConfig`, and the record of the run's split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gi_utils.data.augment import build_transforms
+from gi_utils.data.cache import VolumeCache
+from gi_utils.data.dataset import SliceDataset
+from gi_utils.data.folds import assign_folds, split_fold
+from gi_utils.data.layout import build_metadata
+from gi_utils.device import cuda_wanted
+from gi_utils.training.config import TrainConfig
+from gi_utils.training.sampler import EpochSampler, SeededSamples
+
+__all__ = ["TrainData", "load_train_data"]
+
+
+class _Indexed(Dataset):
+    """``(image, mask, i)``: validation samples carry their index through ``gather``."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        return (*self.base[i], i)
+
+
+@dataclass
+class TrainData:
+    """Datasets and loaders of one fold.
+
+    ``val_volumes``: case_day -> rows of ``val_ds``; ``split``: the record of which
+    case-days train and which validate (written to the run folder as ``split.json``).
+    With ``fold=-1`` (train on all cases) the validation members are ``None`` / empty.
+    """
+
+    train_ds: Any
+    val_ds: Any
+    sampler: EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    val_volumes: dict[str, np.ndarray]
+    split: dict[str, Any]
+
+
+def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
+    """Metadata, folds, cache, datasets and loaders for ``cfg`` (see :class:`TrainConfig`).
+
+    ``cfg.data_dir`` must be resolved already (:func:`gi_utils.training.train` does it once
+    where a run starts); folds are read from, or made once in, ``cfg.folds_dir``.
+    """
+    if cfg.data_dir is None:
+        raise ValueError("load_train_data: cfg.data_dir is not resolved; train() resolves it")
+    data_dir = Path(cfg.data_dir)
+    runs_root = Path(cfg.out_dir).parent
+    meta = build_metadata(data_dir, "train")
+    meta = assign_folds(meta, cfg.n_folds, cfg.folds_seed, Path(cfg.folds_dir or runs_root / "folds"),
+                        drop_bad=cfg.drop_bad_cases)  # fmt: skip
+    if cfg.fold == -1:
+        train_meta, val_meta = meta, meta.iloc[:0]
+    else:
+        train_meta, val_meta = split_fold(meta, cfg.fold)
+    cache = None
+    if cfg.cache != "none":
+        cache_dir = None if cfg.cache == "memory" else Path(cfg.cache_dir or runs_root / "cache")
+        try:
+            cache = VolumeCache(
+                meta, cfg.img_size, cache_dir, mode=cfg.resize_mode, progress=cfg.progress
+            )
+        except MemoryError as err:
+            raise MemoryError(f"{err}; in TrainConfig: cache='disk' (or 'none')") from None
+    transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)
+                 if cfg.augment else None)  # fmt: skip
+    kw = {"cache": cache, "mode": cfg.resize_mode}
+    train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
+    max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
+    sampler = EpochSampler(
+        train_ds.meta["empty"].to_numpy(), cfg.seed, cfg.sample_empty_fraction, max_samples
+    )
+    if len(sampler) < cfg.batch_size * num_processes:
+        raise ValueError(
+            f"fold {cfg.fold} draws {len(sampler)} training slices per epoch, fewer than one batch "
+            f"(batch_size={cfg.batch_size} x {num_processes} processes); lower batch_size"
+        )
+    pin = cuda_wanted(cfg.device)
+    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
+    train_loader = DataLoader(
+        SeededSamples(train_ds, cfg.seed), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed), **loader_kw,
+    )  # fmt: skip
+    val_ds = val_loader = None
+    volumes: dict[str, np.ndarray] = {}
+    if len(val_meta):
+        # validation batches travel as float16 images / uint8 masks (the cache's own values,
+        # 4x fewer bytes between loader workers and the device) and are widened on the device
+        val_ds = SliceDataset(val_meta, cfg.img_size, cfg.slice_offsets, None, compact=True, **kw)
+        val_loader = DataLoader(
+            _Indexed(val_ds), batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw
+        )
+        codes = val_ds.meta["case_day"].to_numpy()
+        volumes = {str(cd): np.flatnonzero(codes == cd) for cd in pd.unique(codes)}
+    split = {
+        "data_dir": str(data_dir), "fold": cfg.fold, "n_folds": cfg.n_folds,
+        "folds_seed": cfg.folds_seed, "drop_bad_cases": cfg.drop_bad_cases,
+        "train_case_days": sorted(train_meta["case_day"].unique().tolist()),
+        "val_case_days": list(volumes),
+    }  # fmt: skip
+    return TrainData(train_ds, val_ds, sampler, train_loader, val_loader, volumes, split)

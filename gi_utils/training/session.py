@@ -1,0 +1,333 @@
+"""One training run as an object with readable steps: its state on disk, restoring it,
+one epoch, validation, saving.
+
+:func:`gi_utils.training.loop.train` drives a :class:`TrainingRun`::
+
+    run = TrainingRun(cfg)           # accelerator, seeds, last.pt read (not yet applied)
+    run.setup()                      # data, model, optimizer, schedule, weight average
+    run.restore()                    # ... and last.pt applied to them
+    while not run.done:
+        run.end_epoch(run.train_epoch(), run.validate_epoch())
+    run.finish()                     # metrics.json
+
+Files in ``out_dir`` (only the main process writes; every write is atomic): ``config.json``,
+``split.json`` (which case-days train and validate), ``last.pt`` (everything needed to
+resume, safe types only), ``best.safetensors`` + ``best.json`` (the weights of the best
+validation score: the moving average when ``ema_decay`` > 0), ``oof/`` (the out-of-fold
+probabilities of that epoch), ``history.csv`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast_object_list
+from timm.utils import ModelEmaV3
+
+from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
+from gi_utils.checkpoint import load_state, rng_state, save_state, set_rng_state
+from gi_utils.constants import CLASSES
+from gi_utils.data.preprocess import NORM_VERSION
+from gi_utils.device import cuda_wanted, resolve_amp
+from gi_utils.evaluation.oof import replace_dir
+from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.losses import build_loss
+from gi_utils.models.io import model_config, save_model
+from gi_utils.models.registry import build_model
+from gi_utils.training.config import TrainConfig
+from gi_utils.training.loaders import load_train_data
+from gi_utils.training.scaling import effective_batch_size, effective_lr
+from gi_utils.training.schedule import WarmupCosine
+from gi_utils.training.step import NonFiniteLossError, train_one_epoch
+from gi_utils.training.validation import sync_buffers, validate
+
+__all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everything"]
+
+#: Config fields that may differ between a run and its resumption (they do not change
+#: the numbers, only where files live and how fast they are read).
+RESUME_FREE_FIELDS = frozenset(
+    {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "progress",
+     "resume", "save_every_steps", "patience"}
+)  # fmt: skip
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; with ``deterministic``, cuDNN picks fixed kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
+    amp = resolve_amp(cfg.amp, cuda=cuda_wanted(cfg.device))
+    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one global state per process; a notebook that trains several
+        # models with other amp/device settings needs a fresh one (single process only)
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(
+        mixed_precision=amp, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu"
+    )
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in RESUME_FREE_FIELDS and now[k] != saved.get(k)]
+    if diff:
+        details = ", ".join(f"{k}: saved {saved.get(k)!r} != now {now[k]!r}" for k in diff)
+        raise ValueError(
+            f"{path} belongs to another run ({details}); pass resume=False to start over "
+            "there, or choose another out_dir"
+        )
+
+
+class TrainingRun:
+    """The state of one run and its steps (see the module docstring).
+
+    Attributes:
+        state: ``epoch, loss_sum, n_batches, best_score, best_epoch, bad_epochs, history``,
+            the counters saved in ``last.pt``.
+        saved: the ``last.pt`` read at start (``None`` for a new run).
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.last_path = self.out_dir / "last.pt"
+        self.acc = make_accelerator(cfg)
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.state: dict[str, Any] = {"epoch": 0, "loss_sum": 0.0, "n_batches": 0, "best_score": -math.inf,
+                                      "best_epoch": -1, "bad_epochs": 0, "history": []}  # fmt: skip
+        self.saved: dict[str, Any] | None = None
+        self.stopped_early = False
+        if cfg.resume and self.last_path.is_file():
+            self.saved = load_state(self.last_path)
+            _check_resumable(cfg, self.saved["config"], self.last_path)
+            n = self.saved.get("num_processes", self.acc.num_processes)
+            if not self.saved.get("finished") and n != self.acc.num_processes:
+                raise ValueError(
+                    f"{self.last_path} was written by {n} process(es), this run has "
+                    f"{self.acc.num_processes}: resume with the same number (data order and "
+                    "schedule depend on it), or pass resume=False to start over"
+                )
+        self.t_start = time.perf_counter()
+
+    @property
+    def finished(self) -> bool:
+        """True when ``last.pt`` says the run ended already."""
+        return bool(self.saved and self.saved.get("finished"))
+
+    @property
+    def done(self) -> bool:
+        return self.stopped_early or self.state["epoch"] >= self.cfg.epochs
+
+    @property
+    def validated(self) -> bool:
+        """False for ``fold=-1`` (all cases train, nothing is held out)."""
+        return self.cfg.fold != -1
+
+    # ------------------------------------------------------------------ state
+    def setup(self) -> None:
+        """Data, model, optimizer, schedule and weight average, prepared by accelerate."""
+        cfg, acc = self.cfg, self.acc
+        if acc.is_main_process:
+            remove_stale_temps(self.out_dir)  # left by a run killed while writing a file
+            atomic_write_json(self.out_dir / "config.json", cfg.to_dict())
+        with acc.main_process_first():
+            self.data = load_train_data(cfg, acc.num_processes)
+        if acc.is_main_process:
+            atomic_write_json(self.out_dir / "split.json", self.data.split)
+        self.net = build_model(cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
+                               weights=None if self.saved else cfg.weights, **cfg.model_kwargs)  # fmt: skip
+        lr = effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr)
+        if acc.num_processes * cfg.grad_accum > 1:
+            acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
+                      f"({cfg.batch_size} x {acc.num_processes} processes x grad_accum {cfg.grad_accum}); "
+                      f"peak lr {lr:.3g} (scale_lr={cfg.scale_lr})", flush=True)  # fmt: skip
+        self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.net = self.net.to(memory_format=self.layout)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
+        model = torch.compile(self.net) if cfg.compile else self.net
+        loaders = [self.data.train_loader] + ([self.data.val_loader] if self.validated else [])
+        model, self.optimizer, *prepared = acc.prepare(model, optimizer, *loaders)
+        self.model = model
+        self.train_loader = prepared[0]
+        self.val_loader = prepared[1] if self.validated else None
+        self.batches_per_epoch = len(self.train_loader)  # per process
+        steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
+        schedule = WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, schedule)
+        self.ema = (ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True, device=acc.device)
+                    if cfg.ema_decay else None)  # fmt: skip
+        self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), cfg.img_size)
+
+    def restore(self) -> None:
+        """Apply ``last.pt`` (model, optimizer, schedule, scaler, average, RNG, counters)."""
+        s = self.saved
+        if s is None:
+            return
+        self.net.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        if self.acc.scaler is not None and s.get("scaler"):
+            self.acc.scaler.load_state_dict(s["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(s["ema"])
+        self.acc.step = int(s["accelerator_step"])
+        self.state.update({k: s[k] for k in self.state})
+        set_rng_state(s["rng"])
+        self.acc.print(f"resuming {self.last_path} at epoch {self.state['epoch'] + 1}, "
+                       f"batch {self.state['n_batches']}", flush=True)  # fmt: skip
+
+    def checkpoint(self, finished: bool = False) -> None:
+        """Write ``last.pt`` (main process), then let every process go on together."""
+        acc, st = self.acc, self.state
+        if acc.is_main_process:
+            save_state(self.last_path, {
+                **st, "config": self.cfg.to_dict(), "finished": finished, "model": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
+            })  # fmt: skip
+            where = (f"epoch {st['epoch'] + 1}, batch {st['n_batches']}" if st["n_batches"]
+                     else f"end of epoch {st['epoch']}")  # fmt: skip
+            print(f"saved checkpoint {self.last_path} ({where})", flush=True)
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ one epoch
+    def _on_step(self, loss_sum: float, n_batches: int) -> None:
+        self.state.update(loss_sum=loss_sum, n_batches=n_batches)
+        if self.ema is not None:
+            self.ema.update(self.net, step=int(self.scheduler.last_epoch))
+        every = self.cfg.save_every_steps
+        opt_steps = math.ceil(n_batches / self.cfg.grad_accum)
+        if every and opt_steps % every == 0 and n_batches < self.batches_per_epoch:
+            self.checkpoint()
+
+    def train_epoch(self) -> dict[str, Any]:
+        """Train one epoch (from where a resumed run stopped); returns the start of its row."""
+        cfg, st = self.cfg, self.state
+        epoch = st["epoch"]
+        self.t_epoch = time.perf_counter()
+        self.train_loader.set_epoch(epoch)  # accelerate's loader passes it on to the sampler
+        # resuming in the middle of an epoch: leave out the batches already trained on
+        self.data.sampler.skip = st["n_batches"] * cfg.batch_size * self.acc.num_processes
+        try:
+            loss_sum, n = train_one_epoch(
+                self.acc, self.model, self.train_loader, self.optimizer, self.scheduler, self.loss_fn,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress, loss_sum=st["loss_sum"],
+                n_batches=st["n_batches"], on_step=self._on_step, memory_format=self.layout,
+            )  # fmt: skip
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"{err}; training stopped, last good checkpoint kept: {self.last_path}"
+            ) from None
+        self.data.sampler.skip = 0
+        return {"epoch": epoch + 1, "step": int(self.scheduler.last_epoch),
+                "lr": float(self.scheduler.get_last_lr()[0]), "train_loss": loss_sum / max(n, 1)}  # fmt: skip
+
+    # ------------------------------------------------------------------ validation
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights validated and kept: the moving average, else the (prepared) model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate_epoch(self) -> dict[str, Any]:
+        """Validation figures of the epoch just trained (empty for ``fold=-1``)."""
+        if not self.validated:
+            return {}
+        if self.ema is not None and self.acc.num_processes > 1:
+            sync_buffers(self.ema.module)
+        row = validate(self.acc, self.scored, self.val_loader, self.loss_fn, self.data, self.post,
+                       self.out_dir / ".oof.tmp", progress=self.cfg.progress,
+                       memory_format=self.layout)  # fmt: skip
+        return broadcast_object_list([row])[0]  # the metrics are computed on the main process
+
+    # ------------------------------------------------------------------ saving
+    def save_best(self, row: dict[str, Any]) -> None:
+        """Keep this epoch's weights (and out-of-fold set) as the run's best (main process)."""
+        if not self.acc.is_main_process:
+            return
+        if self.validated:
+            replace_dir(self.out_dir / ".oof.tmp", self.out_dir / "oof")
+        best = self.ema.module if self.ema is not None else self.net
+        save_model(self.out_dir / "best.safetensors", best, self._model_config(row))
+
+    def end_epoch(self, row: dict[str, Any], val: dict[str, Any]) -> None:
+        """Bookkeeping after an epoch: best model, history, early stop, ``last.pt``."""
+        cfg, st, acc = self.cfg, self.state, self.acc
+        row = {**row, **val, "epoch_time_s": time.perf_counter() - self.t_epoch}
+        score = row.get("val_score", math.nan) if self.validated else float(row["epoch"])
+        improved = math.isfinite(score) and score > st["best_score"]
+        if improved:
+            st.update(best_score=score, best_epoch=row["epoch"], bad_epochs=0)
+            self.save_best(row)
+        else:
+            st["bad_epochs"] += 1
+            if acc.is_main_process and self.validated:
+                shutil.rmtree(self.out_dir / ".oof.tmp", ignore_errors=True)
+        st["history"].append(row)
+        st.update(epoch=row["epoch"], loss_sum=0.0, n_batches=0)
+        self.stopped_early = bool(cfg.patience) and st["bad_epochs"] >= cfg.patience
+        if acc.is_main_process:
+            atomic_write_text(self.out_dir / "history.csv", pd.DataFrame(st["history"]).to_csv(index=False))
+            acc.print(self._summary(row, improved), flush=True)
+        self.checkpoint(finished=self.done)
+        if self.stopped_early:
+            acc.print(f"early stop: no improvement for {cfg.patience} epochs (best epoch "
+                      f"{st['best_epoch']})", flush=True)  # fmt: skip
+
+    def finish(self) -> pd.DataFrame:
+        """Write ``metrics.json`` (main process); return the history."""
+        history = pd.DataFrame(self.state["history"])
+        if self.acc.is_main_process:
+            self._write_metrics(history, time.perf_counter() - self.t_start)
+        self.acc.wait_for_everyone()
+        return history
+
+    def _model_config(self, row: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return model_config(
+            cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
+            model_kwargs=cfg.model_kwargs, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
+            resize_mode=cfg.resize_mode, threshold=cfg.threshold, min_size=cfg.min_size,
+            norm_version=NORM_VERSION, epoch=row["epoch"], val_score=row.get("val_score"),
+            val_dice=row.get("val_dice"), train_config=cfg.to_dict(),
+        )  # fmt: skip
+
+    def _summary(self, row: dict[str, Any], improved: bool) -> str:
+        keys = ("train_loss", "val_loss", "val_dice", "val_hausdorff", "val_score")
+        figures = " ".join(f"{k} {row[k]:.4f}" for k in keys if k in row)
+        best = " *best*" if improved and self.validated else ""
+        return (f"epoch {row['epoch']}/{self.cfg.epochs} {figures} lr {row['lr']:.2e} "
+                f"({row['epoch_time_s']:.1f} s){best}")  # fmt: skip
+
+    def _write_metrics(self, history: pd.DataFrame, seconds: float) -> None:
+        cfg, acc, st = self.cfg, self.acc, self.state
+        best = (history.loc[history["epoch"] == st["best_epoch"]].iloc[0].to_dict()
+                if st["best_epoch"] > 0 else {})  # fmt: skip
+        atomic_write_json(self.out_dir / "metrics.json", {
+            "arch": cfg.arch, "encoder": cfg.encoder, "fold": cfg.fold, "validated": self.validated,
+            "best_epoch": st["best_epoch"], "best": best if self.validated else {},
+            "final": history.iloc[-1].to_dict() if len(history) else {},
+            "epochs_run": len(history), "stopped_early": self.stopped_early, "train_time_s": seconds,
+            "device": str(acc.device), "mixed_precision": acc.mixed_precision, "num_processes": acc.num_processes,
+            "effective_batch_size": effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum),
+            "peak_lr": effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr),
+        })  # fmt: skip

@@ -1,0 +1,94 @@
+"""Validation of a training run: out-of-fold probabilities and the competition metric on
+whole validation volumes.
+
+:func:`validate` runs the model over the validation loader (on every process), gathers the
+predictions on the main process and writes them, memory-mapped, as an out-of-fold set
+(:mod:`gi_utils.evaluation.oof`): probabilities as uint8 (``round(255 p)``) at model
+resolution, the packed true masks and, with a classifier gate, the gate's probabilities.
+The score is then computed volume by volume from those files through the same
+:class:`~gi_utils.inference.postprocessing.PostProcess` that inference and the search use,
+so nothing of the validation set is held in memory at once. :func:`sync_buffers` makes a
+weight average the same model on every process before it is validated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+
+from gi_utils.constants import CLASSES
+from gi_utils.data.masks import pack_masks
+from gi_utils.evaluation.oof import OOFWriter, score_oof
+from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.models.registry import split_outputs
+from gi_utils.progress import progress_bar
+from gi_utils.training.loaders import TrainData
+
+__all__ = ["validate", "sync_buffers"]
+
+
+@torch.no_grad()
+def validate(
+    acc: Accelerator,
+    model,
+    loader,
+    loss_fn,
+    data: TrainData,
+    post: PostProcess,
+    oof_dir: str | Path,
+    *,
+    progress: bool = True,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> dict[str, float]:
+    """Loss and competition metrics on the whole validation volumes (model resolution).
+
+    The out-of-fold files are written to ``oof_dir`` (a temporary folder: the caller
+    keeps them when the epoch is the best so far). Only the main process writes and
+    scores; the others return the loss alone.
+    """
+    model.eval()
+    loss_stats = torch.zeros(2, dtype=torch.float64, device=acc.device)  # sum, count
+    writer = None
+    if acc.is_main_process:
+        ds = data.val_ds
+        writer = OOFWriter(oof_dir, ds.meta, data.val_volumes, ds.img_size, data.split)
+    for images, masks, index in progress_bar(loader, "valid", progress, leave=False):
+        images, masks = images.float().contiguous(memory_format=memory_format), masks.float()
+        with acc.autocast():  # an EMA model is not wrapped by accelerate.prepare
+            seg, gate = split_outputs(model(images))
+        seg = seg.float()
+        loss_stats[0] += loss_fn(seg, masks).double() * len(images)
+        loss_stats[1] += len(images)
+        probs = (seg.sigmoid() * 255).round().to(torch.uint8)  # (N, 3, S, S)
+        truth = pack_masks(masks.to(torch.uint8), axis=1)  # (N, S, S)
+        gate_p = gate.float().sigmoid() if gate is not None else torch.zeros(len(images), 0, device=acc.device)
+        p, t, g, i = acc.gather_for_metrics((probs, truth, gate_p, index))
+        if writer is not None:
+            writer.write(i.cpu().numpy(), p.cpu().numpy(), t.cpu().numpy(),
+                         g.cpu().numpy() if gate is not None else None)  # fmt: skip
+    total, count = acc.reduce(loss_stats, "sum").tolist()
+    out = {"val_loss": total / max(count, 1.0)}
+    if writer is None:
+        return out
+    writer.close()
+    res = score_oof(oof_dir, post)
+    out.update(
+        val_dice=float(res.dice), val_hausdorff=float(res.hausdorff), val_score=float(res.score)
+    )
+    for name in CLASSES:
+        out[f"dice_{name}"] = float(res.per_class.loc[name, "dice"])
+    return out
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers of ``module`` (an EMA model).
+
+    DDP broadcasts rank 0's BatchNorm statistics at every forward, so the other ranks'
+    copies drift between steps and so do the averages they feed; the model that is
+    validated (and saved by rank 0) must be the same on all ranks, also after a resume.
+    """
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)

@@ -1,0 +1,91 @@
+"""The repository's committed state: README blocks equal what produced them, notebooks
+committed whole with one setup cell, and the setup cell's install order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gi_utils.paths import REPO_ROOT
+from gi_utils.pipeline import readme_block, readme_pictures, setup_cell_drift
+from gi_utils.pipeline.notebook_files import SETUP_CELL, notebook_paths
+from gi_utils.training import presets_table
+
+
+def test_readme_results_are_the_published_comparison():
+    """The README's results block is the table that `make docs` copied from the last demo."""
+    results = REPO_ROOT / "pictures" / "results.md"
+    if not results.is_file():
+        pytest.fail("pictures/results.md is missing: run `make demo`, then `make docs`, and commit")
+    assert readme_block("results").strip() == results.read_text().strip()
+
+
+def test_readme_configuration_table_is_the_presets():
+    assert readme_block("presets").strip() == presets_table().strip()
+
+
+def test_readme_pictures_exist():
+    names = readme_pictures()
+    assert names, "the README shows no picture"
+    for name in names:
+        assert (REPO_ROOT / "pictures" / name).is_file(), name
+
+
+def test_notebooks_are_committed_executed_or_stripped():
+    for path in notebook_paths():
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        counts = [c.execution_count for c in code]
+        executed = all(isinstance(n, int) for n in counts)
+        stripped = all(n is None and not c.outputs for n, c in zip(counts, code))
+        assert executed or stripped, f"{path.name}: some cells executed, some not"
+        assert not any("sys.path" in c.source for c in code), path.name
+        assert not any("/kaggle/input/uw-madison" in c.source for c in code), path.name
+        assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, path.name
+
+
+def test_every_notebook_starts_with_the_one_setup_cell():
+    assert setup_cell_drift() == [], "run `make notebooks` to copy notebooks/setup_cell.py"
+
+
+def _setup(cwd: Path, kaggle_input: Path, **env: str) -> subprocess.CompletedProcess:
+    """The setup cell's code in a fresh interpreter, forced to act (as where gi_utils is
+    missing) and, unless GI_SETUP_DRY_RUN=0, only printing the pip command it chose."""
+    environ = {**os.environ, "GI_SETUP_FORCE": "1", "GI_SETUP_DRY_RUN": "1",
+               "GI_KAGGLE_INPUT": str(kaggle_input), **env}  # fmt: skip
+    return subprocess.run([sys.executable, "-c", SETUP_CELL.read_text()], cwd=cwd, env=environ,
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_setup_cell_prefers_the_checkout_it_sits_in(tmp_path):
+    checkout = tmp_path / "repo"
+    (checkout / "gi_utils").mkdir(parents=True)
+    (checkout / "notebooks").mkdir()
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    (tmp_path / "input" / "wheels").mkdir(parents=True)
+    (tmp_path / "input" / "wheels" / "gi_utils-0.1-py3-none-any.whl").write_bytes(b"")
+    out = _setup(checkout / "notebooks", tmp_path / "input").stdout
+    assert f"from the checkout {checkout} with: -m pip install -q -e {checkout}" in out
+
+
+def test_setup_cell_uses_attached_wheels_then_the_repository(tmp_path):
+    wheels = tmp_path / "input" / "gi-bundle"
+    wheels.mkdir(parents=True)
+    (wheels / "gi_utils-0.1-py3-none-any.whl").write_bytes(b"")
+    out = _setup(tmp_path, tmp_path / "input").stdout
+    assert f"--no-index --find-links={wheels} gi-utils" in out
+    out = _setup(tmp_path, tmp_path / "nothing", GI_REPO_URL="git+https://example.org/me/gi").stdout
+    assert "from the repository git+https://example.org/me/gi" in out
+
+
+def test_setup_cell_failure_says_what_was_tried(tmp_path):
+    missing = tmp_path / "no-such-package"
+    res = _setup(tmp_path, tmp_path / "nothing", GI_SETUP_DRY_RUN="0", GI_REPO_URL=str(missing),
+                 PIP_NO_INDEX="1")  # fmt: skip
+    assert res.returncode != 0
+    assert f"could not install gi_utils; tried: the repository {missing}" in res.stderr
