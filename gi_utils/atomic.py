@@ -3,19 +3,165 @@ moved over the target with :func:`os.replace`, so a process killed at any moment
 either the old file or the new one, never half of one. Every writer of the package
 (checkpoints, models, histories, metrics, folds, figures, submissions, the README's
 results block) goes through here, and so does reading back the JSON records.
+
+A full disk (``ENOSPC``) or an exceeded quota (``EDQUOT``) while writing becomes a
+:class:`DiskFullError` that names the file, the free space on its filesystem and, where
+known, the bytes needed; the previous file stays as it was and no temporary file is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "read_json", "remove_stale_temps"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "read_json",
+    "remove_stale_temps",
+    "DiskFullError",
+    "DISK_FULL_ERRNOS",
+    "disk_full_errno",
+    "disk_full_error",
+    "check_free_space",
+    "free_bytes",
+    "format_bytes",
+]
+
+#: ``ENOSPC`` (no space left on device) and, where the platform has it, ``EDQUOT`` (quota).
+DISK_FULL_ERRNOS: frozenset[int] = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None
+)
+
+
+class DiskFullError(OSError):
+    """A file could not be written: the disk is full or the quota is exhausted.
+
+    An ``OSError`` with ``errno`` ``ENOSPC`` or ``EDQUOT`` (kept from the original error),
+    whose message names the file, the free space and, where known, the bytes needed.
+
+    Attributes:
+        path: the file (or folder) being written.
+        free: free bytes on its filesystem when the error was raised (``None``: unknown).
+        needed: bytes the write needed, where known (else ``None``).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        path: Path | None = None,
+        free: int | None = None,
+        needed: int | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.path, self.free, self.needed = path, free, needed
+
+
+def format_bytes(n: int | float) -> str:
+    """``1536`` -> ``"1.5 KiB"``: a byte count for messages (B, KiB, MiB, GiB, TiB)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes (``shutil.disk_usage``) on the filesystem of ``path`` or of its nearest
+    existing parent; ``None`` when that cannot be asked."""
+    p = Path(path).absolute()
+    for candidate in (p, *p.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def disk_full_errno(err: BaseException) -> int | None:
+    """The ``ENOSPC``/``EDQUOT`` errno behind ``err``, else ``None``.
+
+    Follows ``__cause__``/``__context__`` (a writer may wrap the ``OSError``) and reads the
+    ``(os error 28)`` that Rust-backed writers such as safetensors put in their message.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return e.errno
+        text = str(e)
+        for code in DISK_FULL_ERRNOS:
+            if f"(os error {code})" in text:
+                return code
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def disk_full_error(
+    path: str | os.PathLike,
+    code: int = errno.ENOSPC,
+    needed: int | None = None,
+    note: str = "",
+    written: int | None = None,
+) -> DiskFullError:
+    """A :class:`DiskFullError` for writing ``path``, with the free space measured now.
+
+    Args:
+        path: the file or folder being written.
+        code: the errno to keep (``ENOSPC`` or ``EDQUOT``).
+        needed: the bytes the write needs, where known.
+        note: appended to the message (e.g. what was kept).
+        written: bytes already written when the disk filled (a lower bound of the need).
+    """
+    path = Path(path)
+    free = free_bytes(path)
+    what = "disk full" if code == errno.ENOSPC else "disk quota exceeded"
+    free_text = "unknown free space" if free is None else f"{format_bytes(free)} free"
+    message = f"{what} while writing {path}: {free_text} on the filesystem of {path.parent}"
+    if needed is not None:
+        message += f", {format_bytes(needed)} needed"
+    elif written:
+        message += f", more than {format_bytes(written)} needed ({written} bytes were written)"
+    message += "; free some space or write elsewhere"
+    if note:
+        message += f" ({note})"
+    return DiskFullError(code, message, path=path, free=free, needed=needed)
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str = "") -> None:
+    """Refuse, before writing, ``needed`` bytes into ``folder`` when they do not fit.
+
+    Args:
+        folder: where the data go (need not exist yet: its nearest parent is asked).
+        needed: bytes about to be written.
+        what: what is written, for the message (e.g. ``"the cache"``).
+
+    Raises:
+        DiskFullError: ``ENOSPC``, naming the folder, the needed and the free bytes.
+            Nothing is raised when the free space cannot be asked.
+    """
+    folder = Path(folder)
+    free = free_bytes(folder)
+    if free is not None and free < needed:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"not enough disk space for {what or 'the files'} in {folder}: "
+            f"{format_bytes(needed)} ({needed} bytes) needed, {format_bytes(free)} "
+            f"({free} bytes) free; free some space or write elsewhere",
+            path=folder, free=free, needed=needed,
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -25,10 +171,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The caller writes the temporary file (any way it likes); on normal exit the file is
     fsync'ed and renamed over ``path`` atomically. On an exception it is removed and
     ``path`` is left untouched.
+
+    Raises:
+        DiskFullError: the disk filled (``ENOSPC``) or the quota ran out (``EDQUOT``) while
+            the caller wrote, at the fsync or at the rename; raised after the temporary
+            file is removed, from the original error. Other errors pass unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        code = disk_full_errno(err)
+        if code is None:
+            raise
+        raise disk_full_error(path, code) from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -37,10 +194,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
+        written = None
+        with contextlib.suppress(OSError):
+            written = tmp_path.stat().st_size
         with contextlib.suppress(OSError):
             tmp_path.unlink()
-        raise
+        code = disk_full_errno(err) if isinstance(err, Exception) else None
+        if code is None or isinstance(err, DiskFullError):
+            raise
+        kept = f"{path.name} is unchanged" if path.exists() else f"{path.name} was not created"
+        raise disk_full_error(path, code, note=f"{kept}; no temporary file left",
+                              written=written) from err  # fmt: skip
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

@@ -42,9 +42,14 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     ``state`` must hold only tensors and plain containers/scalars (dict, list, tuple,
     str, int, float, bool, None) so that :func:`load_state` can read it back with
     ``weights_only=True`` (numpy arrays and custom classes would be refused there).
+
+    Raises:
+        DiskFullError: the disk filled while writing (see :func:`gi_utils.atomic.atomic_path`);
+            the previous file is kept. torch writes through a Python file object here, so a
+            full disk surfaces as ``ENOSPC`` rather than as torch's errno-less RuntimeError.
     """
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
     return Path(path)
 
 

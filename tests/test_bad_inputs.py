@@ -134,6 +134,23 @@ def drop_train_csv_rows(root: Path, ids: set[str]) -> Path:
     return root
 
 
+def add_foreign_files(root: Path) -> Path:
+    """What unzipping on macOS or browsing on Windows leaves in a dataset: 9 foreign items
+    under train/ (3 AppleDouble slices, an AppleDouble folder twin, .DS_Store, Thumbs.db,
+    desktop.ini, two __MACOSX/ folders) and a __MACOSX/ beside train/, which is never read."""
+    folder = scans(root)
+    for png_file in sorted(folder.glob("slice_*.png")):
+        (folder / f"._{png_file.name}").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble magic
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "train" / "._case1").write_bytes(b"\x00\x05\x16\x07")
+    (root / "train" / "Thumbs.db").write_bytes(b"")
+    (root / "train" / "case1" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (root / "train" / "__MACOSX" / "case1" / "case1_day0" / "scans").mkdir(parents=True)
+    (root / "train" / "case1" / "case1_day0" / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "train" / "case1").mkdir(parents=True)
+    return root
+
+
 def mask_row(rle: str) -> dict:
     return {"id": SID, "height": 3, "width": 4, **{c: "" for c in CLASSES}, "large_bowel": rle}
 
@@ -145,7 +162,7 @@ def fold_meta(n_cases: int) -> pd.DataFrame:
 
 EDA_PARAMS = notebook_annotations(NOTEBOOKS_DIR / "01_eda.ipynb")
 TRAIN_TYPES = notebook_annotations(NOTEBOOKS_DIR / "02_train.ipynb")
-TRAIN_NB = {"preset": "smoke", "data_dir": "", "run_name": "", "runs_dir": "", "pictures_dir": "",
+TRAIN_NB = {"preset": "smoke", "folds": "", "data_dir": "", "run_name": "", "runs_dir": "", "pictures_dir": "",
             "synthetic_if_missing": False, "n_overlays": 2, "num_processes": 1}  # fmt: skip
 EDA_GIVEN = {"data_dir": "", "synthetic_if_missing": True, "runs_dir": "", "pictures_dir": "",
              "n_overlays": 4, "seed": 0}  # fmt: skip
@@ -292,9 +309,11 @@ REJECTED = [
     case("train_csv_broken_quoting", lambda e: read_train_csv(rewrite(e.tmp / "train.csv", b'id,class,segmentation\n"a,b\n')),
          DataError, r"train.csv is not a readable CSV \(ParserError"),
     case("train_csv_wrong_columns", lambda e: read_train_csv(csv(e.tmp, OK_ROWS, ("id", "klass", "segmentation"))),
-         DataError, r"train.csv has columns \['id', 'klass', 'segmentation'\]; expected \['id', 'class', 'segmentation'\]"),
+         DataError, r"train.csv has columns \['id', 'klass', 'segmentation'\]; expected \['id', 'class', 'segmentation'\]: missing column\(s\) \['class'\]"),
     case("train_csv_missing_column", lambda e: read_train_csv(csv(e.tmp, [r[:2] for r in OK_ROWS], ("id", "class"))),
-         DataError, r"train.csv has columns \['id', 'class'\]; expected"),
+         DataError, r"train.csv has columns \['id', 'class'\]; expected \['id', 'class', 'segmentation'\]: missing column\(s\) \['segmentation'\]"),
+    case("train_csv_missing_column_among_extra", lambda e: read_train_csv(csv(e.tmp, [(r[0], r[2], "x") for r in OK_ROWS], ("id", "segmentation", "note"))),
+         DataError, r"train.csv has columns \['id', 'segmentation', 'note'\]; expected \['id', 'class', 'segmentation'\]: missing column\(s\) \['class'\]"),
     case("train_csv_duplicate_id_class", lambda e: read_train_csv(csv(e.tmp, [*OK_ROWS, OK_ROWS[2]])),
          DataError, rf"row 5: duplicate \(id, class\) = \('{SID}', 'stomach'\)"),
     case("train_csv_unknown_class", lambda e: read_train_csv(csv(e.tmp, [*OK_ROWS, (SID, "liver", "")])),
@@ -485,10 +504,16 @@ ACCEPTED = [
          UserWarning, r"slice_0001_4_4_1.50_1.50.png is 8-bit; expected 16-bit, widening to uint16"),
     case("scan_with_gap_in_slice_numbers", lambda e: build_metadata(drop_slice(tree(e.tmp, 4), 2)),
          UserWarning, r"scan 'case1_day0' has gaps in its slice numbers \(missing \[2\]\)"),
+    case("train_csv_extra_column", lambda e: read_train_csv(csv(e.tmp, [(*r, "x") for r in OK_ROWS], ("id", "class", "segmentation", "note"))),
+         UserWarning, r"train.csv has columns \['id', 'class', 'segmentation', 'note'\]: extra column\(s\) \['note'\] ignored"),
+    case("train_csv_reordered_columns", lambda e: read_train_csv(csv(e.tmp, [(r[2], r[0], r[1]) for r in OK_ROWS], ("segmentation", "id", "class"))),
+         UserWarning, r"train.csv has columns \['segmentation', 'id', 'class'\], in another order than \['id', 'class', 'segmentation'\]; they are read by name"),
     case("train_csv_id_without_all_classes", lambda e: read_train_csv(csv(e.tmp, OK_ROWS[:2])),
          UserWarning, rf"1 id\(s\) lack rows for some classes, first '{SID}'; the missing classes are taken as empty"),
     case("image_without_train_csv_rows", lambda e: build_metadata(drop_train_csv_rows(tree(e.tmp), {"case1_day0_slice_0003"})),
          UserWarning, r"1 image\(s\) under .*train have no train.csv rows, first 'case1_day0_slice_0003'; their masks are taken as empty"),
+    case("foreign_files_from_macos_and_windows", lambda e: build_metadata(add_foreign_files(tree(e.tmp))),
+         UserWarning, r"skipped 9 foreign file\(s\) and folder\(s\) \(AppleDouble ._\*, __MACOSX/, .DS_Store, Thumbs.db, desktop.ini\) under .*data/train, first .*train/._case1"),
     case("test_split_without_images", lambda e: make_submission(e.model, tree(e.tmp), "test", out_csv=None),
          UserWarning, r"no images under .*data/test: writing an empty submission"),
 ]  # fmt: skip

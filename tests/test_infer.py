@@ -20,11 +20,11 @@ from gi_utils.inference import (
     PostProcess,
     load_models,
     make_submission,
-    postprocess,
     predict_probs,
     predict_volume,
     remove_small_components,
     stack_slices,
+    strip_tails,
     validate_submission,
 )
 from gi_utils.models import build_model, model_config, save_model
@@ -80,12 +80,37 @@ def test_postprocess_thresholds_per_class_and_min_size():
     probs = np.zeros((1, 4, 4, 3), np.float32)
     probs[0, 0, 0] = [0.6, 0.6, 0.6]
     probs[0, 2:4, 2:4, 0] = 0.9
-    out = postprocess(probs, thresholds=(0.5, 0.7, 0.5))
+    out = PostProcess(thresholds=(0.5, 0.7, 0.5)).apply(probs)
     assert out[0, 0, 0].tolist() == [True, False, True]
-    out = postprocess(probs, thresholds=0.5, min_size=(2, 0, 0))
+    out = PostProcess(thresholds=0.5, min_size=(2, 0, 0)).apply(probs)
     assert out[..., 0].sum() == 4 and out[0, 0, 0, 2]
+    q = np.round(probs * 255).astype(np.uint8)  # out-of-fold files: uint8 x 255, same masks
+    assert np.array_equal(PostProcess(thresholds=0.5, min_size=(2, 0, 0)).apply(q), out)
     with pytest.raises(ValueError, match="thresholds needs 1 or 3"):
-        postprocess(probs, thresholds=(0.5, 0.5))
+        PostProcess(thresholds=(0.5, 0.5))
+
+
+def test_slice_gate_zeroes_weak_slices_and_uses_the_head():
+    probs = np.zeros((3, 4, 4, 3), np.float32)
+    probs[:, 1, 1, 0] = [0.55, 0.8, 0.95]  # slice maxima of class 0
+    out = PostProcess(gate_max=(0.7, 0, 0)).apply(probs)
+    assert out[:, 1, 1, 0].tolist() == [False, True, True]
+    head = np.array([[0.9, 0, 0], [0.2, 0, 0], [0.9, 0, 0]], np.float32)
+    out = PostProcess(gate_head=(0.5, 0, 0)).apply(probs, head)
+    assert out[:, 1, 1, 0].tolist() == [True, False, True]
+    assert PostProcess(gate_head=(0.5, 0, 0)).apply(probs)[:, 1, 1, 0].all()  # no head: off
+
+
+def test_tail_removes_short_end_runs_only():
+    present = np.array([1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 0], bool)
+    assert strip_tails(present, 1).astype(int).tolist() == [0, 0, 1, 1, 1, 1, 0, 1, 1, 0, 0]
+    assert strip_tails(present, 2).astype(int).tolist() == [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    lonely = np.array([0, 1, 0, 0], bool)  # the only run is never removed
+    assert strip_tails(lonely, 3).tolist() == lonely.tolist()
+    probs = np.zeros((len(present), 3, 3, 3), np.float32)
+    probs[present, 1, 1, 2] = 0.9
+    out = PostProcess(tail=(0, 0, 2)).apply(probs)
+    assert out[:, 1, 1, 2].astype(int).tolist() == [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
 
 
 class _Ramp(torch.nn.Module):
@@ -102,8 +127,9 @@ class _Ramp(torch.nn.Module):
 
 def test_flip_tta_averages_the_flipped_prediction():
     x = np.zeros((2, 3, 4, 4), np.float32)
-    plain = predict_probs(_Ramp(), x, device="cpu")
-    tta = predict_probs(_Ramp(), x, tta=True, device="cpu")
+    plain, gate = predict_probs(_Ramp(), x, device="cpu")
+    tta, _ = predict_probs(_Ramp(), x, tta=True, device="cpu")
+    assert gate is None  # no classifier head
     assert plain[0, 0, 0, 0] < 0.5 < plain[0, 0, 0, -1]
     np.testing.assert_allclose(tta, 0.5, atol=1e-6)  # sigmoid(r) and sigmoid(-r) average to 1/2
     with pytest.raises(ValueError, match="unknown TTA"):
@@ -114,10 +140,14 @@ def test_ensemble_is_the_mean_of_its_members(synth_dir, model_paths):
     models = load_models(model_paths, "cpu")
     rows = build_metadata(synth_dir, "test", labels=False)
     vol = read_volume(rows[rows["case_day"] == rows["case_day"].iloc[0]])
-    both = predict_volume(models, vol, batch_size=4)
-    one, two = (predict_volume([m], vol, batch_size=4) for m in models)
+    both, _ = predict_volume(models, vol, batch_size=4)
+    one, two = (predict_volume([m], vol, batch_size=4)[0] for m in models)
     assert both.shape == (*vol.shape, 3) and both.dtype == np.float32
     np.testing.assert_allclose(both, (one + two) / 2, atol=1e-6)
+    weighted, _ = predict_volume(models, vol, batch_size=4, weights=[3, 1])
+    np.testing.assert_allclose(weighted, 0.75 * one + 0.25 * two, atol=1e-6)
+    with pytest.raises(ValueError, match="non-negative"):
+        predict_volume(models, vol, weights=[1, -1])
 
 
 # --------------------------------------------------------------------------- submission
@@ -136,7 +166,8 @@ def test_submission_round_trip(synth_dir, model_paths, tmp_path):
     # the CSV decodes to the post-processed ensemble prediction
     models = load_models(model_paths, "cpu")
     first = meta[meta["case_day"] == meta["case_day"].iloc[0]]
-    masks = postprocess(predict_volume(models, read_volume(first), tta=True), 0.5, 3)
+    probs, _ = predict_volume(models, read_volume(first), tta=True)
+    masks = post.apply(probs)
     h, w = int(first["height"].iloc[0]), int(first["width"].iloc[0])
     for d, sid in enumerate(first["id"]):
         for c, name in enumerate(CLASSES):

@@ -37,7 +37,7 @@ def series(tmp_path_factory, synth_factory):
     common = {"runs_dir": str(runs), "pictures_dir": str(tmp / "pictures")}
     run("01_eda", tmp, data_dir=str(data), **common)
     run("02_train", tmp, cwd=REPO_ROOT, data_dir=str(data), arch="unet", epochs=2, n_folds=2,
-        max_steps_per_epoch=4, batch_size=8, **common)  # fmt: skip
+        max_steps_per_epoch=4, batch_size=8, folds="all", **common)  # fmt: skip
     run("03_compare", tmp, **common)
     run("04_submission", tmp, data_dir=str(data), runs_dir=str(runs))
     return tmp, data, runs
@@ -67,17 +67,26 @@ def test_train_records_metrics_in_range(series):
     assert (tmp / "pictures" / "unet_resnet18_64px_fold0_validation.png").is_file()
 
 
-def test_compare_writes_table(series):
-    tmp, _, _ = series
+def test_compare_writes_table_selection_and_best_config(series):
+    tmp, _, runs = series
     md = (tmp / "pictures" / "results.md").read_text()
-    assert md.startswith("| Model | Loss Dice | Accuracy Dice |")
-    assert "unet_resnet18_64px_fold0" in md
-    for name in ("compare_curves.png", "compare_predictions.png"):
+    assert md.startswith("| Model | Fold | Loss Dice | Accuracy Dice |")
+    assert "unet_resnet18_64px_fold0" in md and "unet_resnet18_64px_fold1" in md
+    selection = (tmp / "pictures" / "selection.md").read_text()
+    for column in ("OOF default", "OOF tuned", "Held-out tuned", "Hold-out default", "Hold-out tuned"):
+        assert column in selection, column
+    best = json.loads((runs / "best_config.json").read_text())
+    assert best["name"] == "unet_resnet18_64px" and len(best["model_paths"]) == 2  # both folds
+    for name in ("compare_curves.png", "compare_predictions.png", "search_trace.png"):
         assert (tmp / "pictures" / name).stat().st_size > 10_000
 
 
-def test_submission_is_valid(series):
+def test_submission_is_valid_and_scored_on_the_holdout(series):
     _, data, runs = series
+    record = json.loads((runs / "submission.json").read_text())
+    assert record["source"].startswith("best configuration")
+    assert set(record["holdout_scores"]) == {"chosen", "default"}
+    assert all(0.0 <= v <= 1.0 for v in record["holdout_scores"].values())
     sub = pd.read_csv(runs / "submission.csv", keep_default_na=False)
     assert list(sub.columns) == ["id", "class", "predicted"]
     n_test = sum(1 for _ in (data / "test").rglob("*.png"))

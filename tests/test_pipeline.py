@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import gi_utils.pipeline.data_root as pipeline
+from gi_utils.data import solution_path
 from gi_utils.synthetic import MARKER
 
 
@@ -24,15 +25,24 @@ def fake(tmp_path, monkeypatch):
     return root, calls
 
 
-def _marker(root: Path, **params) -> None:
+def _marker(root: Path, solution: bool = True, **params) -> None:
     record = {"params": {**pipeline.synthetic_params(), **params}}
     (root / MARKER).write_text(json.dumps(record))
+    if solution:
+        solution_path(root).write_text("id,class,segmentation\n")
 
 
 def test_current_synthetic_dataset_is_used_as_is(fake):
     root, calls = fake
     _marker(root)
     assert pipeline.ensure_data("") == root and calls == []
+
+
+def test_synthetic_dataset_without_its_holdout_truth_is_written_again(fake, capsys):
+    root, calls = fake
+    _marker(root, solution=False)
+    assert pipeline.ensure_data("") == root
+    assert len(calls) == 1 and "has no hold-out truth (data_solution.csv)" in capsys.readouterr().out
 
 
 def test_older_synthetic_dataset_is_written_again(fake, capsys):

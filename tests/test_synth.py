@@ -219,7 +219,7 @@ def test_refuses_foreign_folder_and_leaves_nothing_on_failure(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="disk full"):
         generate_dataset(out, 2, 0, seed=9, slices_per_scan=4, size=(48, 48))
     assert (out / "train.csv").read_bytes() == before  # previous dataset untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "foreign"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "data_solution.csv", "foreign"]
 
 
 def test_cli(tmp_path, capsys):

@@ -364,8 +364,39 @@ def test_two_processes_gather_validation_and_only_main_writes(synth_dir, tmp_pat
     pred, true = {}, {}
     for case_day, rows in val.groupby("case_day", sort=False):
         images = stack_slices(preprocess_volume(read_volume(rows), 64), cfg["slice_offsets"])
-        pred[case_day] = np.moveaxis(predict_probs(model, images, batch_size=4), 1, -1) > 0.5
+        pred[case_day] = np.moveaxis(predict_probs(model, images, batch_size=4)[0], 1, -1) > 0.5
         true[case_day] = np.moveaxis(preprocess_mask(read_volume_mask(rows), 64), 1, -1)
     res = competition_score(pred, true)
     assert row["val_score"] == pytest.approx(res.score, abs=1e-3)
     assert row["val_dice"] == pytest.approx(res.dice, abs=1e-3)
+
+
+def test_ctrl_c_during_training_keeps_last_pt_and_the_next_run_resumes(synth_dir, tmp_path, monkeypatch, tiny_config, capsys):
+    """KeyboardInterrupt (Ctrl-C in a notebook) between steps: last.pt stays whole, the run
+    lock is released, and running the same config again resumes and finishes."""
+    out = tmp_path / "run"
+    cfg = tiny_config(synth_dir, out, save_every_steps=1, max_steps_per_epoch=4)
+    real = session_mod.TrainingRun._on_step
+
+    def interrupt_at_third(self, loss_sum, n_batches):
+        real(self, loss_sum, n_batches)
+        if n_batches == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(session_mod.TrainingRun, "_on_step", interrupt_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    assert load_state(out / "last.pt")["n_batches"] == 3 and not (out / ".lock").exists()
+    capsys.readouterr()
+    history = train(cfg)
+    assert "resuming" in capsys.readouterr().out and len(history) == 1
+
+
+def test_a_second_run_in_the_same_folder_stops_at_once(synth_dir, tmp_path, tiny_config):
+    from gi_utils.runlock import RunLockedError, run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out), pytest.raises(RunLockedError, match=str(out)):  # another run holds it
+        train(tiny_config(synth_dir, out))
+    assert not (out / "last.pt").exists()

@@ -5,23 +5,29 @@ In memory (small data only: refused above ``max_memory_bytes``) or as ``.npy`` f
 ``cache_dir`` read back with ``np.load(mmap_mode="r")``. On disk the folder name carries a
 key (data files' names, sizes and mtimes, masks, img_size, mode, normalisation version);
 a matching folder is reused across runs, and a new one is written under a temporary name
-and moved in place with ``os.replace``. With fork, DataLoader workers share the
+and moved in place with ``os.replace``; before writing, the free space of ``cache_dir`` is
+checked against the cache's size, and a disk that fills anyway raises
+:class:`~gi_utils.atomic.DiskFullError` naming the file, after the partial folder is
+removed. With fork, DataLoader workers share the
 memory-mapped files through the page cache; pickling a disk cache (spawn) sends only its
 folder name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from gi_utils.atomic import DiskFullError, check_free_space, disk_full_errno, disk_full_error
 from gi_utils.constants import CLASSES
 from gi_utils.data.errors import ImageReadError
 from gi_utils.data.images import iter_volumes, read_volume, slice_mask
@@ -61,21 +67,36 @@ def cache_key(meta: pd.DataFrame, img_size: int, mode: str, with_masks: bool) ->
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Give an ``OSError`` raised inside the file name it was writing."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = os.fspath(path)
+        raise
+
+
 class _NpyWriter:
     """Write an .npy file of known shape front to back (keeps RSS low, unlike a memmap)."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: type) -> None:
-        m = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        offset = m.offset
-        del m
-        self._f = open(path, "r+b")  # closed in close()
-        self._f.seek(offset)
+        self.path = path
+        with _naming(path):
+            m = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            offset = m.offset
+            del m
+            self._f = open(path, "r+b")  # closed in close()
+            self._f.seek(offset)
 
     def write(self, arr: np.ndarray) -> None:
-        self._f.write(np.ascontiguousarray(arr).tobytes())
+        with _naming(self.path):
+            self._f.write(np.ascontiguousarray(arr).tobytes())
 
     def close(self) -> None:
-        self._f.close()
+        with _naming(self.path):
+            self._f.close()
 
 
 class VolumeCache:
@@ -169,32 +190,58 @@ class VolumeCache:
 
     def _build_on_disk(self, progress: bool) -> None:
         n, s = len(self.meta), self.img_size
+        check_free_space(self.path.parent, self.nbytes, f"a cache of {n} slices at {s}x{s}")
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
         try:
-            img_w = _NpyWriter(tmp / "images.npy", (n, s, s), np.float16)
-            mask_w = _NpyWriter(tmp / "masks.npy", (n, s, s), np.uint8) if self.with_masks else None
+            self._write_folder(tmp, progress)
+        except Exception as err:
+            code = None if isinstance(err, DiskFullError) else disk_full_errno(err)
+            if code is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # first: the message gives the free space left
+            name = getattr(err, "filename", None)
+            target = self.path / Path(name).name if name else self.path
+            raise disk_full_error(
+                target, code, needed=self.nbytes,
+                note="the partial cache folder was removed; or pass another cache_dir",
+            ) from err  # fmt: skip
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._load_index()
+
+    def _write_folder(self, tmp: Path, progress: bool) -> None:
+        """Write the cache into the new folder ``tmp`` and move it to :attr:`path`."""
+        n, s = len(self.meta), self.img_size
+        with _naming(tmp):
+            tmp.mkdir(parents=True)
+        writers = [_NpyWriter(tmp / "images.npy", (n, s, s), np.float16)]
+        try:
+            if self.with_masks:
+                writers.append(_NpyWriter(tmp / "masks.npy", (n, s, s), np.uint8))
+            img_w, mask_w = writers[0], (writers[1] if self.with_masks else None)
             self._build(
                 lambda _sl, arr: img_w.write(arr),
                 (lambda _sl, arr: mask_w.write(arr)) if mask_w else None,
                 progress,
             )
-            img_w.close()
-            if mask_w:
-                mask_w.close()
-            index = {"key": self.key, "n": n, "img_size": s, "mode": self.mode,
-                     "with_masks": self.with_masks, "ids": self.meta["id"].tolist(),
-                     "scans": {cd: [st, d, self.clips[cd]] for cd, (st, d) in self._spans.items()}}  # fmt: skip
+        except BaseException:
+            for w in writers:
+                with contextlib.suppress(OSError):
+                    w.close()
+            raise
+        for w in writers:  # closing flushes: a full disk may show only here
+            w.close()
+        index = {"key": self.key, "n": n, "img_size": s, "mode": self.mode,
+                 "with_masks": self.with_masks, "ids": self.meta["id"].tolist(),
+                 "scans": {cd: [st, d, self.clips[cd]] for cd, (st, d) in self._spans.items()}}  # fmt: skip
+        with _naming(tmp / "index.json"):
             (tmp / "index.json").write_text(json.dumps(index))
-            try:
-                os.replace(tmp, self.path)
-            except OSError:  # another process finished first: use its folder
-                if not self._load_index():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        self._load_index()
+        try:
+            os.replace(tmp, self.path)
+        except OSError:  # another process finished first: use its folder
+            if not self._load_index():
+                raise
 
     def _load_index(self) -> bool:
         idx_path = self.path / "index.json"

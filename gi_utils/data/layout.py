@@ -8,7 +8,10 @@ The same functions read the real Kaggle data and the synthetic dataset of
     DATA/test/...                                   same layout, no labels
 
 Nothing is skipped silently: a ``train.csv`` id without an image or a malformed folder
-or file name raises an error that names the id and the path.
+or file name raises an error that names the id and the path. The only files skipped are
+those macOS and Windows add when a dataset is zipped, unzipped or browsed (AppleDouble
+``._*`` files, ``__MACOSX/`` folders, ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``), and
+they are counted in one warning.
 """
 
 from __future__ import annotations
@@ -26,16 +29,41 @@ from gi_utils.data.errors import DataError
 from gi_utils.data.labels import read_train_csv
 from gi_utils.data.names import FILENAME_RE, parse_id
 
-__all__ = ["METADATA_COLUMNS", "list_slices", "build_metadata", "sort_slices", "has_masks"]
+__all__ = [
+    "METADATA_COLUMNS",
+    "FOREIGN_NAMES",
+    "is_foreign_file",
+    "list_slices",
+    "build_metadata",
+    "sort_slices",
+    "has_masks",
+]
 
 METADATA_COLUMNS: tuple[str, ...] = (
     "id", "case", "day", "slice", "case_day", "width", "height",
     "spacing_w", "spacing_h", "path",
 )  # fmt: skip
 
+#: Files and folders (lower case) that macOS or Windows add to a folder; see :func:`is_foreign_file`.
+FOREIGN_NAMES: frozenset[str] = frozenset({"__macosx", ".ds_store", "thumbs.db", "desktop.ini"})
+_FOREIGN_KINDS = "AppleDouble ._*, __MACOSX/, .DS_Store, Thumbs.db, desktop.ini"
+
+
+def is_foreign_file(name: str) -> bool:
+    """True for a file or folder name that an operating system, not the dataset, put there.
+
+    An AppleDouble file (``._slice_0001_266_266_1.50_1.50.png``, macOS's resource fork
+    next to every file it zips), a ``__MACOSX`` folder, ``.DS_Store``, ``Thumbs.db`` or
+    ``desktop.ini`` (case-insensitive, as on the systems that write them).
+    """
+    return name.startswith("._") or name.lower() in FOREIGN_NAMES
+
 
 def list_slices(data_dir: str | os.PathLike, split: str = "train") -> pd.DataFrame:
     """List every slice image under ``data_dir/split`` (file names only; nothing decoded).
+
+    Files and folders that macOS or Windows added (:func:`is_foreign_file`) are skipped
+    at every level, with one warning that counts them and names the first.
 
     Returns:
         One row per slice, columns ``id, case, day, slice, case_day, width, height,
@@ -49,12 +77,13 @@ def list_slices(data_dir: str | os.PathLike, split: str = "train") -> pd.DataFra
     if not root.is_dir():
         raise DataError(f"no {split!r} folder at {root}")
     rows: list[tuple] = []
-    for case_entry in sorted(os.scandir(root), key=lambda e: e.name):
+    foreign: list[str] = []
+    for case_entry in _entries(root, foreign):
         if not case_entry.is_dir():
             continue
         if not re.fullmatch(r"case\d+", case_entry.name):
             raise DataError(f"unexpected folder {case_entry.path}: expected caseN")
-        for day_entry in sorted(os.scandir(case_entry.path), key=lambda e: e.name):
+        for day_entry in _entries(case_entry.path, foreign):
             if not day_entry.is_dir():
                 continue
             m = re.fullmatch(r"case(\d+)_day(\d+)", day_entry.name)
@@ -62,13 +91,20 @@ def list_slices(data_dir: str | os.PathLike, split: str = "train") -> pd.DataFra
                 raise DataError(
                     f"unexpected folder {day_entry.path}: expected {case_entry.name}_dayD"
                 )
+            _entries(day_entry.path, foreign)  # only counts what macOS/Windows left there
             scans = Path(day_entry.path) / "scans"
             if not scans.is_dir():
                 raise DataError(f"case-day folder {day_entry.path} has no scans/ folder")
             case, day = int(m[1]), int(m[2])
-            for f in os.scandir(scans):
+            for f in _entries(scans, foreign):
                 if f.name.endswith(".png"):
                     rows.append((case, day, f.name, f.path))
+    if foreign:
+        warnings.warn(
+            f"skipped {len(foreign)} foreign file(s) and folder(s) ({_FOREIGN_KINDS}) under "
+            f"{root}, first {foreign[0]}",
+            stacklevel=2,
+        )
     if not rows:
         raise DataError(f"no slice images (*.png) found under {root}")
     names = pd.DataFrame(rows, columns=["case", "day", "name", "path"])
@@ -99,6 +135,17 @@ def list_slices(data_dir: str | os.PathLike, split: str = "train") -> pd.DataFra
         raise DataError(f"two image files for slice id {meta.loc[dup, 'id'].iloc[0]!r}")
     _check_volumes(meta)
     return meta[list(METADATA_COLUMNS)]
+
+
+def _entries(folder: str | os.PathLike, foreign: list[str]) -> list[os.DirEntry]:
+    """The entries of ``folder`` by name, without foreign ones (appended to ``foreign``)."""
+    kept = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if is_foreign_file(entry.name):
+            foreign.append(entry.path)
+        else:
+            kept.append(entry)
+    return kept
 
 
 def _check_volumes(meta: pd.DataFrame) -> None:

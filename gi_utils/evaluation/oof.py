@@ -30,7 +30,8 @@ from gi_utils.data.masks import unpack_masks
 from gi_utils.evaluation.metric import ScoreAccumulator, ScoreResult
 from gi_utils.inference.postprocessing import PostProcess
 
-__all__ = ["OOF_FORMAT", "OOFWriter", "OOFSet", "OOFVolume", "score_oof", "replace_dir"]
+__all__ = ["OOF_FORMAT", "OOFWriter", "OOFSet", "OOFVolume", "OOFCollection", "score_oof", "false_positive_slices",
+           "replace_dir"]
 
 OOF_FORMAT = "gi-oof-v1"
 
@@ -147,15 +148,108 @@ class OOFSet:
         for cd in case_days if case_days is not None else self.case_days:
             yield self.volume(cd)
 
+    def source(self, case_days: list[str] | None = None):
+        """Volumes as ``(case_day, probs, truth, gate)`` (a search's volume source)."""
+        for v in self.volumes(case_days):
+            yield v.case_day, v.probs, v.truth, v.gate
 
-def score_oof(oof: OOFSet | str | os.PathLike, post: PostProcess, **metric: Any) -> ScoreResult:
-    """Competition score of an OOF set under ``post`` (``metric``: the options of
-    :class:`~gi_utils.evaluation.metric.ScoreAccumulator`), one volume at a time."""
-    oof = oof if isinstance(oof, OOFSet) else OOFSet(oof)
+    @property
+    def fold(self) -> int:
+        """The fold the set validates (from the run's split)."""
+        return int(self.index["split"].get("fold", -1))
+
+    @property
+    def train_case_days(self) -> list[str]:
+        return list(self.index["split"].get("train_case_days", []))
+
+
+class OOFCollection:
+    """The OOF sets of one architecture's folds, read as one set of volumes.
+
+    Raises:
+        ValueError: a case-day in two sets, or a set whose case-days its model trained on
+            (a fold leak); the message names the case-day and the sets.
+    """
+
+    def __init__(self, sets: list[OOFSet], name: str = "") -> None:
+        if not sets:
+            raise ValueError("OOFCollection needs at least one out-of-fold set")
+        self.sets, self.name = list(sets), name
+        self.owner: dict[str, OOFSet] = {}
+        for oof in self.sets:
+            leak = set(oof.case_days) & set(oof.train_case_days)
+            if leak:
+                raise ValueError(f"fold leak in {oof.dir}: {sorted(leak)[:3]} are both trained on and validated")
+            for cd in oof.case_days:
+                if cd in self.owner:
+                    raise ValueError(f"case-day {cd!r} is in two out-of-fold sets: {self.owner[cd].dir} and {oof.dir}")
+                self.owner[cd] = oof
+        sizes = {o.img_size for o in self.sets}
+        if len(sizes) > 1:
+            raise ValueError(f"the folds of {name or 'one architecture'} differ in img_size: {sorted(sizes)}")
+        self.img_size = sizes.pop()
+
+    @property
+    def case_days(self) -> list[str]:
+        return list(self.owner)
+
+    @property
+    def folds(self) -> dict[int, list[str]]:
+        """fold -> its case-days."""
+        out: dict[int, list[str]] = {}
+        for oof in self.sets:
+            out.setdefault(oof.fold, []).extend(oof.case_days)
+        return out
+
+    @property
+    def has_gate(self) -> bool:
+        return all(o.gate is not None for o in self.sets)
+
+    def missing(self, case_days: list[str]) -> list[str]:
+        """The case-days of ``case_days`` no set covers."""
+        return [cd for cd in case_days if cd not in self.owner]
+
+    def volume(self, case_day: str) -> OOFVolume:
+        if case_day not in self.owner:
+            raise KeyError(f"case-day {case_day!r} is in none of the out-of-fold sets of {self.name or 'this collection'}")
+        return self.owner[case_day].volume(case_day)
+
+    def source(self, case_days: list[str] | None = None):
+        """Volumes as ``(case_day, probs, truth, gate)`` (a search's volume source)."""
+        for cd in case_days if case_days is not None else self.case_days:
+            v = self.volume(cd)
+            yield cd, v.probs, v.truth, v.gate
+
+
+def score_oof(oof, post: PostProcess, case_days: list[str] | None = None, **metric: Any) -> ScoreResult:
+    """Competition score of OOF volumes under ``post``, one volume at a time.
+
+    Args:
+        oof: an :class:`OOFSet` (or its folder), an :class:`OOFCollection`, or anything
+            with a ``source(case_days)`` yielding ``(case_day, probs, truth, gate)``.
+        case_days: the volumes to score (default: all).
+        metric: options of :class:`~gi_utils.evaluation.metric.ScoreAccumulator`.
+    """
+    oof = OOFSet(oof) if isinstance(oof, (str, os.PathLike)) else oof
     acc = ScoreAccumulator(**metric)
-    for vol in oof.volumes():
-        acc.add(vol.case_day, post.apply(vol.probs), vol.truth)
+    for cd, probs, truth, gate in oof.source(case_days):
+        acc.add(cd, post.apply(probs, gate), truth)
     return acc.result()
+
+
+def false_positive_slices(oof, post: PostProcess, case_days: list[str] | None = None) -> dict[str, int]:
+    """``{"fp_slices": (slice, class) pairs predicted on an empty true slice,
+    "empty_slices": true-empty pairs}`` of OOF volumes under ``post`` (the errors a
+    classifier gate is there to remove; each one costs a whole Hausdorff term)."""
+    fp = empty = 0
+    for _, probs, truth, gate in oof.source(case_days):
+        pred = post.apply(probs, gate)
+        d = len(pred)
+        true_any = truth.reshape(d, -1, truth.shape[-1]).any(1)
+        pred_any = pred.reshape(d, -1, pred.shape[-1]).any(1)
+        fp += int((pred_any & ~true_any).sum())
+        empty += int((~true_any).sum())
+    return {"fp_slices": fp, "empty_slices": empty}
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

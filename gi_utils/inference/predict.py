@@ -30,6 +30,7 @@ from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
 from gi_utils.device import default_device
 from gi_utils.models.io import load_model
+from gi_utils.models.registry import split_outputs
 from gi_utils.progress import progress_bar
 
 __all__ = [
@@ -92,7 +93,7 @@ def stack_slices(vol: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
 @torch.no_grad()
 def predict_probs(
     model: nn.Module, images: np.ndarray, batch_size: int = 16, tta=False, device=None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Sigmoid probabilities of one model, averaged over the identity and the TTA flips.
 
     Args:
@@ -100,23 +101,30 @@ def predict_probs(
         tta: ``False``, ``True`` (= ``"hflip"``) or names from :data:`TTA_FLIPS`.
 
     Returns:
-        float32 (N, classes, S, S).
+        ``(probs float32 (N, classes, S, S), gate float32 (N, classes) or None)``; the gate
+        is the classifier head's probability per slice and class (models with a gate).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     flips = [()] + [TTA_FLIPS[n] for n in _tta_names(tta)]
     model.eval()
-    out = []
+    out, gates = [], []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-        total = None
+        total = gate_total = None
         for f in flips:
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                logits = model(x.flip(f) if f else x)
-            p = logits.float().sigmoid()
+                seg, gate = split_outputs(model(x.flip(f) if f else x))
+            p = seg.float().sigmoid()
             p = p.flip(f) if f else p
             total = p if total is None else total + p
+            if gate is not None:
+                g = gate.float().sigmoid()
+                gate_total = g if gate_total is None else gate_total + g
         out.append((total / len(flips)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES, *images.shape[2:]), np.float32)
+        if gate_total is not None:
+            gates.append((gate_total / len(flips)).cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, NUM_CLASSES, *images.shape[2:]), np.float32)
+    return probs, (np.concatenate(gates) if gates else None)
 
 
 def _input_key(config: dict) -> tuple:
@@ -128,26 +136,41 @@ def _input_key(config: dict) -> tuple:
 
 
 def predict_volume(
-    models: Sequence[Model], vol: np.ndarray, *, tta=False, batch_size: int = 16, device=None
-) -> np.ndarray:
+    models: Sequence[Model], vol: np.ndarray, *, tta=False, batch_size: int = 16, device=None,
+    weights: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
     """Ensemble probabilities of one scan at its own resolution.
 
     Args:
         models: ``(model, config)`` pairs from :func:`load_models`.
         vol: uint16 (D, H, W), the raw scan.
+        weights: one weight per model (normalised here); ``None``: equal weights.
 
     Returns:
-        float32 (D, H, W, 3), channels in :data:`~gi_utils.constants.CLASSES` order.
+        ``(probs float32 (D, H, W, 3), gate float32 (D, 3) or None)``, channels in
+        :data:`~gi_utils.constants.CLASSES` order; the gate is the weighted mean of the
+        members that have a classifier head.
     """
-    groups: dict[tuple, list[nn.Module]] = {}
-    for model, config in models:
-        groups.setdefault(_input_key(config), []).append(model)
+    weights = np.ones(len(models)) if weights is None else np.asarray(weights, np.float64)
+    if len(weights) != len(models) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"weights {list(weights)} must be {len(models)} non-negative values, not all 0")
+    weights = weights / weights.sum()
+    groups: dict[tuple, list[tuple[nn.Module, float]]] = {}
+    for (model, config), w in zip(models, weights, strict=True):
+        groups.setdefault(_input_key(config), []).append((model, float(w)))
     total = np.zeros((*vol.shape, NUM_CLASSES), np.float32)
+    gate_total, gate_weight = np.zeros((len(vol), NUM_CLASSES), np.float32), 0.0
     for (size, mode, offsets), members in groups.items():
         images = stack_slices(preprocess_volume(vol, size, mode), offsets)
-        probs = sum(predict_probs(m, images, batch_size, tta, device) for m in members)
-        total += restore_size(np.moveaxis(probs, 1, -1), vol.shape[1:], mode)  # sum of members
-    return total / len(models)
+        probs = np.zeros((len(vol), NUM_CLASSES, size, size), np.float32)
+        for model, w in members:
+            p, g = predict_probs(model, images, batch_size, tta, device)
+            probs += np.float32(w) * p
+            if g is not None:
+                gate_total += np.float32(w) * g
+                gate_weight += w
+        total += restore_size(np.moveaxis(probs, 1, -1), vol.shape[1:], mode)  # weighted sum
+    return total, (gate_total / np.float32(gate_weight) if gate_weight else None)
 
 
 def predict_volumes(
@@ -157,17 +180,13 @@ def predict_volumes(
     tta=False,
     batch_size: int = 16,
     device=None,
+    weights: Sequence[float] | None = None,
     progress: bool = True,
-) -> Iterator[tuple[str, pd.DataFrame, np.ndarray]]:
-    """Yield ``(case_day, rows, probs float32 (D, H, W, 3))`` per scan of ``meta``, with a bar."""
+) -> Iterator[tuple[str, pd.DataFrame, np.ndarray, np.ndarray | None]]:
+    """Yield ``(case_day, rows, probs (D, H, W, 3), gate (D, 3) or None)`` per scan of
+    ``meta`` (see :func:`predict_volume`), with a progress bar."""
     scans = list(iter_volumes(meta))
     for case_day, rows in progress_bar(scans, "predict", progress, unit="scan"):
-        yield (
-            case_day,
-            rows,
-            predict_volume(
-                models, read_volume(rows), tta=tta, batch_size=batch_size, device=device
-            ),
-        )
-
-
+        probs, gate = predict_volume(models, read_volume(rows), tta=tta, batch_size=batch_size,
+                                     device=device, weights=weights)  # fmt: skip
+        yield case_day, rows, probs, gate

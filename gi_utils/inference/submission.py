@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +17,7 @@ from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.predict import load_models, predict_volumes
 from gi_utils.paths import DataNotFoundError
 
-__all__ = ["make_submission", "validate_submission", "write_submission", "empty_submission"]
+__all__ = ["make_submission", "make_submissions", "validate_submission", "write_submission", "empty_submission"]
 
 
 def empty_submission() -> pd.DataFrame:
@@ -26,7 +26,8 @@ def empty_submission() -> pd.DataFrame:
 
 
 def _has_images(folder: Path) -> bool:
-    return folder.is_dir() and next(folder.rglob("*.png"), None) is not None
+    """True when ``folder`` (a split) holds a slice in the Kaggle layout (links followed)."""
+    return folder.is_dir() and any(not p.name.startswith("._") for p in folder.glob("*/*/scans/*.png"))
 
 
 def make_submission(
@@ -36,6 +37,7 @@ def make_submission(
     out_csv: str | os.PathLike | None = "submission.csv",
     *,
     post: PostProcess | None = None,
+    weights: Sequence[float] | None = None,
     tta=False,
     batch_size: int = 16,
     device=None,
@@ -49,9 +51,11 @@ def make_submission(
             (:func:`gi_utils.paths.resolve_data_dir`).
         split: folder of the scans, ``"test"`` on Kaggle.
         out_csv: where to write (atomically); ``None`` writes nothing.
-        post: thresholds and component sizes; ``None``: the models' own
+        post: thresholds, component sizes, gates, tails; ``None``: the models' own
             (:meth:`PostProcess.from_model_configs`).
-        tta: ``False``, ``True`` (horizontal flip) or names of :data:`TTA_FLIPS`.
+        weights: one weight per model (a blend); ``None``: equal weights.
+        tta: ``False``, ``True`` (horizontal flip) or names of
+            :data:`~gi_utils.inference.predict.TTA_FLIPS`.
 
     Returns:
         ``id, class, predicted``: one row per (slice, class), classes in
@@ -63,30 +67,53 @@ def make_submission(
         DataNotFoundError: ``data_dir`` does not exist (a typo must not give an empty
             submission).
     """
+    posts = {"submission": post} if post is not None else None
+    df = make_submissions(model_paths, data_dir, split, posts, weights=weights, tta=tta, batch_size=batch_size,
+                          device=device, progress=progress)["submission"]  # fmt: skip
+    if out_csv is not None:
+        write_submission(df, out_csv)
+    return df
+
+
+def make_submissions(
+    model_paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    posts: Mapping[str, PostProcess] | None = None,
+    *,
+    weights: Sequence[float] | None = None,
+    tta=False,
+    batch_size: int = 16,
+    device=None,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """One prediction of ``data_dir/split``, post-processed several ways.
+
+    ``posts``: name -> settings (``None``: ``{"submission": the models' own}``). Returns
+    name -> validated submission table (see :func:`make_submission`).
+    """
     root = Path(data_dir)
     if not root.is_dir():
         raise DataNotFoundError(f"data folder {root} does not exist (make_submission data_dir)")
     if not _has_images(root / split):
-        warnings.warn(f"no images under {root / split}: writing an empty submission", stacklevel=2)
-        df = empty_submission()
-    else:
-        models = load_models(model_paths, device)
-        post = post or PostProcess.from_model_configs([c for _, c in models])
-        meta = build_metadata(root, split, labels=False)
-        rows_out: list[tuple[str, str, str]] = []
-        for _, rows, probs in predict_volumes(
-            models, meta, tta=tta, batch_size=batch_size, device=device, progress=progress
-        ):
-            masks = post.apply(probs)
-            for d, sid in enumerate(rows.sort_values("slice")["id"]):
-                rows_out.extend(
-                    (sid, name, encode_rle(masks[d, ..., c])) for c, name in enumerate(CLASSES)
-                )
-        df = pd.DataFrame(rows_out, columns=list(SUBMISSION_COLUMNS))
-        validate_submission(df, meta)
-    if out_csv is not None:
-        write_submission(df, out_csv)
-    return df
+        warnings.warn(f"no images under {root / split}: writing an empty submission", stacklevel=3)
+        return {name: empty_submission() for name in (posts or {"submission": None})}
+    models = load_models(model_paths, device)
+    posts = dict(posts or {"submission": PostProcess.from_model_configs([c for _, c in models])})
+    meta = build_metadata(root, split, labels=False)
+    rows_out: dict[str, list[tuple[str, str, str]]] = {name: [] for name in posts}
+    for _, rows, probs, gate in predict_volumes(models, meta, tta=tta, batch_size=batch_size, device=device,
+                                                weights=weights, progress=progress):  # fmt: skip
+        ids = rows.sort_values("slice")["id"].tolist()
+        for name, post in posts.items():
+            masks = post.apply(probs, gate)
+            rows_out[name].extend((sid, cls, encode_rle(masks[d, ..., c]))
+                                  for d, sid in enumerate(ids) for c, cls in enumerate(CLASSES))  # fmt: skip
+    out = {}
+    for name, rows in rows_out.items():
+        out[name] = pd.DataFrame(rows, columns=list(SUBMISSION_COLUMNS))
+        validate_submission(out[name], meta)
+    return out
 
 
 def write_submission(df: pd.DataFrame, path: str | os.PathLike) -> Path:

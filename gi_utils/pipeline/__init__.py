@@ -2,13 +2,15 @@
 series run headlessly (``make demo``, which a second call continues) and ``make docs``."""
 
 # Every public name of the stage, exported here only: each module's ``__all__``.
+from gi_utils.pipeline.cv import *
 from gi_utils.pipeline.data_root import *
 from gi_utils.pipeline.docs import *
 from gi_utils.pipeline.notebook import *
 from gi_utils.pipeline.notebook_files import *
 from gi_utils.pipeline.params import *
 from gi_utils.pipeline.series import *
-from gi_utils.pipeline import data_root, docs, notebook, notebook_files, params, series
+from gi_utils.pipeline.submit import *
+from gi_utils.pipeline import cv, data_root, docs, notebook, notebook_files, params, series, submit
 
-__all__ = [*data_root.__all__, *docs.__all__, *notebook.__all__, *notebook_files.__all__,
-    *params.__all__, *series.__all__]
+__all__ = [*cv.__all__, *data_root.__all__, *docs.__all__, *notebook.__all__,
+    *notebook_files.__all__, *params.__all__, *series.__all__, *submit.__all__]

@@ -4,6 +4,10 @@
     python -m gi_utils.pipeline --data-only     # only make sure data exist (synthetic if none)
     python -m gi_utils.pipeline docs            # make docs: demo results -> README, pictures/
     python -m gi_utils.pipeline notebooks       # copy the setup cell into every notebook, execute them
+    python -m gi_utils.pipeline cv --arch unet --folds all --preset demo -p epochs 6
+                                                # every fold of one architecture (resumable)
+    python -m gi_utils.pipeline holdout --data-dir DATA --holdout-cases 5 --out DATA_HOLDOUT
+                                                # real data: test/ made of 5 training cases
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gi_utils.data.holdout import make_holdout, solution_path
 from gi_utils.paths import default_runs_dir
+from gi_utils.pipeline.cv import cross_validate, parse_overrides
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.docs import publish_docs
 from gi_utils.pipeline.notebook_files import execute_in_place, sync_setup_cells
@@ -21,13 +27,25 @@ from gi_utils.pipeline.series import DEMO_ARCHS, demo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gi_utils.pipeline",
                                      description="The notebook series as a pipeline.")  # fmt: skip
-    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks"],
+    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "holdout"],
                         help="demo (default): run the series; docs: publish the last demo's results; "
                         "notebooks: copy the setup cell into every notebook and execute them")  # fmt: skip
     parser.add_argument("--runs-dir", default=None, help="folder of run folders (default: runs/)")
     parser.add_argument("--archs", nargs="+", default=list(DEMO_ARCHS), help="architectures to train")
     parser.add_argument("--force", action="store_true", help="run finished notebooks again")
     parser.add_argument("--data-only", action="store_true", help="only make sure data exist (synthetic if none)")
+    cv = parser.add_argument_group("cv: cross-validation of one architecture")
+    cv.add_argument("--arch", default="unet", help="architecture (cv)")
+    cv.add_argument("--folds", default="all", help="'all' or a comma-separated list (cv)")
+    cv.add_argument("--preset", default="demo", help="smoke | demo | gpu (cv)")
+    cv.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a TrainConfig field, e.g. -p img_size 128 (cv; repeatable)")  # fmt: skip
+    cv.add_argument("--final", action="store_true", help="then train on all cases for the mean best epoch (cv)")
+    cv.add_argument("--num-processes", type=int, default=1, help="processes per run (cv)")
+    hold = parser.add_argument_group("holdout: a scored hold-out made of training cases")
+    hold.add_argument("--data-dir", default="", help="the data root (cv, holdout)")
+    hold.add_argument("--holdout-cases", default="5", help="how many cases, or a comma-separated list (holdout)")
+    hold.add_argument("--out", default="", help="the new data folder (holdout)")
     args = parser.parse_args(argv)
     if args.data_only:
         print(f"data: {ensure_data('')}")
@@ -35,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "docs":
         for path in publish_docs(default_runs_dir(args.runs_dir) / "pictures"):
             print("wrote", path)
+        return 0
+    if args.command == "cv":
+        summary = cross_validate(args.arch, args.folds, args.preset, parse_overrides(args.p), runs_dir=args.runs_dir,
+                                 data_dir=args.data_dir, num_processes=args.num_processes, final=args.final)  # fmt: skip
+        print({k: v for k, v in summary.items() if k != "folds"})
+        return 0
+    if args.command == "holdout":
+        if not (args.data_dir and args.out):
+            parser.error("holdout needs --data-dir and --out")
+        cases = [int(c) for c in args.holdout_cases.split(",")] if "," in args.holdout_cases else int(args.holdout_cases)
+        out = make_holdout(args.data_dir, args.out, cases)
+        print(f"wrote {out} (truth: {solution_path(out)})")
         return 0
     if args.command == "notebooks":
         for path in sync_setup_cells():

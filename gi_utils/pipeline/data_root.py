@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gi_utils.constants import DATA_DIR_ENV
+from gi_utils.data.holdout import solution_path
 from gi_utils.paths import REPO_ROOT, DataNotFoundError, in_checkout, on_kaggle, resolve_data_dir
 from gi_utils.synthetic.generate import MARKER, generate_dataset
 
@@ -41,9 +42,11 @@ def _stale_synthetic(root: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return ""  # not a synthetic dataset of ours: real data are never touched
     want = synthetic_params()
-    if {k: params.get(k) for k in want} == want:
-        return ""
-    return f"{root.name}/ holds an older synthetic dataset ({params.get('n_cases')} cases)"
+    if {k: params.get(k) for k in want} != want:
+        return f"{root.name}/ holds an older synthetic dataset ({params.get('n_cases')} cases)"
+    if not solution_path(root).is_file():
+        return f"{root.name}/ has no hold-out truth ({solution_path(root).name})"
+    return ""
 
 
 def ensure_data(data_dir: str | os.PathLike | None = "", synthetic_if_missing: bool = True) -> Path:

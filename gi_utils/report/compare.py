@@ -48,9 +48,11 @@ def results_table(runs: Sequence[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         best = run.metrics.get("best") or {}
+        fold = run.config.get("fold", 0)
         rows.append(
             {
                 "Model": run.name,
+                "Fold": "all (not validated)" if fold == -1 else str(fold),
                 "Loss Dice": best.get("val_loss", np.nan),
                 "Accuracy Dice": best.get("val_dice", np.nan),
                 **{f"Dice {c.replace('_', ' ')}": best.get(f"dice_{c}", np.nan) for c in CLASSES},
@@ -120,9 +122,9 @@ def predict_slices(model_paths: Sequence[str | os.PathLike], slices: pd.DataFram
     post = PostProcess.from_model_configs([c for _, c in models])
     wanted = set(slices["id"])
     out = {}
-    for _, rows, probs in predict_volumes(models, meta[meta["case_day"].isin(set(slices["case_day"]))],
-                                          device=device, progress=False):  # fmt: skip
-        masks = post.apply(probs)
+    for _, rows, probs, gate in predict_volumes(models, meta[meta["case_day"].isin(set(slices["case_day"]))],
+                                                device=device, progress=False):  # fmt: skip
+        masks = post.apply(probs, gate)
         for d, sid in enumerate(rows["id"]):
             if sid in wanted:
                 out[sid] = masks[d]

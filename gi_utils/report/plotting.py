@@ -30,6 +30,7 @@ __all__ = [
     "plot_history",
     "plot_organ_area",
     "plot_empty_share",
+    "plot_search_trace",
     "save_figure",
 ]
 
@@ -156,6 +157,33 @@ def plot_empty_share(share: pd.Series, ax: plt.Axes | None = None) -> Figure:
     ax.set_ylim(0, 1)
     for x, v in enumerate(share.values):
         ax.text(x, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_search_trace(trace: Mapping[str, Mapping[str, Mapping[float, float]]],
+                      settings: Sequence[str] = ("thresholds", "gate_max")) -> Figure:  # fmt: skip
+    """The out-of-fold score against each value of a post-processing setting, one panel per
+    setting, one line per class (the first pass of :func:`gi_utils.evaluation.search_postprocess`).
+
+    Args:
+        trace: ``{class: {setting: {value: score}}}`` (``SearchResult.trace``).
+        settings: the settings to draw (those absent from the trace are skipped).
+    """
+    present = [s for s in settings if any(s in t for t in trace.values())]
+    if not present:
+        raise ValueError(f"none of {list(settings)} is in the search trace")
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.0), squeeze=False)
+    for ax, setting in zip(axes[0], present):
+        for name, color in zip(CLASSES, CLASS_COLORS):
+            values = trace.get(name, {}).get(setting)
+            if values:
+                xs = sorted(values)
+                ax.plot(xs, [values[x] for x in xs], marker="o", ms=3, color=color, label=name.replace("_", " "))
+        ax.set_xlabel(setting.replace("_", " ").rstrip("s"))
+        ax.set_ylabel("OOF score")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

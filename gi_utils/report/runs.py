@@ -16,7 +16,7 @@ import pandas as pd
 
 from gi_utils.atomic import read_json
 
-__all__ = ["Run", "run_name", "load_run", "find_runs", "ensemble_paths"]
+__all__ = ["Run", "run_name", "load_run", "find_runs", "ensemble_paths", "data_dir_of"]
 
 
 def run_name(arch: str, encoder: str, img_size: int, fold: int) -> str:
@@ -92,3 +92,17 @@ def ensemble_paths(runs_dir: str | os.PathLike, runs: str = "", paths: str = "")
             raise FileNotFoundError(f"model file(s) not found: {missing}")
         return out
     return [r.model_path for r in find_runs(runs_dir, runs)]
+
+
+def data_dir_of(runs: list[Run], data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir`` if given, else the data folder the runs trained on (their ``split.json``).
+
+    Raises:
+        ValueError: the runs trained on different data folders (names two of them).
+    """
+    if data_dir:
+        return Path(data_dir)
+    folders = sorted({r.split["data_dir"] for r in runs})
+    if len(folders) != 1:
+        raise ValueError(f"the runs trained on {len(folders)} data folders ({folders[:2]}); pass data_dir")
+    return Path(folders[0])

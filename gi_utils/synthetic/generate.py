@@ -8,6 +8,7 @@ end without the real data: :func:`generate_dataset` writes ::
     OUT/test/...                  same layout, no labels
     OUT/sample_submission.csv     header ``id,class,predicted`` only, as on Kaggle
     OUT/synth.json                parameters and figures (marks OUT as a synth output)
+    OUT_solution.csv              the test split's truth, beside OUT (a scored hold-out)
 
 :mod:`gi_utils.synthetic.spec` plans the dataset (cases, days, sizes, slice counts as
 :class:`~gi_utils.synthetic.spec.ScanSpec`) and this module writes it; each scan is drawn
@@ -32,7 +33,9 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from gi_utils.atomic import atomic_write_text
 from gi_utils.constants import CLASSES, SUBMISSION_COLUMNS, TRAIN_CSV_COLUMNS
+from gi_utils.data.holdout import solution_path
 from gi_utils.data.names import make_id
 from gi_utils.data.rle import encode_rle
 from gi_utils.synthetic.phantom import render_label_map
@@ -76,8 +79,8 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_scan(root: Path, split: str, spec: ScanSpec, rows: list[str] | None) -> int:
-    """Render and write one scan; append train.csv lines to rows. Returns empty slices."""
+def _write_scan(root: Path, split: str, spec: ScanSpec, rows: list[str]) -> int:
+    """Render and write one scan; append its train.csv lines to rows. Returns empty slices."""
     image, classes = render_label_map(spec)
     folder = root / spec.folder(split)
     folder.mkdir(parents=True)
@@ -85,11 +88,10 @@ def _write_scan(root: Path, split: str, spec: ScanSpec, rows: list[str] | None) 
     for k in range(spec.n_slices):
         if not cv2.imwrite(str(folder / spec.filename(k + 1)), image[k], PNG_PARAMS):
             raise OSError(f"could not write {folder / spec.filename(k + 1)}")
-        if rows is not None:
-            sid = make_id(spec.case, spec.day, k + 1)
-            rles = [encode_rle(classes[k] == c + 1) for c in range(len(CLASSES))]
-            n_empty += not any(rles)
-            rows.extend(f"{sid},{name},{rle}\n" for name, rle in zip(CLASSES, rles, strict=True))
+        sid = make_id(spec.case, spec.day, k + 1)
+        rles = [encode_rle(classes[k] == c + 1) for c in range(len(CLASSES))]
+        n_empty += not any(rles)
+        rows.extend(f"{sid},{name},{rle}\n" for name, rle in zip(CLASSES, rles, strict=True))
     return n_empty
 
 
@@ -131,23 +133,23 @@ def generate_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         tmp.chmod(0o755)
-        rows: list[str] = []
+        rows: dict[str, list[str]] = {"train": [], "test": []}
         stats = {"scans": 0, "slices": 0, "empty_slices": 0, "test_scans": 0, "test_slices": 0}
         total = sum(s.n_slices for specs in plan.values() for s in specs)
         with tqdm(total=total, unit="slice", disable=not progress, desc="synth") as bar:
             for split, specs in plan.items():
                 (tmp / split).mkdir()
                 for spec in specs:
-                    n_empty = _write_scan(tmp, split, spec, rows if split == "train" else None)
+                    n_empty = _write_scan(tmp, split, spec, rows[split])
                     prefix = "" if split == "train" else "test_"
                     stats[prefix + "scans"] += 1
                     stats[prefix + "slices"] += spec.n_slices
-                    stats["empty_slices"] += n_empty
+                    stats["empty_slices"] += n_empty if split == "train" else 0
                     bar.update(spec.n_slices)
         stats["empty_fraction"] = round(stats["empty_slices"] / stats["slices"], 4)
         (tmp / "sample_submission.csv").write_text(",".join(SUBMISSION_COLUMNS) + "\n")
         record = {
-            "generator": "gi_utils.synth",
+            "generator": "gi_utils.synthetic",
             "params": {"n_cases": n_cases, "n_test_cases": n_test_cases, "seed": seed,
                        "slices_per_scan": slices_per_scan, "size": list(size) if size else None},
             "stats": stats,
@@ -156,8 +158,10 @@ def generate_dataset(
         (tmp / MARKER).write_text(json.dumps(record, indent=1) + "\n")
         with open(tmp / "train.csv", "w", newline="") as f:  # last: marks completion
             f.write(",".join(TRAIN_CSV_COLUMNS) + "\n")
-            f.writelines(rows)
+            f.writelines(rows["train"])
         _replace(tmp, out)
+        # the test split's truth, outside the data folder, as Kaggle keeps its solution
+        atomic_write_text(solution_path(out), ",".join(TRAIN_CSV_COLUMNS) + "\n" + "".join(rows["test"]))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

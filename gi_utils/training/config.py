@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gi_utils.constants import CLASSES
 from gi_utils.data.augment import build_transforms
 from gi_utils.data.preprocess import RESIZE_MODES
 from gi_utils.device import AMP_MODES, DEVICES
@@ -50,6 +51,8 @@ class TrainConfig:
     encoder: str = _f("resnet18", "smp encoder (resnet34, efficientnet-b4, ...) or tu-NAME for a timm model")
     weights: str | None = _f(None, "encoder weights: None (random), imagenet (needs internet) or a local file")
     model_kwargs: dict[str, Any] = _f({}, "extra smp arguments, e.g. {\"decoder_channels\": [64, 32, 16, 16]}")
+    gate: bool = _f(False, "a classifier gate: per-slice organ-presence head (smp aux_params), joint BCE")
+    gate_weight: float = _f(0.2, "weight of the gate's BCE in the training loss")
     # data
     data_dir: str | None = _f(None, "data root; None: resolved once where the run starts (gi_utils.paths)")
     fold: int = _f(0, "validation fold, 0 .. n_folds - 1; -1 trains on all cases (no validation)")
@@ -127,6 +130,7 @@ class TrainConfig:
             "save_every_steps",
             "warmup_epochs",
             "weight_decay",
+            "gate_weight",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -175,6 +179,12 @@ class TrainConfig:
                 f"valid names: {', '.join(names)}"
             )
         return cls(**values)
+
+    @property
+    def build_kwargs(self) -> dict[str, Any]:
+        """The smp arguments of the model: ``model_kwargs`` plus the gate head's ``aux_params``."""
+        gate = {"aux_params": {"classes": len(CLASSES), "dropout": 0.2}} if self.gate else {}
+        return {**self.model_kwargs, **gate}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists); ``from_dict(to_dict())`` gives an equal config."""

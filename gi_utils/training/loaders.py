@@ -17,6 +17,7 @@ from gi_utils.data.cache import VolumeCache
 from gi_utils.data.dataset import SliceDataset
 from gi_utils.data.folds import assign_folds, split_fold
 from gi_utils.data.layout import build_metadata
+from gi_utils.data.shm import batch_nbytes, check_shared_memory
 from gi_utils.device import cuda_wanted
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.sampler import EpochSampler, SeededSamples
@@ -96,6 +97,8 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
         )
     pin = cuda_wanted(cfg.device)
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
+    if cfg.num_workers:  # processes on one machine share /dev/shm: fail with a message, not a bus error
+        check_shared_memory(cfg.num_workers * num_processes, batch_nbytes(train_ds[0]) * cfg.batch_size)
     train_loader = DataLoader(
         SeededSamples(train_ds, cfg.seed), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         generator=torch.Generator().manual_seed(cfg.seed), **loader_kw,

@@ -53,9 +53,10 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
     if run.finished:
         run.acc.print(f"{run.last_path}: run already finished; returning its history", flush=True)
         return pd.DataFrame(run.saved["history"])
-    run.setup()
-    run.restore()
-    while not run.done:
-        row = run.train_epoch()
-        run.end_epoch(row, run.validate_epoch())
-    return run.finish()
+    with run.lock():  # a second run writing the same folder stops at once
+        run.setup()
+        run.restore()
+        while not run.done:
+            row = run.train_epoch()
+            run.end_epoch(row, run.validate_epoch())
+        return run.finish()

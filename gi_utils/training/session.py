@@ -4,11 +4,12 @@ one epoch, validation, saving.
 :func:`gi_utils.training.loop.train` drives a :class:`TrainingRun`::
 
     run = TrainingRun(cfg)           # accelerator, seeds, last.pt read (not yet applied)
-    run.setup()                      # data, model, optimizer, schedule, weight average
-    run.restore()                    # ... and last.pt applied to them
-    while not run.done:
-        run.end_epoch(run.train_epoch(), run.validate_epoch())
-    run.finish()                     # metrics.json
+    with run.lock():                 # one writer per run folder
+        run.setup()                  # data, model, optimizer, schedule, weight average
+        run.restore()                # ... and last.pt applied to them
+        while not run.done:
+            run.end_epoch(run.train_epoch(), run.validate_epoch())
+        run.finish()                 # metrics.json
 
 Files in ``out_dir`` (only the main process writes; every write is atomic): ``config.json``,
 ``split.json`` (which case-days train and validate), ``last.pt`` (everything needed to
@@ -19,6 +20,7 @@ probabilities of that epoch), ``history.csv`` and ``metrics.json``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -45,6 +47,7 @@ from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.losses import build_loss
 from gi_utils.models.io import model_config, save_model
 from gi_utils.models.registry import build_model
+from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loaders import load_train_data
 from gi_utils.training.scaling import effective_batch_size, effective_lr
@@ -126,6 +129,11 @@ class TrainingRun:
                 )
         self.t_start = time.perf_counter()
 
+    def lock(self) -> contextlib.AbstractContextManager:
+        """The run folder's lock (main process): a second run writing the same folder at
+        the same time stops at once, naming the other process (:mod:`gi_utils.runlock`)."""
+        return run_lock(self.out_dir) if self.acc.is_main_process else contextlib.nullcontext()
+
     @property
     def finished(self) -> bool:
         """True when ``last.pt`` says the run ended already."""
@@ -152,7 +160,7 @@ class TrainingRun:
         if acc.is_main_process:
             atomic_write_json(self.out_dir / "split.json", self.data.split)
         self.net = build_model(cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
-                               weights=None if self.saved else cfg.weights, **cfg.model_kwargs)  # fmt: skip
+                               weights=None if self.saved else cfg.weights, **cfg.build_kwargs)  # fmt: skip
         lr = effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr)
         if acc.num_processes * cfg.grad_accum > 1:
             acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
@@ -174,7 +182,7 @@ class TrainingRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, schedule)
         self.ema = (ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True, device=acc.device)
                     if cfg.ema_decay else None)  # fmt: skip
-        self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), cfg.img_size)
+        self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
 
     def restore(self) -> None:
         """Apply ``last.pt`` (model, optimizer, schedule, scaler, average, RNG, counters)."""
@@ -233,6 +241,7 @@ class TrainingRun:
                 self.acc, self.model, self.train_loader, self.optimizer, self.scheduler, self.loss_fn,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress, loss_sum=st["loss_sum"],
                 n_batches=st["n_batches"], on_step=self._on_step, memory_format=self.layout,
+                gate_weight=cfg.gate_weight,
             )  # fmt: skip
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
@@ -305,7 +314,7 @@ class TrainingRun:
         cfg = self.cfg
         return model_config(
             cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
-            model_kwargs=cfg.model_kwargs, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
+            model_kwargs=cfg.build_kwargs, gate=cfg.gate, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
             resize_mode=cfg.resize_mode, threshold=cfg.threshold, min_size=cfg.min_size,
             norm_version=NORM_VERSION, epoch=row["epoch"], val_score=row.get("val_score"),
             val_dice=row.get("val_dice"), train_config=cfg.to_dict(),

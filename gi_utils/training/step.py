@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 
 from gi_utils.models.registry import split_outputs
@@ -32,6 +33,7 @@ def train_one_epoch(
     n_batches: int = 0,
     on_step=None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    gate_weight: float = 0.0,
 ) -> tuple[float, int]:
     """One pass over ``loader``: forward, loss, backward, optimizer and scheduler step.
 
@@ -42,6 +44,8 @@ def train_one_epoch(
         on_step: called as ``on_step(loss_sum, n_batches)`` after every optimizer step.
         memory_format: layout the images are put in (``torch.channels_last`` to match a
             channels-last model).
+        gate_weight: weight of the classifier gate's BCE against the presence of each
+            class on each slice (models with a gate head; the segmentation loss has weight 1).
 
     Returns:
         ``(loss_sum, n_batches)``; the epoch's mean loss is their ratio.
@@ -54,8 +58,11 @@ def train_one_epoch(
     for images, masks in bar:
         images = images.contiguous(memory_format=memory_format)
         with acc.accumulate(model):
-            seg, _ = split_outputs(model(images))
+            seg, gate = split_outputs(model(images))
             loss = loss_fn(seg.float(), masks)
+            if gate is not None:
+                present = masks.flatten(2).amax(-1).to(gate.dtype)  # (N, 3): organ on the slice
+                loss = loss + gate_weight * F.binary_cross_entropy_with_logits(gate.float(), present.float())
             acc.backward(loss)
             optimizer.step()
             if acc.sync_gradients:

@@ -1,0 +1,26 @@
+"""Data: the Kaggle layout read as it is (ids, file names, ``train.csv``, 16-bit slices),
+run-length masks, folds, preprocessing shared with inference, the training augmentation,
+the memory-mapped cache of preprocessed scans, the 2.5D dataset and the check that its
+workers' shared memory fits."""
+
+# Every public name of the stage, exported here only: each module's ``__all__``.
+from gi_utils.data.augment import *
+from gi_utils.data.cache import *
+from gi_utils.data.dataset import *
+from gi_utils.data.errors import *
+from gi_utils.data.folds import *
+from gi_utils.data.holdout import *
+from gi_utils.data.images import *
+from gi_utils.data.labels import *
+from gi_utils.data.layout import *
+from gi_utils.data.masks import *
+from gi_utils.data.names import *
+from gi_utils.data.preprocess import *
+from gi_utils.data.rle import *
+from gi_utils.data.shm import *
+from gi_utils.data import (augment, cache, dataset, errors, folds, holdout, images, labels, layout,
+    masks, names, preprocess, rle, shm)
+
+__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *errors.__all__, *folds.__all__,
+    *holdout.__all__, *images.__all__, *labels.__all__, *layout.__all__, *masks.__all__,
+    *names.__all__, *preprocess.__all__, *rle.__all__, *shm.__all__]

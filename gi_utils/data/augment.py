@@ -1,0 +1,82 @@
+"""The training augmentation, applied on top of the preprocessed (S, S) slices.
+
+:func:`build_transforms` builds an ``albumentations.Compose`` of flips, affine, grid and
+elastic distortion, brightness/contrast and coarse dropout; per-transform overrides come
+from ``TrainConfig.augment_kwargs``. Masks follow every geometric step with nearest
+neighbour and are never dropped out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import cv2
+
+__all__ = ["build_transforms", "default_train_specs"]
+
+
+def default_train_specs(img_size: int) -> list[tuple[str, dict[str, Any]]]:
+    """(transform name, kwargs) of the default training augmentation, in order."""
+    hole = (max(1, img_size // 32), max(2, img_size // 10))
+    return [
+        ("HorizontalFlip", {"p": 0.5}),
+        ("Affine", {
+            "scale": (0.9, 1.1), "translate_percent": (-0.0625, 0.0625), "rotate": (-15, 15),
+            "border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0, "p": 0.5,
+        }),
+        ("GridDistortion", {"num_steps": 5, "distort_limit": 0.1, "p": 0.15}),
+        ("ElasticTransform", {"alpha": 120.0, "sigma": 6.0, "approximate": True, "p": 0.1}),
+        ("RandomBrightnessContrast", {"brightness_limit": 0.1, "contrast_limit": 0.1, "p": 0.5}),
+        ("CoarseDropout", {
+            "num_holes_range": (1, 6), "hole_height_range": hole, "hole_width_range": hole,
+            "fill": 0, "p": 0.3,
+        }),
+    ]  # fmt: skip
+
+
+def build_transforms(
+    img_size: int,
+    train: bool,
+    *,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    seed: int | None = None,
+) -> A.Compose | None:
+    """The augmentation applied on top of the preprocessed (S, S) slices.
+
+    Training (``train=True``): horizontal flip, affine (scale 0.9-1.1, shift 6 %, rotate
+    15 degrees), grid distortion and elastic (rare), brightness/contrast, coarse dropout;
+    masks follow every geometric step with nearest neighbour and are never dropped out.
+    No resize: slices are already (S, S). Validation (``train=False``) returns ``None``.
+
+    Args:
+        img_size: S (hole sizes of the dropout scale with it).
+        train: training pipeline or none.
+        overrides: per-transform keyword updates, e.g. ``{"Affine": {"p": 0.0}}``; a
+            transform name not in the pipeline raises ``KeyError`` listing the names,
+            and an argument the transform does not take raises ``ValueError``
+            (the pipeline is built with ``A.Compose(..., strict=True)``).
+        seed: seed of the Compose's own random state (the dataset reseeds it per
+            DataLoader worker).
+
+    Returns:
+        ``albumentations.Compose`` taking ``image`` float32 (S, S, C) and ``mask``
+        (S, S), or ``None`` when ``train`` is false.
+    """
+    if not train:
+        return None
+    specs = default_train_specs(img_size)
+    names = [name for name, _ in specs]
+    for name, given in (overrides or {}).items():
+        if name not in names:
+            raise KeyError(f"override for unknown transform {name!r}; valid names: {names}")
+        if not isinstance(given, dict):
+            raise ValueError(f"override for {name} must be a dict of its arguments, got {given!r}")
+    transforms = []
+    for name, kwargs in specs:
+        kwargs = {**kwargs, **(overrides or {}).get(name, {})}
+        try:  # strict=True: a wrong argument name raises here instead of warning
+            transforms.append(getattr(A, name)(**kwargs, strict=True))
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+    return A.Compose(transforms, strict=True, seed=seed)

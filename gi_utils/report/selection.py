@@ -1,0 +1,220 @@
+"""Choosing what reaches ``submission.csv`` by measurement on out-of-fold predictions.
+
+:func:`select` groups the finished runs by configuration (the folds of one architecture
+form one model), builds every single model and every blend of two or more (weights on a
+grid, chosen on the OOF score), searches each one's post-processing on its OOF volumes
+and ranks them on the case-days all of them cover. The table has, per model: the fold
+scores (mean and spread), the OOF score with the models' own settings and with the
+searched ones, the searched settings scored on folds they were not tuned on (where the
+model has two folds or more), false-positive slices, and the chosen settings. The best
+configuration (members, weights, post-processing, figures) is written as JSON
+(:func:`write_best_config`); ``04_submission`` uses it by default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gi_utils.atomic import atomic_write_json, read_json
+from gi_utils.evaluation.ensemble import Blend, weight_grid
+from gi_utils.evaluation.oof import OOFCollection, OOFSet, false_positive_slices
+from gi_utils.evaluation.search import (
+    SearchResult,
+    cross_validated_search,
+    score_with,
+    search_postprocess,
+)
+from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.report.runs import Run
+
+__all__ = ["BEST_CONFIG_NAME", "Candidate", "model_name", "group_runs", "select", "write_best_config",
+           "read_best_config"]  # fmt: skip
+
+BEST_CONFIG_NAME = "best_config.json"
+#: Config fields that differ between the folds of one model (ignored when grouping).
+_PER_RUN = frozenset({"fold", "out_dir", "data_dir", "folds_dir", "cache", "cache_dir", "num_workers",
+                      "progress", "resume", "save_every_steps"})  # fmt: skip
+
+
+def model_name(run: Run) -> str:
+    """``unet_resnet18_128px`` (plus ``_gate`` with a classifier head): one model's name."""
+    c = run.config
+    return f"{c['arch']}_{c['encoder']}_{c['img_size']}px" + ("_gate" if c.get("gate") else "")
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Validated runs with an OOF set, grouped by configuration (all but the fold).
+
+    Raises:
+        ValueError: two runs share a name but not a configuration (names the runs).
+    """
+    groups: dict[str, list[Run]] = {}
+    keys: dict[str, dict] = {}
+    for run in runs:
+        if not (run.oof_path / "index.json").is_file():
+            continue  # fold=-1 (all cases) or an old run: no honest validation
+        name, key = model_name(run), {k: v for k, v in run.config.items() if k not in _PER_RUN}
+        if name in keys and keys[name] != key:
+            diff = sorted(k for k in key if key[k] != keys[name].get(k))
+            raise ValueError(f"runs {groups[name][0].name} and {run.name} share the name {name} but differ in {diff}")
+        keys[name] = key
+        groups.setdefault(name, []).append(run)
+    return {k: sorted(v, key=lambda r: r.config["fold"]) for k, v in groups.items()}
+
+
+def _default_post(runs: list[Run]) -> PostProcess:
+    return PostProcess.from_model_configs([r.config for r in runs])
+
+
+@dataclass
+class Candidate:
+    """One model or blend: its members (lists of fold runs), weights and OOF volumes."""
+
+    name: str
+    members: list[list[Run]]
+    weights: tuple[float, ...]
+    source: Any  # OOFCollection or Blend
+    default: PostProcess
+    searched: SearchResult | None = None
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def case_days(self) -> list[str]:
+        return list(self.source.case_days)
+
+    @property
+    def model_paths(self) -> list[Path]:
+        """Every fold model of every member (a member's folds are averaged at inference)."""
+        return [run.model_path for member in self.members for run in member]
+
+    @property
+    def path_weights(self) -> list[float]:
+        """A weight per model of :attr:`model_paths` (a member's weight shared by its folds)."""
+        return [w / len(member) for member, w in zip(self.members, self.weights, strict=True) for _ in member]
+
+
+def _fold_scores(runs: list[Run]) -> list[float]:
+    return [float((r.metrics.get("best") or {}).get("val_score", math.nan)) for r in runs]
+
+
+def _candidates(groups: dict[str, list[Run]], blend_step: float, max_members: int) -> list[Candidate]:
+    singles = {name: OOFCollection([OOFSet(r.oof_path) for r in runs], name) for name, runs in groups.items()}
+    out = [Candidate(name, [groups[name]], (1.0,), singles[name], _default_post(groups[name])) for name in groups]
+    names = list(groups)
+    for k in range(2, min(max_members, len(names)) + 1):
+        for combo in itertools.combinations(names, k):
+            members = [singles[n] for n in combo]
+            runs = [r for n in combo for r in groups[n]]
+            default = _default_post(runs)
+            blend = Blend(members)
+            if not blend.case_days:
+                continue
+            best_w, best_s = None, -math.inf
+            for w in weight_grid(k, blend_step):  # weights chosen on the OOF score (models' settings)
+                s = score_with(Blend(members, w).source, blend.case_days, default)
+                if s > best_s:
+                    best_w, best_s = w, s
+            out.append(Candidate(" + ".join(combo), [groups[n] for n in combo], best_w, Blend(members, best_w), default))
+    return out
+
+
+def select(runs: list[Run], *, blend_step: float = 0.25, max_members: int = 3) -> tuple[pd.DataFrame, list[Candidate]]:
+    """Evaluate every model and blend of ``runs`` (see the module docstring).
+
+    Returns:
+        ``(table, candidates)``: one row per candidate and the candidates, both best first
+        (ranked on the case-days all candidates cover, with their searched settings).
+
+    Raises:
+        ValueError: no run has an out-of-fold set.
+    """
+    groups = group_runs(runs)
+    if not groups:
+        raise ValueError("no finished run with an out-of-fold set to select from")
+    cands = _candidates(groups, blend_step, max_members)
+    common = [cd for cd in cands[0].case_days if all(cd in set(c.case_days) for c in cands[1:])]
+    for cand in cands:
+        start = PostProcess(**{**cand.default.to_dict(), "size_ref": cand.source.img_size})
+        memo: dict = {}
+        cand.searched = search_postprocess(cand.source.source, cand.case_days, start, memo=memo)
+        folds = _folds_of(cand)
+        row = {
+            "Model": cand.name, "Weights": "/".join(f"{w:g}" for w in cand.weights),
+            "Folds": len(cand.members[0]) if len(cand.members) == 1 else "",
+            "Fold score": _mean_std(_fold_scores(cand.members[0])) if len(cand.members) == 1 else "",
+            "OOF case-days": len(cand.case_days),
+            "OOF default": cand.searched.default_score, "OOF tuned": cand.searched.score,
+        }  # fmt: skip
+        if len(folds) >= 2:
+            cv = cross_validated_search(cand.source.source, folds, start, memo=memo)
+            row.update({"Held-out default": cv["default_held_out"], "Held-out tuned": cv["tuned_held_out"]})
+        row["Common default"] = score_with(cand.source.source, common, start, memo)
+        row["Common tuned"] = score_with(cand.source.source, common, cand.searched.post, memo)
+        fp0, fp1 = (false_positive_slices(cand.source, p, cand.case_days)["fp_slices"]
+                    for p in (start, cand.searched.post))  # fmt: skip
+        row.update({"FP slices default": fp0, "FP slices tuned": fp1, "Settings": _describe(cand.searched.post)})
+        cand.row = row
+    cands = sorted(cands, key=lambda c: -c.row["Common tuned"])  # stable: ties keep the order
+    return pd.DataFrame([c.row for c in cands]), cands
+
+
+def _folds_of(cand: Candidate) -> dict[int, list[str]]:
+    if len(cand.members) != 1:
+        return {}
+    return {k: v for k, v in cand.source.folds.items() if k >= 0}
+
+
+def _mean_std(values: list[float]) -> str:
+    v = np.asarray(values, float)
+    return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+
+
+def _describe(post: PostProcess) -> str:
+    parts = []
+    for c, short in enumerate(("lb", "sb", "st")):
+        bits = [f"t{post.thresholds[c]:g}"]
+        if post.min_size[c]:
+            bits.append(f"min{post.min_size[c]}")
+        if post.gate_max[c]:
+            bits.append(f"max{post.gate_max[c]:g}")
+        if post.gate_head[c]:
+            bits.append(f"head{post.gate_head[c]:g}")
+        if post.tail[c]:
+            bits.append(f"tail{post.tail[c]}")
+        parts.append(f"{short}: {' '.join(bits)}")
+    return "; ".join(parts)
+
+
+def write_best_config(path: str | os.PathLike, best: Candidate, extra: dict[str, Any] | None = None) -> Path:
+    """The chosen configuration as JSON: model paths and weights, post-processing, figures."""
+    record = {
+        "name": best.name, "model_paths": [str(p) for p in best.model_paths], "weights": best.path_weights,
+        "post": best.searched.post.to_dict() if best.searched else best.default.to_dict(),
+        "default_post": best.default.to_dict(), "scores": {k: v for k, v in best.row.items() if k != "Model"},
+        **(extra or {}),
+    }  # fmt: skip
+    return atomic_write_json(path, record)
+
+
+def read_best_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A best configuration written by :func:`write_best_config`, its settings as
+    :class:`PostProcess` (``post``, ``default_post``) and its model files checked.
+
+    Raises:
+        FileNotFoundError: the file or one of its models is missing (names it).
+    """
+    record = read_json(path)
+    missing = [p for p in record["model_paths"] if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} names model file(s) that do not exist: {missing[:3]}")
+    record["post"] = PostProcess.from_dict(record["post"])
+    record["default_post"] = PostProcess.from_dict(record["default_post"])
+    return record
