@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast demo docs notebooks bench wheel lint clean
+.PHONY: venv test test-fast demo docs notebooks bench wheel kaggle lint clean
 
 venv: $(STAMP)
 
@@ -43,8 +43,12 @@ bench: venv
 # The wheels a Kaggle notebook needs offline: gi_utils and segmentation-models-pytorch
 # (the Kaggle image has torch, timm, albumentations, accelerate and safetensors).
 wheel: venv
-	rm -rf dist && $(PY) -m pip wheel -qq --no-deps --wheel-dir dist . segmentation-models-pytorch
-	ls dist
+	rm -rf dist/wheels && $(PY) -c "from gi_utils.pipeline import build_wheels; print(*build_wheels('dist/wheels'), sep='\n')"
+
+# dist/kaggle/dataset (wheels + the chosen models) and dist/kaggle/kernel (04, internet off):
+# upload with `kaggle datasets create -p dist/kaggle/dataset` and `kaggle kernels push -p dist/kaggle/kernel`.
+kaggle: venv
+	$(PY) -m gi_utils.pipeline kaggle
 
 lint: venv
 	$(PY) -m ruff check gi_utils tests benchmarks notebooks

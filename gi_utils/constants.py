@@ -26,8 +26,9 @@ SUBMISSION_COLUMNS: tuple[str, ...] = ("id", "class", "predicted")
 
 #: Environment variable that names the data root.
 DATA_DIR_ENV: str = "GI_DATA_DIR"
-#: Where Kaggle mounts the competition data.
-KAGGLE_DATA_DIR: str = "/kaggle/input/uw-madison-gi-tract-image-segmentation"
+#: The competition's name on Kaggle, and where Kaggle mounts its data.
+KAGGLE_COMPETITION: str = "uw-madison-gi-tract-image-segmentation"
+KAGGLE_DATA_DIR: str = f"/kaggle/input/{KAGGLE_COMPETITION}"
 #: Where a Colab user who copied the data to Google Drive keeps it.
 COLAB_DATA_DIR: str = "/content/drive/MyDrive/uw-madison-gi-tract-image-segmentation"
 #: Local fallback folder name (relative to the working directory, then the repository).

@@ -61,3 +61,27 @@ def test_real_data_and_named_folders_are_never_rewritten(fake, tmp_path):
     _marker(named, n_cases=3)
     assert pipeline.ensure_data(named) == named  # a folder the user named
     assert calls == []
+
+
+def test_demo_notebooks_done_before_are_skipped_after_a_crash(tmp_path, monkeypatch):
+    """`make demo` again after the kernel died: finished notebooks (same parameters) are
+    skipped, the unfinished one runs again, changed parameters run again."""
+    import gi_utils.pipeline.series as series
+
+    calls = []
+
+    def fake_execute(src, out, parameters=None, **kw):
+        calls.append((Path(src).name, parameters))
+        if parameters.get("crash"):
+            raise RuntimeError("kernel died")
+        Path(out).write_text("{}")
+
+    monkeypatch.setattr(series.pm, "execute_notebook", fake_execute)
+    series.run_notebook("01_eda", tmp_path, {"seed": 0})
+    with pytest.raises(RuntimeError, match="kernel died"):
+        series.run_notebook("02_train", tmp_path, {"crash": True}, tag="unet")
+    assert not (tmp_path / "02_train_unet.done.json").exists()
+    series.run_notebook("01_eda", tmp_path, {"seed": 0})  # done: skipped
+    series.run_notebook("02_train", tmp_path, {"crash": False}, tag="unet")  # not done: runs
+    series.run_notebook("01_eda", tmp_path, {"seed": 1})  # other parameters: runs
+    assert [c[0] for c in calls] == ["01_eda.ipynb", "02_train.ipynb", "02_train.ipynb", "01_eda.ipynb"]

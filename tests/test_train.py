@@ -305,6 +305,7 @@ def test_channels_last_is_a_layout_not_a_result(synth_dir, tmp_path, tiny_config
         ("auto", True, True, False, "bf16"),  # A100, H100
         ("auto", True, False, False, "fp16"),  # T4, P100
         ("bf16", False, False, False, "bf16"),  # asked for: allowed
+        ("fp16", False, False, False, "fp16"),  # the T4 path on a CPU (with a warning)
         ("no", True, True, True, "no"),
     ],
 )
@@ -323,8 +324,9 @@ def test_switching_amp_between_runs_in_one_process(synth_dir, tmp_path, tiny_con
     history = train(tiny_config(synth_dir, tmp_path / "b", max_steps_per_epoch=1, amp="bf16"))
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["mixed_precision"] == "bf16"
     assert np.isfinite(history["train_loss"]).all()
-    with pytest.warns(UserWarning, match="fp16. needs a CUDA GPU"):
+    with pytest.warns(UserWarning, match="amp='fp16' on the CPU: fp16 autocast and a gradient scaler"):
         train(tiny_config(synth_dir, tmp_path / "c", max_steps_per_epoch=1, amp="fp16"))
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["mixed_precision"] == "fp16"
 
 
 @pytest.mark.slow
@@ -400,3 +402,32 @@ def test_a_second_run_in_the_same_folder_stops_at_once(synth_dir, tmp_path, tiny
     with run_lock(out), pytest.raises(RunLockedError, match=str(out)):  # another run holds it
         train(tiny_config(synth_dir, out))
     assert not (out / "last.pt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:amp='fp16' on the CPU")
+def test_fp16_scaler_state_is_saved_and_restored_on_resume(synth_dir, tmp_path, monkeypatch, tiny_config):
+    """The T4 path on the CPU: fp16 autocast with a gradient scaler; a run interrupted after
+    step 3 and resumed ends with the weights and the scaler of an uninterrupted run."""
+    kw = {"amp": "fp16", "save_every_steps": 1, "max_steps_per_epoch": 4, "epochs": 2, "ema_decay": 0.0}
+    full = tiny_config(synth_dir, tmp_path / "full", **kw)
+    train(full)
+    scaler_full = load_state(tmp_path / "full" / "last.pt")["scaler"]
+    assert scaler_full and scaler_full["scale"] > 0  # a real scaler state, not None
+    real = session_mod.TrainingRun._on_step
+
+    def stop_at_third(self, loss_sum, n_batches):
+        real(self, loss_sum, n_batches)
+        if self.state["epoch"] == 1 and n_batches == 3:
+            raise KeyboardInterrupt
+
+    cut = tiny_config(synth_dir, tmp_path / "cut", **kw)
+    monkeypatch.setattr(session_mod.TrainingRun, "_on_step", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut)
+    monkeypatch.undo()
+    saved = load_state(tmp_path / "cut" / "last.pt")
+    assert saved["scaler"] is not None and saved["n_batches"] == 3
+    train(cut)
+    a, b = load_state(tmp_path / "full" / "last.pt"), load_state(tmp_path / "cut" / "last.pt")
+    assert a["scaler"] == b["scaler"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

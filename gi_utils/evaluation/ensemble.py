@@ -52,24 +52,24 @@ class Blend:
     def has_gate(self) -> bool:
         return any(m.has_gate for m in self.members)
 
-    def source(self, case_days: Sequence[str] | None = None):
-        """Blended volumes as ``(case_day, probs uint8, truth, gate)``."""
+    def source(self, case_days: Sequence[str] | None = None, truth: bool = True):
+        """Blended volumes as ``(case_day, probs uint8, truth or None, gate)``."""
         for cd in case_days if case_days is not None else self.case_days:
             total = gate_total = None
-            gate_w, truth = 0.0, None
-            for member, w in zip(self.members, self.weights, strict=True):
-                v = member.volume(cd)
+            gate_w, true = 0.0, None
+            for k, (member, w) in enumerate(zip(self.members, self.weights, strict=True)):
+                v = member.volume(cd, truth and k == 0)
                 probs = v.probs.astype(np.float32)
                 if probs.shape[1] != self.img_size:
                     probs = np.stack([cv2.resize(p, (self.img_size, self.img_size), interpolation=cv2.INTER_LINEAR)
                                       for p in probs])  # fmt: skip
-                truth = v.truth if truth is None else truth
+                true = v.truth if k == 0 else true
                 total = w * probs if total is None else total + w * probs
                 if v.gate is not None:
                     gate_total = w * v.gate if gate_total is None else gate_total + w * v.gate
                     gate_w += w
             probs = np.clip(np.round(total), 0, 255).astype(np.uint8)
-            yield cd, probs, truth, (gate_total / gate_w if gate_total is not None else None)
+            yield cd, probs, true, (gate_total / gate_w if gate_total is not None else None)
 
 
 def weight_grid(n_members: int, step: float = 0.1) -> list[tuple[float, ...]]:

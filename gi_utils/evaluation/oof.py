@@ -134,23 +134,24 @@ class OOFSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def volume(self, case_day: str) -> OOFVolume:
-        """One case-day (``KeyError`` names it when the set does not hold it)."""
+    def volume(self, case_day: str, truth: bool = True) -> OOFVolume:
+        """One case-day (``KeyError`` names it when the set does not hold it); ``truth=False``
+        leaves the truth out (``None``), for readers that already have it."""
         if case_day not in self.spans:
             raise KeyError(f"case-day {case_day!r} is not in the out-of-fold set {self.dir}")
         a, d = self.spans[case_day]
         rows = slice(a, a + d)
         gate = np.asarray(self.gate[rows], np.float32) if self.gate is not None else None
-        return OOFVolume(case_day, np.moveaxis(self.probs[rows], 1, -1),
-                         unpack_masks(np.asarray(self.truth[rows]), axis=-1), gate, self.ids[rows])  # fmt: skip
+        true = unpack_masks(np.asarray(self.truth[rows]), axis=-1) if truth else None
+        return OOFVolume(case_day, np.moveaxis(self.probs[rows], 1, -1), true, gate, self.ids[rows])
 
-    def volumes(self, case_days: list[str] | None = None) -> Iterator[OOFVolume]:
+    def volumes(self, case_days: list[str] | None = None, truth: bool = True) -> Iterator[OOFVolume]:
         for cd in case_days if case_days is not None else self.case_days:
-            yield self.volume(cd)
+            yield self.volume(cd, truth)
 
-    def source(self, case_days: list[str] | None = None):
-        """Volumes as ``(case_day, probs, truth, gate)`` (a search's volume source)."""
-        for v in self.volumes(case_days):
+    def source(self, case_days: list[str] | None = None, truth: bool = True):
+        """Volumes as ``(case_day, probs, truth or None, gate)`` (a search's volume source)."""
+        for v in self.volumes(case_days, truth):
             yield v.case_day, v.probs, v.truth, v.gate
 
     @property
@@ -209,15 +210,15 @@ class OOFCollection:
         """The case-days of ``case_days`` no set covers."""
         return [cd for cd in case_days if cd not in self.owner]
 
-    def volume(self, case_day: str) -> OOFVolume:
+    def volume(self, case_day: str, truth: bool = True) -> OOFVolume:
         if case_day not in self.owner:
             raise KeyError(f"case-day {case_day!r} is in none of the out-of-fold sets of {self.name or 'this collection'}")
-        return self.owner[case_day].volume(case_day)
+        return self.owner[case_day].volume(case_day, truth)
 
-    def source(self, case_days: list[str] | None = None):
-        """Volumes as ``(case_day, probs, truth, gate)`` (a search's volume source)."""
+    def source(self, case_days: list[str] | None = None, truth: bool = True):
+        """Volumes as ``(case_day, probs, truth or None, gate)`` (a search's volume source)."""
         for cd in case_days if case_days is not None else self.case_days:
-            v = self.volume(cd)
+            v = self.volume(cd, truth)
             yield cd, v.probs, v.truth, v.gate
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from gi_utils.inference.postprocessing import (
     strip_tails,
 )
 
-__all__ = ["SEARCH_GRID", "SearchResult", "VolumeSource", "search_postprocess", "cross_validated_search",
+__all__ = ["SEARCH_GRID", "MIN_GAIN", "SearchResult", "VolumeSource", "search_postprocess", "cross_validated_search",
            "score_with"]  # fmt: skip
 
 #: Values tried per setting (``min_size`` in pixels at the volumes' resolution).
@@ -49,9 +50,17 @@ SEARCH_GRID: dict[str, tuple] = {
 #: The order in which the settings of a class are tuned.
 _ORDER = ("thresholds", "min_size", "gate_max", "gate_head", "tail")
 
-#: A source of volumes: called with a list of case-days (or None: all), yields
-#: ``(case_day, probs uint8 (D, S, S, 3), truth bool (D, S, S, 3), gate (D, 3) or None)``.
-VolumeSource = Callable[[Sequence[str] | None], Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]]
+#: A source of volumes: called with a list of case-days (or None: all) and ``truth``
+#: (False: leave the truth out), yields ``(case_day, probs uint8 (D, S, S, 3), truth bool
+#: (D, S, S, 3) or None, gate (D, 3) or None)``.
+VolumeSource = Callable[..., Iterable[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]]
+#: A setting changes only when the score gains at least this much (less is noise).
+MIN_GAIN: float = 1e-3
+
+
+def _truth_coords(truth: np.ndarray) -> list[np.ndarray]:
+    """Voxel coordinates (3, n) of each class of a bool (D, S, S, 3) truth."""
+    return [voxel_coords(np.ascontiguousarray(truth[..., c])[..., None])[0] for c in range(NUM_CLASSES)]
 
 
 @dataclass
@@ -106,7 +115,7 @@ class _VolumeCache:
 
     def __init__(self, probs: np.ndarray, truth: np.ndarray, gate: np.ndarray | None, c: int) -> None:
         self.probs = probs[..., c]
-        self.truth = voxel_coords(np.ascontiguousarray(truth[..., c])[..., None])[0]
+        self.truth = truth  # voxel coordinates (3, n) of the class's true mask
         self.shape = self.probs.shape
         self.slice_max = self.probs.reshape(len(self.probs), -1).max(1) / 255.0
         self.head = None if gate is None else gate[:, c]
@@ -154,7 +163,7 @@ def _stats_of(cache: _VolumeCache, settings: tuple, memo: dict, key: tuple) -> t
 def search_postprocess(
     volumes: VolumeSource, case_days: Sequence[str], start: PostProcess | None = None, *,
     grid: Mapping[str, Sequence] | None = None, rounds: int = 2, use_head: bool | None = None,
-    memo: dict | None = None,
+    memo: dict | None = None, min_gain: float = MIN_GAIN,
 ) -> SearchResult:  # fmt: skip
     """Coordinate-descent search of the post-processing on the volumes ``case_days``.
 
@@ -168,6 +177,8 @@ def search_postprocess(
         rounds: passes over all settings of all classes (stops early when nothing changes).
         use_head: tune ``gate_head`` (default: when the volumes carry gate probabilities).
         memo: a dict shared between searches on the same volumes (reuses statistics).
+        min_gain: a setting changes only when the score gains at least this much: smaller
+            gains are within the noise of a validation set, and following them tunes to it.
 
     Returns:
         :class:`SearchResult`.
@@ -181,15 +192,18 @@ def search_postprocess(
     evaluations = 0
     has_head = False
     # starting statistics of every (volume, class)
-    for cd, probs, truth, gate in volumes(list(case_days)):
+    truths = memo.setdefault("truth", {})
+    for cd, probs, truth, gate in volumes(list(case_days), truth=True):
         sizes[cd] = probs.shape[1:3]
+        truths.setdefault(cd, _truth_coords(truth))
         if ref is not None and sizes[cd] != (ref, ref):
             raise ValueError(f"volume {cd!r} is {sizes[cd]}, the settings' size_ref is {ref}: "
                              "search on volumes at the models' img_size")  # fmt: skip
         has_head |= gate is not None
         i = stats.index[cd]
         for c in range(NUM_CLASSES):
-            d, n, h, new = _stats_of(_VolumeCache(probs, truth, gate, c), _settings(post, c, sizes[cd]), memo, (cd, c))
+            cache = _VolumeCache(probs, truths[cd][c], gate, c)
+            d, n, h, new = _stats_of(cache, _settings(post, c, sizes[cd]), memo, (cd, c))
             stats.dice[i, c], stats.count[i, c], stats.hd[i, c] = d, n, h
             evaluations += new
     default_score = stats.score()
@@ -203,9 +217,9 @@ def search_postprocess(
                 values = list(grid[name])
                 n = len(case_days)
                 per_value = {v: (np.zeros(n), np.zeros(n), np.full(n, math.nan)) for v in values}
-                for cd, probs, truth, gate in volumes(list(case_days)):
+                for cd, probs, _, gate in volumes(list(case_days), truth=False):
                     i = stats.index[cd]
-                    cache = _VolumeCache(probs, truth, gate, c)
+                    cache = _VolumeCache(probs, truths[cd][c], gate, c)
                     base = _settings(post, c, sizes[cd])
                     for v in values:
                         trial = tuple(v if k == _ORDER.index(name) else x for k, x in enumerate(base))
@@ -216,7 +230,7 @@ def search_postprocess(
                 if round_no == 0:
                     trace[CLASSES[c]][name] = scores
                 best = max(values, key=lambda v: scores[v])  # the first of equal scores
-                if scores[best] > stats.score():  # strictly better than the current settings
+                if scores[best] >= stats.score() + min_gain:  # clearly better than the current settings
                     post = post.with_class(c, **{name: best})
                     stats.dice[:, c], stats.count[:, c], stats.hd[:, c] = per_value[best]
                     changed = True
@@ -230,12 +244,21 @@ def score_with(volumes: VolumeSource, case_days: Sequence[str], post: PostProces
     """The competition score of ``post`` on the volumes ``case_days`` (the search's arithmetic)."""
     memo = {} if memo is None else memo
     stats = _Stats(case_days)
-    for cd, probs, truth, gate in volumes(list(case_days)):
+    truths = memo.setdefault("truth", {})
+    for cd, probs, truth, gate in volumes(list(case_days), truth=_truth_missing(truths, case_days)):
         i = stats.index[cd]
+        if truth is not None:
+            truths.setdefault(cd, _truth_coords(truth))
         for c in range(NUM_CLASSES):
-            d, n, h, _ = _stats_of(_VolumeCache(probs, truth, gate, c), _settings(post, c, probs.shape[1:3]), memo, (cd, c))
+            cache = _VolumeCache(probs, truths[cd][c], gate, c)
+            d, n, h, _ = _stats_of(cache, _settings(post, c, probs.shape[1:3]), memo, (cd, c))
             stats.dice[i, c], stats.count[i, c], stats.hd[i, c] = d, n, h
     return stats.score()
+
+
+def _truth_missing(truths: Mapping[str, Any], case_days: Sequence[str]) -> bool:
+    """True when the truth of some of ``case_days`` is not cached yet."""
+    return any(cd not in truths for cd in case_days)
 
 
 def cross_validated_search(

@@ -5,12 +5,14 @@ series run headlessly (``make demo``, which a second call continues) and ``make 
 from gi_utils.pipeline.cv import *
 from gi_utils.pipeline.data_root import *
 from gi_utils.pipeline.docs import *
+from gi_utils.pipeline.kaggle import *
 from gi_utils.pipeline.notebook import *
 from gi_utils.pipeline.notebook_files import *
 from gi_utils.pipeline.params import *
 from gi_utils.pipeline.series import *
 from gi_utils.pipeline.submit import *
-from gi_utils.pipeline import cv, data_root, docs, notebook, notebook_files, params, series, submit
+from gi_utils.pipeline import (cv, data_root, docs, kaggle, notebook, notebook_files, params,
+    series, submit)
 
-__all__ = [*cv.__all__, *data_root.__all__, *docs.__all__, *notebook.__all__,
+__all__ = [*cv.__all__, *data_root.__all__, *docs.__all__, *kaggle.__all__, *notebook.__all__,
     *notebook_files.__all__, *params.__all__, *series.__all__, *submit.__all__]

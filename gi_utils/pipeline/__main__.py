@@ -8,6 +8,7 @@
                                                 # every fold of one architecture (resumable)
     python -m gi_utils.pipeline holdout --data-dir DATA --holdout-cases 5 --out DATA_HOLDOUT
                                                 # real data: test/ made of 5 training cases
+    python -m gi_utils.pipeline kaggle [--kaggle-user NAME]   # make kaggle: dist/kaggle/{dataset,kernel}
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import argparse
 import sys
 
 from gi_utils.data.holdout import make_holdout, solution_path
-from gi_utils.paths import default_runs_dir
+from gi_utils.paths import REPO_ROOT, default_runs_dir
 from gi_utils.pipeline.cv import cross_validate, parse_overrides
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.docs import publish_docs
+from gi_utils.pipeline.kaggle import build_kaggle_bundle
 from gi_utils.pipeline.notebook_files import execute_in_place, sync_setup_cells
 from gi_utils.pipeline.series import DEMO_ARCHS, demo
 
@@ -27,7 +29,7 @@ from gi_utils.pipeline.series import DEMO_ARCHS, demo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gi_utils.pipeline",
                                      description="The notebook series as a pipeline.")  # fmt: skip
-    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "holdout"],
+    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "holdout", "kaggle"],
                         help="demo (default): run the series; docs: publish the last demo's results; "
                         "notebooks: copy the setup cell into every notebook and execute them")  # fmt: skip
     parser.add_argument("--runs-dir", default=None, help="folder of run folders (default: runs/)")
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     hold.add_argument("--data-dir", default="", help="the data root (cv, holdout)")
     hold.add_argument("--holdout-cases", default="5", help="how many cases, or a comma-separated list (holdout)")
     hold.add_argument("--out", default="", help="the new data folder (holdout)")
+    parser.add_argument("--kaggle-user", default="your-kaggle-name", help="owner of the Kaggle dataset (kaggle)")
     args = parser.parse_args(argv)
     if args.data_only:
         print(f"data: {ensure_data('')}")
@@ -65,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         cases = [int(c) for c in args.holdout_cases.split(",")] if "," in args.holdout_cases else int(args.holdout_cases)
         out = make_holdout(args.data_dir, args.out, cases)
         print(f"wrote {out} (truth: {solution_path(out)})")
+        return 0
+    if args.command == "kaggle":
+        out = build_kaggle_bundle(default_runs_dir(args.runs_dir), REPO_ROOT / "dist" / "kaggle", user=args.kaggle_user)
+        print(f"dataset: {out['dataset']} ({len(out['wheels'])} wheels, {len(out['models'])} models)")
+        print(f"kernel: {out['kernel']}; upload: kaggle datasets create -p {out['dataset']} && "
+              f"kaggle kernels push -p {out['kernel']}")
         return 0
     if args.command == "notebooks":
         for path in sync_setup_cells():

@@ -6,7 +6,6 @@ post-processing (:mod:`gi_utils.inference`)."""
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -132,11 +131,9 @@ def predict_slices(model_paths: Sequence[str | os.PathLike], slices: pd.DataFram
 
 
 def prediction_grid(runs: Sequence[Run], data_dir: str | os.PathLike | None = None, n_slices: int = 4, device: str = "cpu") -> Figure:
-    """Rows = the same validation slices; columns = ground truth, then each model."""
-    splits = {tuple(r.split["val_case_days"]) for r in runs}
-    if len(splits) > 1:
-        warnings.warn(f"runs were validated on {len(splits)} different splits; showing the first run's",
-                      stacklevel=2)  # fmt: skip
+    """Rows = the same validation slices; columns = ground truth, then each model validated
+    on the first run's split (the runs of other folds are left out: they trained on it)."""
+    runs = [r for r in runs if r.split["val_case_days"] == runs[0].split["val_case_days"]]
     val_meta = validation_meta(runs[0], data_dir)
     picks = pick_validation_slices(val_meta, n_slices)
     preds = {run.name: predict_slices([run.model_path], picks, val_meta, device) for run in runs}

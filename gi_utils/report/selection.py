@@ -212,6 +212,8 @@ def read_best_config(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: the file or one of its models is missing (names it).
     """
     record = read_json(path)
+    here = Path(path).parent  # relative model paths (a bundle) are relative to the file
+    record["model_paths"] = [str(p if Path(p).is_absolute() else here / p) for p in record["model_paths"]]
     missing = [p for p in record["model_paths"] if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} names model file(s) that do not exist: {missing[:3]}")

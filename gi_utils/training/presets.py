@@ -27,8 +27,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample_empty_fraction": 0.3, "max_steps_per_epoch": 10,
     },
     "demo": {
-        "img_size": 128, "epochs": 5, "batch_size": 16, "lr": 3e-3, "cache": "disk", "n_folds": 3,
-        "sample_empty_fraction": 0.5, "max_steps_per_epoch": 70, "min_size": 10,
+        "img_size": 128, "epochs": 4, "batch_size": 16, "lr": 3e-3, "cache": "disk", "n_folds": 3,
+        "sample_empty_fraction": 0.5, "max_steps_per_epoch": 60, "min_size": 10,
     },
     "gpu": {
         "encoder": "resnet34", "weights": "imagenet", "img_size": 320, "epochs": 20,
@@ -46,8 +46,8 @@ ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
         "unet": {"model_kwargs": {"encoder_depth": 4, "decoder_channels": [64, 32, 16, 16]}},
         "unetplusplus": {"model_kwargs": {"encoder_depth": 4, "decoder_channels": [64, 32, 16, 16]},
-                         "epochs": 4},
-        "deeplabv3plus": {"model_kwargs": {"decoder_channels": 128}, "epochs": 7},
+                         "epochs": 3},
+        "deeplabv3plus": {"model_kwargs": {"decoder_channels": 128}, "epochs": 5},
     },
 }  # fmt: skip
 

@@ -82,9 +82,16 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # accelerate keeps one global state per process; a notebook that trains several
         # models with other amp/device settings needs a fresh one (single process only)
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(
+    acc = Accelerator(
         mixed_precision=amp, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu"
     )
+    if amp == "fp16" and acc.device.type == "cpu":
+        # accelerate runs fp16 on GPUs only (autocast off, no scaler on the CPU); torch has
+        # both on the CPU too: switch them on before prepare(), so the T4's code path
+        # (autocast, loss scaling, the scaler's state in last.pt) runs and is tested here
+        acc.native_amp = True
+        acc.scaler = torch.amp.GradScaler("cpu")
+    return acc
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
@@ -339,4 +346,7 @@ class TrainingRun:
             "device": str(acc.device), "mixed_precision": acc.mixed_precision, "num_processes": acc.num_processes,
             "effective_batch_size": effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum),
             "peak_lr": effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr),
+            "samples_per_epoch": self.batches_per_epoch * cfg.batch_size * acc.num_processes,
+            "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(acc.device) / 2**20
+                                   if acc.device.type == "cuda" else None),
         })  # fmt: skip

@@ -1,0 +1,103 @@
+"""A GPU check ready to run: 02_train at 320 px with amp="auto" and 2 loader workers for one
+epoch on the synthetic data, the same run killed mid-epoch and resumed, then 04_submission;
+one line per fact (device, amp mode, seconds per epoch, samples/s, peak GPU memory, resume
+identical or not). Under 8 minutes on one GPU; `--cpu` runs it small on a CPU (CI).
+
+    python benchmarks/gpu_check.py                 # on a GPU machine
+    python benchmarks/gpu_check.py --cpu --img-size 64 --steps 6 --cases 6 --slices 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import papermill as pm  # noqa: E402
+from _common import peak_rss_mb  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from gi_utils.paths import REPO_ROOT  # noqa: E402
+from gi_utils.report import run_name  # noqa: E402
+from gi_utils.synthetic import generate_dataset  # noqa: E402
+
+
+def _params(args, data: Path, runs: Path) -> dict:
+    return {"preset": "gpu", "weights": "", "encoder": "resnet34", "img_size": args.img_size, "epochs": 1,
+            "max_steps_per_epoch": args.steps, "num_workers": 2, "amp": "auto", "data_dir": str(data),
+            "runs_dir": str(runs), "n_overlays": 1}  # fmt: skip
+
+
+def _cli(params: dict, out_dir: Path, device: str) -> list[str]:
+    return [sys.executable, "-m", "gi_utils.training", "--preset", "gpu", "--weights", "", "--encoder",
+            params["encoder"], "--img-size", str(params["img_size"]), "--epochs", "1",
+            "--max-steps-per-epoch", str(params["max_steps_per_epoch"]), "--num-workers", "2", "--amp", "auto",
+            "--data-dir", params["data_dir"], "--out-dir", str(out_dir), "--save-every-steps", "2",
+            "--device", device, "--no-progress"]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cpu", action="store_true", help="run on the CPU (small sizes, for CI)")
+    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--steps", type=int, default=0, help="steps per epoch (0: the whole epoch)")
+    p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--slices", type=int, default=80)
+    p.add_argument("--out", default="", help="working folder (default: a temporary one)")
+    args = p.parse_args(argv)
+    device = "cpu" if args.cpu else "auto"
+    work = Path(args.out or tempfile.mkdtemp(prefix="gi_gpu_check_"))
+    t0 = time.perf_counter()
+    data = work / "data"
+    if not (data / "train.csv").is_file():
+        generate_dataset(data, args.cases, 1, 0, slices_per_scan=args.slices)
+    params = _params(args, data, work / "runs")
+    extra = {"device": "cpu"} if args.cpu else {}
+    nb = REPO_ROOT / "notebooks"
+    pm.execute_notebook(str(nb / "02_train.ipynb"), str(work / "02_train.ipynb"), parameters={**params, **extra},
+                        cwd=str(nb), kernel_name="python3", progress_bar=False)  # fmt: skip
+    name = run_name("unet", params["encoder"], args.img_size, 0)
+    metrics = json.loads((work / "runs" / name / "metrics.json").read_text())
+    # the same run, killed after its second checkpoint inside the epoch and resumed
+    cut = work / "runs_cut" / name
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cli(params, cut, device), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = False
+    for line in proc.stdout:
+        if line.startswith("saved checkpoint") and "batch 2)" in line:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+    proc.wait()
+    resumed = subprocess.run(_cli(params, cut, device), env=env, capture_output=True, text=True)
+    full_w = load_file(work / "runs" / name / "best.safetensors")
+    cut_w = load_file(cut / "best.safetensors") if resumed.returncode == 0 else {}
+    identical = bool(cut_w) and all((full_w[k] == cut_w[k]).all() for k in full_w) and full_w.keys() == cut_w.keys()
+    pm.execute_notebook(str(nb / "04_submission.ipynb"), str(work / "04_submission.ipynb"),
+                        parameters={"runs_dir": str(work / "runs"), "runs": name, "data_dir": str(data)},
+                        cwd=str(nb), kernel_name="python3", progress_bar=False)  # fmt: skip
+    sub_rows = sum(1 for _ in open(work / "runs" / "submission.csv")) - 1
+    epoch_s = float(metrics["final"]["epoch_time_s"])
+    samples = int(metrics["samples_per_epoch"])
+    peak = metrics.get("peak_gpu_memory_mb")
+    print(f"device: {metrics['device']}")
+    print(f"amp mode: {metrics['mixed_precision']}")
+    print(f"seconds per epoch: {epoch_s:.1f} ({samples} samples at {args.img_size} px, 2 workers, validation included)")
+    print(f"samples/s: {samples / epoch_s:.1f}")
+    print(f"peak GPU memory: {'n/a (CPU)' if peak is None else f'{peak:.0f} MiB'}")
+    print(f"resume identical: {'yes' if identical else 'no'} (killed mid-epoch: {'yes' if killed else 'no'}, "
+          f"resume exit {resumed.returncode})")
+    print(f"submission rows: {sub_rows}")
+    print(f"total: {time.perf_counter() - t0:.0f} s, peak RSS of this script {peak_rss_mb():.0f} MiB")
+    return 0 if identical and killed and resumed.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
