@@ -1,23 +1,60 @@
-"""Progress bars that suit both a notebook and a log file."""
+"""Progress bars that suit a live notebook, an executed one and a log file alike.
+
+In a live notebook a bar is a widget. A notebook executed headlessly (papermill,
+nbconvert, nbclient, nbval -- Kaggle's "Save & Run All" is papermill) would save only a
+widget's first state (``0/3920``), so there, as in a log file, the bar is text: a line
+every 10 s (30 s in a log file) and its final state. ``GI_PROGRESS=widget|text`` forces
+either.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
-from tqdm.auto import tqdm
+import psutil
+from tqdm import tqdm as text_tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
-__all__ = ["progress_bar"]
+__all__ = ["HEADLESS_RUNNERS", "headless_kernel", "progress_bar"]
+
+#: Words in the command line of a kernel's parent that mark a headless execution.
+HEADLESS_RUNNERS: tuple[str, ...] = ("papermill", "nbconvert", "nbclient", "nbval", "pytest")
 
 
-def progress_bar(iterable: Iterable | None = None, desc: str = "", enabled: bool = True, **kwargs: Any) -> tqdm:
-    """A ``tqdm.auto`` bar: a widget in a notebook, a text bar in a terminal, and in a log
-    file (papermill, a batch job) an update every 30 s instead of a line per refresh.
+@lru_cache(maxsize=1)
+def headless_kernel() -> bool:
+    """True inside a Jupyter kernel that a headless runner started (see the module
+    docstring); False outside a kernel or in a live notebook."""
+    forced = os.environ.get("GI_PROGRESS", "")
+    if forced in ("widget", "text"):
+        return forced == "text"
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        parents = psutil.Process().parents()[:3]
+        command = " ".join(" ".join(p.cmdline()) for p in parents).lower()
+    except (psutil.Error, OSError):
+        return False
+    return any(word in command for word in HEADLESS_RUNNERS)
+
+
+def progress_bar(iterable: Iterable | None = None, desc: str = "", enabled: bool = True, **kwargs: Any):
+    """A tqdm bar: a widget in a live notebook, text in an executed notebook (every 10 s and
+    at the end) and in a terminal or log file (a log file: every 30 s).
 
     ``kwargs`` go to tqdm (``total``, ``unit``, ``leave``...).
     """
-    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    options = {"desc": desc, "disable": not enabled, "dynamic_ncols": True,
-               "mininterval": 0.2 if interactive else 30.0, **kwargs}  # fmt: skip
-    return tqdm(iterable, **options)
+    in_kernel = "ipykernel" in sys.modules
+    live = in_kernel and not headless_kernel()
+    if live:
+        return auto_tqdm(iterable, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=0.2, **kwargs)
+    interval = 10.0 if in_kernel else (0.2 if sys.stderr.isatty() else 30.0)
+    if in_kernel or not sys.stderr.isatty():
+        kwargs["leave"] = True  # an executed notebook or a log keeps each bar's final state
+    options = {"desc": desc, "disable": not enabled, "mininterval": interval, "ascii": not in_kernel and not sys.stderr.isatty(),
+               "file": sys.stdout if in_kernel else sys.stderr, **kwargs}  # fmt: skip
+    return text_tqdm(iterable, **options)

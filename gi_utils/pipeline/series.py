@@ -10,7 +10,8 @@ submission on out-of-fold predictions) → ``04_submission`` through papermill, 
 Every finished notebook leaves a record (``<runs>/notebooks/<name>.done.json`` with its
 parameters): running the command again after a crash (a kernel that died, a closed
 session) skips the notebooks already done with the same parameters and continues with the
-rest, and a training notebook resumes its run from ``last.pt``.
+rest, and a training notebook resumes its run from ``last.pt``. The executed comparison is
+also exported as one self-contained HTML file, ``<runs>/report.html``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import papermill as pm
+from nbconvert import HTMLExporter
 
-from gi_utils.atomic import atomic_write_json, read_json
+from gi_utils.atomic import atomic_write_json, atomic_write_text, read_json
 from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR
 from gi_utils.report.runs import run_name
 from gi_utils.training.presets import preset_config
 
-__all__ = ["DEMO_ARCHS", "DEMO_CV_ARCHS", "run_notebook", "demo"]
+__all__ = ["DEMO_ARCHS", "DEMO_CV_ARCHS", "run_notebook", "export_html", "demo"]
 
 #: Architectures trained by ``make demo`` (preset ``demo``), and those trained on every fold
 #: (cross-validation); the others train on fold 0. UNet++ (the slowest per step on a CPU)
@@ -66,6 +69,12 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: Mapping[str,
     return out
 
 
+def export_html(notebook: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """One self-contained HTML file of an executed notebook (figures embedded), atomically."""
+    body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    return atomic_write_text(out, body)
+
+
 def demo(runs_dir: str | os.PathLike | None = None, archs: tuple[str, ...] = DEMO_ARCHS,
          force: bool = False) -> Path:  # fmt: skip
     """Run the whole series headlessly (see the module docstring); returns the folder of
@@ -86,7 +95,9 @@ def demo(runs_dir: str | os.PathLike | None = None, archs: tuple[str, ...] = DEM
                   "folds": "all" if arch in DEMO_CV_ARCHS else ""}  # fmt: skip
         run_notebook("02_train", nb_dir, params, tag=arch, force=force)
     listed = ",".join(names)
-    run_notebook("03_compare", nb_dir, {**common, "runs": listed}, force=force)
+    compare = run_notebook("03_compare", nb_dir, {**common, "runs": listed}, force=force)
+    html = export_html(compare, runs / "report.html")
+    print(f"report: {html}")
     run_notebook("04_submission", nb_dir, {"runs_dir": str(runs), "runs": listed, "data_dir": str(data_dir)},
                  force=force)  # fmt: skip
     print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; notebooks in {nb_dir}")

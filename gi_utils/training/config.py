@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import netrc
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+from accelerate.utils import is_tensorboard_available, is_wandb_available
 
 from gi_utils.constants import CLASSES
 from gi_utils.data.augment import build_transforms
@@ -25,9 +27,11 @@ from gi_utils.losses import LOSSES
 from gi_utils.models.registry import ARCHITECTURES, check_encoder, check_img_size
 from gi_utils.training.scaling import LR_SCALING
 
-__all__ = ["CACHE_MODES", "TrainConfig"]
+__all__ = ["CACHE_MODES", "LOGGERS", "TrainConfig"]
 
 CACHE_MODES: tuple[str, ...] = ("none", "memory", "disk")
+#: Training-log trackers (accelerate's): nothing is uploaded unless "wandb" is asked for.
+LOGGERS: tuple[str, ...] = ("none", "tensorboard", "wandb")
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
@@ -97,6 +101,7 @@ class TrainConfig:
     save_every_steps: int = _f(0, "also checkpoint every this many steps; 0: after each epoch only")
     resume: bool = _f(True, "continue from out_dir/last.pt when present")
     progress: bool = _f(True, "progress bars")
+    log_with: str = _f("none", "none | tensorboard (event files in out_dir/logs) | wandb (needs `wandb login`)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -113,6 +118,8 @@ class TrainConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
         _check_choice("scale_lr", self.scale_lr, LR_SCALING)
+        _check_choice("log_with", self.log_with, LOGGERS)
+        _check_logger(self.log_with)
         check_img_size(self.img_size)
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
@@ -201,6 +208,25 @@ class TrainConfig:
         """The help text of one field, or ``{field: help}`` of all."""
         texts = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
         return texts if name is None else texts[name]
+
+
+def _check_logger(name: str) -> None:
+    """A tracker that is asked for must be installed (and W&B logged in)."""
+    if name == "tensorboard" and not is_tensorboard_available():
+        raise ValueError("log_with='tensorboard' needs the tensorboard package: pip install tensorboard")
+    if name == "wandb":
+        if not is_wandb_available():
+            raise ValueError("log_with='wandb' needs the wandb package: pip install wandb, then wandb login")
+        if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled")
+                or _netrc_has("api.wandb.ai")):  # fmt: skip
+            raise ValueError("log_with='wandb': not logged in; run `wandb login` (or set WANDB_MODE=offline)")
+
+
+def _netrc_has(host: str) -> bool:
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -61,7 +61,7 @@ __all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everyt
 #: the numbers, only where files live and how fast they are read).
 RESUME_FREE_FIELDS = frozenset(
     {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "progress",
-     "resume", "save_every_steps", "patience"}
+     "resume", "save_every_steps", "patience", "log_with"}
 )  # fmt: skip
 
 
@@ -82,8 +82,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # accelerate keeps one global state per process; a notebook that trains several
         # models with other amp/device settings needs a fresh one (single process only)
         AcceleratorState._reset_state(reset_partial_state=True)
+    logs = {} if cfg.log_with == "none" else {"log_with": cfg.log_with, "project_dir": str(Path(cfg.out_dir))}
     acc = Accelerator(
-        mixed_precision=amp, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu"
+        mixed_precision=amp, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu", **logs
     )
     if amp == "fp16" and acc.device.type == "cpu":
         # accelerate runs fp16 on GPUs only (autocast off, no scaler on the CPU); torch has
@@ -190,6 +191,9 @@ class TrainingRun:
         self.ema = (ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True, device=acc.device)
                     if cfg.ema_decay else None)  # fmt: skip
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
+        if cfg.log_with != "none":  # TensorBoard / W&B through accelerate's trackers
+            simple = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            acc.init_trackers("logs", config=simple)
 
     def restore(self) -> None:
         """Apply ``last.pt`` (model, optimizer, schedule, scaler, average, RNG, counters)."""
@@ -304,6 +308,9 @@ class TrainingRun:
         if acc.is_main_process:
             atomic_write_text(self.out_dir / "history.csv", pd.DataFrame(st["history"]).to_csv(index=False))
             acc.print(self._summary(row, improved), flush=True)
+        if cfg.log_with != "none":
+            acc.log({k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))},
+                    step=int(row["epoch"]))  # fmt: skip
         self.checkpoint(finished=self.done)
         if self.stopped_early:
             acc.print(f"early stop: no improvement for {cfg.patience} epochs (best epoch "
@@ -314,6 +321,8 @@ class TrainingRun:
         history = pd.DataFrame(self.state["history"])
         if self.acc.is_main_process:
             self._write_metrics(history, time.perf_counter() - self.t_start)
+        if self.cfg.log_with != "none":
+            self.acc.end_training()
         self.acc.wait_for_everyone()
         return history
 
