@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="working folder (default: a temporary one)")
     args = p.parse_args(argv)
     device = "cpu" if args.cpu else "auto"
+    os.environ["GI_HEADLESS"] = "1"  # the notebooks run headless: text progress
     work = Path(args.out or tempfile.mkdtemp(prefix="gi_gpu_check_"))
     t0 = time.perf_counter()
     data = work / "data"

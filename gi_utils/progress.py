@@ -3,8 +3,10 @@
 In a live notebook a bar is a widget. A notebook executed headlessly (papermill,
 nbconvert, nbclient, nbval -- Kaggle's "Save & Run All" is papermill) would save only a
 widget's first state (``0/3920``), so there, as in a log file, the bar is text: a line
-every 10 s (30 s in a log file) and its final state. ``GI_PROGRESS=widget|text`` forces
-either.
+every 10 s (30 s in a log file) and its final state. A kernel counts as headless when
+``GI_HEADLESS=1`` is in its environment (:func:`gi_utils.pipeline.run_notebook` and the
+tests set it) or its parent's command line names a headless runner;
+``GI_PROGRESS=widget|text`` forces either.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def headless_kernel() -> bool:
         return forced == "text"
     if "ipykernel" not in sys.modules:
         return False
+    if os.environ.get("GI_HEADLESS") == "1":
+        return True
     try:
         parents = psutil.Process().parents()[:3]
         command = " ".join(" ".join(p.cmdline()) for p in parents).lower()

@@ -31,6 +31,7 @@ _OWN_RUNS: list[str] = []
 
 def pytest_configure(config) -> None:
     """A fresh runs folder for this session (kernels started by nbval inherit it)."""
+    os.environ["GI_HEADLESS"] = "1"  # kernels of nbval and papermill: text progress, static viewer
     if not os.environ.get("GI_TEST_KEEP_RUNS_DIR"):
         path = tempfile.mkdtemp(prefix="gi_test_runs_")
         os.environ[RUNS_DIR_ENV] = path

@@ -106,6 +106,7 @@ def execute_in_place(paths: list[Path] | None = None, timeout: int = 1800) -> li
     the run that 02 made and nothing else."""
     paths = paths or notebook_paths()
     old = os.environ.get(RUNS_DIR_ENV)
+    os.environ["GI_HEADLESS"] = "1"  # as under nbval: text progress, static viewer
     with tempfile.TemporaryDirectory(prefix="gi_nb_runs_") as runs:
         os.environ[RUNS_DIR_ENV] = runs
         try:

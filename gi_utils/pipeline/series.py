@@ -61,6 +61,7 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: Mapping[str,
     record.unlink(missing_ok=True)
     t0 = time.perf_counter()
     print(f"--- {src.name} -> {out} {params}", flush=True)
+    os.environ["GI_HEADLESS"] = "1"  # the kernel inherits it: text progress, static viewer
     pm.execute_notebook(str(src), str(out), parameters=params, cwd=str(src.parent),
                         kernel_name="python3", progress_bar=False, log_output=False)  # fmt: skip
     seconds = time.perf_counter() - t0
