@@ -99,8 +99,8 @@ def demo(runs_dir: str | os.PathLike | None = None, archs: tuple[str, ...] = DEM
     compare = run_notebook("03_compare", nb_dir, {**common, "runs": listed}, force=force)
     html = export_html(compare, runs / "report.html")
     print(f"report: {html}")
-    run_notebook("04_submission", nb_dir, {"runs_dir": str(runs), "runs": listed, "data_dir": str(data_dir)},
-                 force=force)  # fmt: skip
+    # no runs named: 04 submits the best configuration that 03 chose
+    run_notebook("04_submission", nb_dir, {"runs_dir": str(runs), "data_dir": str(data_dir)}, force=force)
     print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; notebooks in {nb_dir}")
     table = pictures / "results.md"
     if table.is_file():
