@@ -60,7 +60,7 @@ def parse_folds(folds: str | int | Sequence[int], n_folds: int) -> list[int]:
 
 def fold_run_dir(cfg: TrainConfig, fold: int) -> Path:
     """The run folder of fold ``fold`` of ``cfg``: beside ``cfg.out_dir``, default name."""
-    return Path(cfg.out_dir).parent / run_name(cfg.arch, cfg.encoder, cfg.img_size, fold)
+    return Path(cfg.out_dir).parent / run_name(cfg.arch, cfg.encoder, cfg.img_size, fold, cfg.gate)
 
 
 def train_folds(cfg: TrainConfig, folds: str | int | Sequence[int], num_processes: int = 1) -> dict[str, pd.DataFrame]:
@@ -108,17 +108,17 @@ def cross_validate(
     root = ensure_data(data_dir)
     runs = default_runs_dir(runs_dir)
     base = preset_config(preset, arch=arch, **dict(overrides or {}))
-    base = base.replace(data_dir=str(root), out_dir=str(runs / run_name(base.arch, base.encoder, base.img_size, 0)))
+    base = base.replace(data_dir=str(root), out_dir=str(runs / run_name(base.arch, base.encoder, base.img_size, 0, base.gate)))
     names = list(train_folds(base, folds, num_processes))
     summary = {"arch": base.arch, "preset": preset, "overrides": dict(overrides or {}),
                **cv_summary([runs / n for n in names])}  # fmt: skip
     if final:
         epochs = max(1, int(round(summary["mean_best_epoch"] or base.epochs)))
-        final_dir = runs / run_name(base.arch, base.encoder, base.img_size, -1)
+        final_dir = runs / run_name(base.arch, base.encoder, base.img_size, -1, base.gate)
         print(f"=== all training cases, {epochs} epochs: {final_dir.name}", flush=True)
         launch(base.replace(fold=-1, epochs=epochs, patience=0, out_dir=str(final_dir)), num_processes)
         summary["final_run"] = final_dir.name
-    name = f"{base.arch}_{base.encoder}_{base.img_size}px.json"
+    name = f"{base.arch}_{base.encoder}_{base.img_size}px{'_gate' if base.gate else ''}.json"
     atomic_write_json(runs / "cv" / name, summary)
     return summary
 

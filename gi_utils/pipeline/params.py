@@ -60,6 +60,6 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
     except ValueError as err:
         raise ParameterError(f"02_train parameters: {err}") from None
     root = ensure_data(data_dir, nb.get("synthetic_if_missing", True))
-    name = nb.get("run_name") or run_name(probe.arch, probe.encoder, probe.img_size, probe.fold)
+    name = nb.get("run_name") or run_name(probe.arch, probe.encoder, probe.img_size, probe.fold, probe.gate)
     out_dir = default_runs_dir(nb.get("runs_dir", "")) / name
     return probe.replace(data_dir=str(root), out_dir=str(out_dir)), nb

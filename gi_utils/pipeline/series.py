@@ -91,7 +91,7 @@ def demo(runs_dir: str | os.PathLike | None = None, archs: tuple[str, ...] = DEM
     for arch in archs:
         cfg = preset_config("demo", arch=arch)
         folds = list(range(cfg.n_folds)) if arch in DEMO_CV_ARCHS else [cfg.fold]
-        names += [run_name(arch, cfg.encoder, cfg.img_size, k) for k in folds]
+        names += [run_name(arch, cfg.encoder, cfg.img_size, k, cfg.gate) for k in folds]
         params = {**common, "preset": "demo", "arch": arch, "data_dir": str(data_dir),
                   "folds": "all" if arch in DEMO_CV_ARCHS else ""}  # fmt: skip
         run_notebook("02_train", nb_dir, params, tag=arch, force=force)
