@@ -25,6 +25,12 @@ def test_readme_results_are_the_published_comparison():
     assert readme_block("results").strip() == results.read_text().strip()
 
 
+def test_readme_selection_is_the_published_choice():
+    selection = REPO_ROOT / "pictures" / "selection.md"
+    assert selection.is_file(), "pictures/selection.md is missing: run `make demo`, then `make docs`"
+    assert readme_block("selection").strip() == selection.read_text().strip()
+
+
 def test_readme_configuration_table_is_the_presets():
     assert readme_block("presets").strip() == presets_table().strip()
 

@@ -431,3 +431,22 @@ def test_fp16_scaler_state_is_saved_and_restored_on_resume(synth_dir, tmp_path, 
     a, b = load_state(tmp_path / "full" / "last.pt"), load_state(tmp_path / "cut" / "last.pt")
     assert a["scaler"] == b["scaler"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_gate_head_trains_saves_and_feeds_post_processing(synth_dir, tmp_path, tiny_config):
+    from gi_utils.evaluation import OOFSet
+    from gi_utils.inference import PostProcess, load_models, predict_probs
+    from gi_utils.report import run_name
+
+    out = tmp_path / run_name("unet", "resnet18", 64, 0, gate=True)
+    train(tiny_config(synth_dir, out, gate=True, max_steps_per_epoch=2))
+    oof = OOFSet(out / "oof")
+    assert oof.gate is not None and oof.gate.shape == (len(oof), 3)
+    (model, config), = load_models([out / "best.safetensors"], "cpu")
+    assert config["gate"] is True and "aux_params" in config["model_kwargs"]
+    probs, gate = predict_probs(model, np.zeros((2, 3, 64, 64), np.float32))
+    assert probs.shape == (2, 3, 64, 64) and gate.shape == (2, 3) and ((0 <= gate) & (gate <= 1)).all()
+    vol = oof.volume(oof.case_days[0])
+    on = PostProcess(thresholds=0.0, gate_head=0.999).apply(vol.probs, vol.gate)
+    off = PostProcess(thresholds=0.0).apply(vol.probs, vol.gate)
+    assert on.sum() <= off.sum()  # the head's gate only ever removes slices

@@ -21,7 +21,7 @@ __all__ = ["README", "readme_block", "replace_block", "readme_pictures", "publis
 
 README: Path = REPO_ROOT / "README.md"
 #: Files of the runs' pictures folder that are published besides the README's figures.
-RESULT_FILES: tuple[str, ...] = ("results.md", "results.json")
+RESULT_FILES: tuple[str, ...] = ("results.md", "results.json", "selection.md")
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -79,5 +79,6 @@ def publish_docs(
             shutil.copyfile(src / name, tmp)
         written.append(dst / name)
     replace_block("results", (src / "results.md").read_text(encoding="utf-8"), readme)
+    replace_block("selection", (src / "selection.md").read_text(encoding="utf-8"), readme)
     replace_block("presets", presets_table(), readme)
     return [*written, readme]
