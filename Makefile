@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast demo docs notebooks bench wheel kaggle lint clean
+.PHONY: venv test test-fast demo docs notebooks bench bench-scale wheel kaggle lint clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,11 @@ notebooks: venv
 
 bench: venv
 	$(PY) benchmarks/run_all.py
+
+# Costs at the competition's size: 1/16, 1/4 and all 38,496 slices, training included
+# (about 25 GB of disk and half an hour on 2 cores).
+bench-scale: venv
+	$(PY) benchmarks/fullsize.py --fractions 0.0625,0.25,1 --train
 
 # The wheels a Kaggle notebook needs offline: gi_utils and segmentation-models-pytorch
 # (the Kaggle image has torch, timm, albumentations, accelerate and safetensors).

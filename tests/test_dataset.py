@@ -335,3 +335,21 @@ def test_fold_errors_and_bad_case_days(tmp_path):
     kept = assign_folds(bad, 3, path=tmp_path / "z.json", drop_bad=True)
     assert BAD_CASE_DAYS[0] not in set(kept["case_day"]) and len(kept) < len(bad)
     assert os.path.isfile(tmp_path / "z.json")
+
+
+def test_uint8_cache_without_masks_serves_the_same_samples(tmp_path, synth_factory):
+    """The compact mode for large sizes: images as round(255 x), masks decoded from the RLE
+    per sample instead of stored; half the disk, the same masks, images within 1/255."""
+    data = synth_factory(n_cases=2, seed=4, slices_per_scan=6, size=(80, 72))
+    meta = build_metadata(data)
+    full = VolumeCache(meta, 64, tmp_path / "c", progress=False)
+    small = VolumeCache(meta, 64, tmp_path / "c", progress=False, dtype="uint8", with_masks=False)
+    assert small.path != full.path and small.nbytes * 3 == full.nbytes  # 1 byte a pixel instead of 3
+    a = SliceDataset(meta, 64, cache=full)
+    b = SliceDataset(meta, 64, cache=small)
+    for i in range(0, len(a), 5):
+        (ia, ma), (ib, mb) = a[i], b[i]
+        assert torch.equal(ma, mb)
+        assert float((ia - ib).abs().max()) <= 0.5 / 255 + 1e-3
+    with pytest.raises(ValueError, match="cache dtype='int8' is not valid"):
+        VolumeCache(meta, 64, tmp_path / "c", dtype="int8")

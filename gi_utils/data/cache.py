@@ -42,18 +42,25 @@ from gi_utils.data.preprocess import (
 )
 from gi_utils.progress import progress_bar
 
-__all__ = ["VolumeCache", "cache_key", "CACHE_FORMAT", "MAX_MEMORY_BYTES"]
+__all__ = ["VolumeCache", "cache_key", "CACHE_FORMAT", "CACHE_DTYPES", "MAX_MEMORY_BYTES"]
 
 CACHE_FORMAT: int = 1
 #: An in-memory cache larger than this is refused (use ``cache_dir``).
 MAX_MEMORY_BYTES: int = 2 * 1024**3
 
 
-def cache_key(meta: pd.DataFrame, img_size: int, mode: str, with_masks: bool) -> str:
+#: Storage of the cached images: ``"float16"`` (exact: the values inference computes) or
+#: ``"uint8"`` (``round(255 x)``: half the disk, for large sizes; 1/255 steps).
+CACHE_DTYPES: tuple[str, ...] = ("float16", "uint8")
+
+
+def cache_key(meta: pd.DataFrame, img_size: int, mode: str, with_masks: bool, dtype: str = "float16") -> str:
     """sha256 over the settings, each image file (id, name, size, mtime) and the masks."""
     h = hashlib.sha256()
     settings = {"format": CACHE_FORMAT, "norm": NORM_VERSION, "clip": CLIP_PERCENTILE,
                 "img_size": int(img_size), "mode": mode, "masks": bool(with_masks)}  # fmt: skip
+    if dtype != "float16":
+        settings["dtype"] = dtype
     h.update(json.dumps(settings, sort_keys=True).encode())
     for sid, path in zip(meta["id"], meta["path"], strict=True):
         try:
@@ -110,7 +117,9 @@ class VolumeCache:
         img_size: S.
         cache_dir: folder for memory-mapped files; ``None`` keeps the arrays in memory.
         mode: ``"resize"`` or ``"pad"`` (see :func:`preprocess_volume`).
-        with_masks: store masks; default: when ``meta`` has the class columns.
+        with_masks: store masks; default: when ``meta`` has the class columns. Without
+            them a dataset decodes each sample's masks from ``meta``'s RLE (cheap).
+        dtype: ``"float16"`` or ``"uint8"`` (:data:`CACHE_DTYPES`).
         max_memory_bytes: refuse an in-memory cache larger than this.
         progress: show the tqdm bar while building.
 
@@ -126,6 +135,7 @@ class VolumeCache:
         *,
         mode: str = "resize",
         with_masks: bool | None = None,
+        dtype: str = "float16",
         max_memory_bytes: int = MAX_MEMORY_BYTES,
         progress: bool = True,
     ) -> None:
@@ -133,6 +143,9 @@ class VolumeCache:
         self.meta = sort_slices(meta)
         self.img_size, self.mode = int(img_size), mode
         self.with_masks = has_masks(self.meta) if with_masks is None else bool(with_masks)
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache dtype={dtype!r} is not valid; choose one of {', '.join(CACHE_DTYPES)}")
+        self.dtype = dtype
         if self.with_masks and not has_masks(self.meta):
             raise ValueError(f"with_masks=True but meta lacks the class columns {list(CLASSES)}")
         self._row = pd.Index(self.meta["id"])
@@ -141,7 +154,7 @@ class VolumeCache:
         self.clips: dict[str, float] = {}
         self._spans: dict[str, tuple[int, int]] = {}
         n, s = len(self.meta), self.img_size
-        self.nbytes = n * s * s * (2 + (1 if self.with_masks else 0))
+        self.nbytes = n * s * s * ((2 if dtype == "float16" else 1) + (1 if self.with_masks else 0))
         self.reused = False
         if cache_dir is None:
             if self.nbytes > max_memory_bytes:
@@ -152,12 +165,12 @@ class VolumeCache:
                     "memory-mapped files on disk"
                 )
             self.path = None
-            self._images = np.empty((n, s, s), np.float16)
+            self._images = np.empty((n, s, s), np.dtype(dtype))
             self._masks = np.empty((n, s, s), np.uint8) if self.with_masks else None
             put_masks = self._masks.__setitem__ if self.with_masks else None
             self._build(self._images.__setitem__, put_masks, progress)
         else:
-            self.key = cache_key(self.meta, s, mode, self.with_masks)
+            self.key = cache_key(self.meta, s, mode, self.with_masks, dtype)
             self.path = Path(cache_dir) / f"gi_cache_s{s}_{mode}_{self.key[:16]}"
             self.reused = self._load_index()
             if not self.reused:
@@ -176,9 +189,10 @@ class VolumeCache:
             hi = intensity_clip(vol)
             self.clips[case_day] = hi
             self._spans[case_day] = (start, len(rows))
-            put_images(
-                slice(start, start + len(rows)), preprocess_volume_f16(vol, self.img_size, self.mode, hi)
-            )
+            images = preprocess_volume_f16(vol, self.img_size, self.mode, hi)
+            if self.dtype == "uint8":
+                images = np.round(images.astype(np.float32) * 255).astype(np.uint8)
+            put_images(slice(start, start + len(rows)), images)
             if put_masks is not None:
                 put_masks(slice(start, start + len(rows)), self._packed_masks_of(rows))
             bar.update(len(rows))
@@ -215,7 +229,7 @@ class VolumeCache:
         n, s = len(self.meta), self.img_size
         with _naming(tmp):
             tmp.mkdir(parents=True)
-        writers = [_NpyWriter(tmp / "images.npy", (n, s, s), np.float16)]
+        writers = [_NpyWriter(tmp / "images.npy", (n, s, s), np.dtype(self.dtype))]
         try:
             if self.with_masks:
                 writers.append(_NpyWriter(tmp / "masks.npy", (n, s, s), np.uint8))
@@ -257,7 +271,8 @@ class VolumeCache:
     # ---------------------------------------------------------------- access
     @property
     def images(self) -> np.ndarray:
-        """float16 (N, S, S) in ``meta`` row order (memory-mapped read-only on disk)."""
+        """float16 (or uint8, ``round(255 x)``) (N, S, S) in ``meta`` row order
+        (memory-mapped read-only on disk)."""
         if self._images is None:
             self._images = np.load(self.path / "images.npy", mmap_mode="r")
         return self._images

@@ -82,8 +82,6 @@ class SliceDataset(Dataset):
                     f"cache is for img_size={cache.img_size}, mode={cache.mode!r}; dataset "
                     f"asks img_size={self.img_size}, mode={mode!r}"
                 )
-            if with_masks and not cache.with_masks:
-                raise ValueError("with_masks=True but the cache was built without masks")
             self._cache_rows = cache.rows(self.meta["id"])
         # neighbour table (N, C) of row numbers into self.meta
         scan_codes, scan_names = pd.factorize(self.meta["case_day"], sort=False)
@@ -122,7 +120,8 @@ class SliceDataset(Dataset):
     def _read_image(self, i: int) -> np.ndarray:
         rows = self._nbr[i]
         if self.cache is not None:
-            return self.cache.images[self._cache_rows[rows]]
+            images = self.cache.images[self._cache_rows[rows]]
+            return images if images.dtype == np.float16 else (images / np.float32(255)).astype(np.float16)
         hi = self._clip(int(self._scan[i]))
         done: dict[int, np.ndarray] = {}
         for r in rows:
@@ -132,7 +131,7 @@ class SliceDataset(Dataset):
         return np.stack([done[r] for r in rows])
 
     def _read_packed_mask(self, i: int) -> np.ndarray:
-        if self.cache is not None:
+        if self.cache is not None and self.cache.with_masks:
             return np.asarray(self.cache.packed_masks[self._cache_rows[i]])
         return fit_packed_mask(pack_masks(slice_mask(self.meta.iloc[i])), self.img_size, self.mode)
 

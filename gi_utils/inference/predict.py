@@ -16,6 +16,7 @@ at that resolution, then every group's average is resized to the scan's own (H, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ from torch import nn
 from gi_utils.constants import NUM_CLASSES
 from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
-from gi_utils.device import default_device
+from gi_utils.device import autocast_dtype, default_device, resolve_amp
 from gi_utils.models.io import load_model
 from gi_utils.models.registry import split_outputs
 from gi_utils.progress import progress_bar
@@ -92,19 +93,25 @@ def stack_slices(vol: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
 
 @torch.no_grad()
 def predict_probs(
-    model: nn.Module, images: np.ndarray, batch_size: int = 16, tta=False, device=None
+    model: nn.Module, images: np.ndarray, batch_size: int = 16, tta=False, device=None, amp: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Sigmoid probabilities of one model, averaged over the identity and the TTA flips.
 
     Args:
         images: float32 (N, C, S, S).
         tta: ``False``, ``True`` (= ``"hflip"``) or names from :data:`TTA_FLIPS`.
+        amp: autocast dtype, ``"no"`` | ``"fp16"`` | ``"bf16"`` | ``"auto"`` (as training:
+            :func:`gi_utils.device.resolve_amp`); ``None``: fp16 on CUDA, full precision on
+            the CPU (``benchmarks/bench_infer.py`` measures what mixed precision changes).
 
     Returns:
         ``(probs float32 (N, classes, S, S), gate float32 (N, classes) or None)``; the gate
         is the classifier head's probability per slice and class (models with a gate).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if amp is None:
+        amp = "fp16" if device.type == "cuda" else "no"
+    dtype = autocast_dtype(resolve_amp(amp, cuda=device.type == "cuda"))
     flips = [()] + [TTA_FLIPS[n] for n in _tta_names(tta)]
     model.eval()
     out, gates = [], []
@@ -112,7 +119,7 @@ def predict_probs(
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         total = gate_total = None
         for f in flips:
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
                 seg, gate = split_outputs(model(x.flip(f) if f else x))
             p = seg.float().sigmoid()
             p = p.flip(f) if f else p

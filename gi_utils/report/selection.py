@@ -40,7 +40,7 @@ __all__ = ["BEST_CONFIG_NAME", "Candidate", "model_name", "group_runs", "select"
 
 BEST_CONFIG_NAME = "best_config.json"
 #: Config fields that differ between the folds of one model (ignored when grouping).
-_PER_RUN = frozenset({"fold", "out_dir", "data_dir", "folds_dir", "cache", "cache_dir", "num_workers",
+_PER_RUN = frozenset({"fold", "out_dir", "data_dir", "folds_dir", "cache", "cache_dir", "cache_masks", "num_workers",
                       "progress", "resume", "save_every_steps"})  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from accelerate.utils import is_tensorboard_available, is_wandb_available
 
 from gi_utils.constants import CLASSES
 from gi_utils.data.augment import build_transforms
+from gi_utils.data.cache import CACHE_DTYPES
 from gi_utils.data.preprocess import RESIZE_MODES
 from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
@@ -71,6 +72,8 @@ class TrainConfig:
     augment_kwargs: dict[str, Any] = _f({}, "per-transform overrides, e.g. {\"HorizontalFlip\": {\"p\": 0.0}}")
     cache: str = _f("memory", "none | memory | disk (memory-mapped, shared by runs)")
     cache_dir: str | None = _f(None, "folder of the disk cache; None: <out_dir>/../cache")
+    cache_dtype: str = _f("float16", "float16 (exact) | uint8 (half the disk: for 320 px and more on Kaggle)")
+    cache_masks: bool = _f(True, "keep the masks in the cache; False: decode them from train.csv per sample")
     num_workers: int = _f(0, "DataLoader worker processes (2 on Kaggle/Colab)")
     # optimisation
     epochs: int = _f(10, "epochs")
@@ -119,6 +122,7 @@ class TrainConfig:
         _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
         _check_choice("scale_lr", self.scale_lr, LR_SCALING)
         _check_choice("log_with", self.log_with, LOGGERS)
+        _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         _check_logger(self.log_with)
         check_img_size(self.img_size)
         if self.n_folds < 2:

@@ -77,9 +77,8 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
     if cfg.cache != "none":
         cache_dir = None if cfg.cache == "memory" else Path(cfg.cache_dir or runs_root / "cache")
         try:
-            cache = VolumeCache(
-                meta, cfg.img_size, cache_dir, mode=cfg.resize_mode, progress=cfg.progress
-            )
+            cache = VolumeCache(meta, cfg.img_size, cache_dir, mode=cfg.resize_mode, progress=cfg.progress,
+                                dtype=cfg.cache_dtype, with_masks=cfg.cache_masks)  # fmt: skip
         except MemoryError as err:
             raise MemoryError(f"{err}; in TrainConfig: cache='disk' (or 'none')") from None
     transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)

@@ -60,7 +60,7 @@ __all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everyt
 #: Config fields that may differ between a run and its resumption (they do not change
 #: the numbers, only where files live and how fast they are read).
 RESUME_FREE_FIELDS = frozenset(
-    {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "progress",
+    {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "cache_masks", "progress",
      "resume", "save_every_steps", "patience", "log_with"}
 )  # fmt: skip
 

@@ -1,0 +1,203 @@
+"""Benchmark: the costs of the pipeline at the competition's full size, as a user meets them.
+
+Synthetic data in the real size mix (266x266, 360x310, 276x276, 234x234 scans of 144 or
+80 slices) at several fractions of the real 38,496 training slices; for each, every step
+in a process of its own (so each peak resident memory is its own, worker processes
+included):
+
+* ``write``: the synthetic dataset in the Kaggle layout;
+* ``cache128`` / ``cache320``: the memory-mapped cache (float16 images, packed masks), and
+  ``cache320u8``: the compact mode (uint8 images, masks decoded from the RLE), time and
+  size on disk;
+* ``loader``: training-style samples/s at 320 px with augmentation, 2 workers, from the
+  compact cache;
+* ``score``: the competition score of every case-day at 320 px (exact metric; the
+  prediction is the truth shifted by 2 pixels and thinned), one volume at a time;
+* ``train`` (``--train``): a training run at 320 px on the compact cache (one short epoch,
+  validation of the whole fold 0 with its out-of-fold files).
+
+It prints each figure with its target, the cost per 1,000 slices (a least-squares slope)
+and the extrapolation to 38,496 slices where a size was not run, and whether any peak
+memory grows faster than the number of slices.
+
+Run: ``.venv/bin/python benchmarks/fullsize.py --fractions 0.0625,0.25,1 --train``
+(the full size needs about 25 GB of disk and half an hour on 2 cores); ``make bench-scale``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+from _common import result  # noqa: E402
+
+from gi_utils.constants import REAL_TRAIN_SLICES  # noqa: E402
+
+SLICES_PER_CASE = 290  # 1-3 scans of mostly 144 slices: what plan_dataset draws on average
+KAGGLE_DISK_GB = 20.0
+
+
+def _peak_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024  # a bound: own peak + the largest child's
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def step(name: str, data: Path, work: Path) -> dict:
+    """One step, in this process; returns its figures."""
+    from gi_utils.data import VolumeCache, build_metadata
+
+    t0 = time.perf_counter()
+    out: dict = {}
+    if name == "write":
+        from gi_utils.synthetic import generate_dataset
+
+        cases = int(work.name.split("_")[1])
+        generate_dataset(data, cases, 0, seed=11)
+        out["slices"] = len(build_metadata(data))
+        out["disk_gb"] = _du(data) / 1e9
+    elif name.startswith("cache"):
+        size = 128 if name == "cache128" else 320
+        compact = name.endswith("u8")
+        meta = build_metadata(data)
+        cache = VolumeCache(meta, size, work / "cache", progress=False,
+                            dtype="uint8" if compact else "float16", with_masks=not compact)  # fmt: skip
+        out["disk_gb"] = _du(cache.path) / 1e9
+    elif name == "loader":
+        import torch
+        from torch.utils.data import DataLoader
+
+        from gi_utils.data import SliceDataset, build_transforms
+
+        meta = build_metadata(data)
+        cache = VolumeCache(meta, 320, work / "cache", progress=False, dtype="uint8", with_masks=False)
+        ds = SliceDataset(meta, 320, cache=cache, transform=build_transforms(320, train=True))
+        loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0),
+                            persistent_workers=False)  # fmt: skip
+        it = iter(loader)
+        next(it)  # workers started, first batch made
+        t1, n = time.perf_counter(), 0
+        for _ in range(40):
+            images, _ = next(it)
+            n += len(images)
+        out["samples_per_s"] = n / (time.perf_counter() - t1)
+    elif name == "score":
+        from gi_utils.data import iter_volumes
+        from gi_utils.evaluation import ScoreAccumulator
+
+        meta = build_metadata(data)
+        cache = VolumeCache(meta, 320, work / "cache", progress=False)  # the float16 cache with masks
+        acc = ScoreAccumulator()
+        for case_day, _ in iter_volumes(meta):
+            true = np.moveaxis(cache.mask(case_day), 1, -1)
+            pred = np.roll(true, 2, axis=2) & (np.random.default_rng(0).random(true.shape, np.float32) > 0.05)
+            acc.add(case_day, pred, true)
+        out["score"] = acc.result().score
+    elif name == "train":
+        from gi_utils.training import TrainConfig, train
+
+        cfg = TrainConfig(data_dir=str(data), out_dir=str(work / "runs" / "unet"), img_size=320, epochs=1,
+                          max_steps_per_epoch=4, batch_size=8, num_workers=2, cache="disk", cache_dtype="uint8",
+                          cache_masks=False, model_kwargs={"decoder_channels": [64, 32, 16, 16, 16]},
+                          progress=False, device="cpu")  # fmt: skip
+        history = train(cfg)
+        out["val_score"] = float(history["val_score"].iloc[-1])
+        out["oof_gb"] = _du(work / "runs" / "unet" / "oof") / 1e9
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = _peak_mb()
+    return out
+
+
+def _run_step(name: str, data: Path, work: Path) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--step", name, "--data", str(data), "--work", str(work)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"step {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares line ``y = a + b x``: (a, b)."""
+    if len(xs) < 2:
+        return 0.0, ys[0] / xs[0]
+    b, a = np.polyfit(xs, ys, 1)
+    return float(a), float(b)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--fractions", default="0.0625,0.25", help="fractions of the real 38,496 slices")
+    p.add_argument("--train", action="store_true", help="also measure a training run (slow at full size)")
+    p.add_argument("--work", default="", help="working folder (default: a temporary one, removed after)")
+    p.add_argument("--step", default="", help=argparse.SUPPRESS)
+    p.add_argument("--data", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.step:
+        print(json.dumps(step(args.step, Path(args.data), Path(args.work))))
+        return 0
+    root = Path(args.work or tempfile.mkdtemp(prefix="gi_fullsize_"))
+    steps = ["write", "cache128", "cache320", "cache320u8", "loader", "score"] + (["train"] if args.train else [])
+    rows = []
+    for fraction in (float(f) for f in args.fractions.split(",")):
+        cases = max(2, round(REAL_TRAIN_SLICES * fraction / SLICES_PER_CASE))
+        work = root / f"cases_{cases}"
+        work.mkdir(parents=True, exist_ok=True)
+        data = work / "data"
+        row = {"fraction": fraction}
+        for name in steps:
+            row[name] = _run_step(name, data, work)
+            print(f"  {cases} cases, {name}: {row[name]}", flush=True)
+        row["slices"] = row["write"]["slices"]
+        rows.append(row)
+        shutil.rmtree(work / "cache", ignore_errors=True)
+    xs = [r["slices"] / 1000 for r in rows]
+    full = REAL_TRAIN_SLICES / 1000
+    print(f"\nsizes run: {[r['slices'] for r in rows]} slices (the real training set: {REAL_TRAIN_SLICES})")
+    for name in steps:
+        for key in ("seconds", "peak_rss_mb", "disk_gb"):
+            if key not in rows[0][name]:
+                continue
+            ys = [r[name][key] for r in rows]
+            a, b = _slope(xs, ys)
+            at_full = rows[-1][name][key] if rows[-1]["slices"] >= REAL_TRAIN_SLICES else a + b * full
+            tag = "measured" if rows[-1]["slices"] >= REAL_TRAIN_SLICES else "extrapolated"
+            print(f"  {name} {key}: {', '.join(f'{y:.3g}' for y in ys)}; {b:.3g} per 1,000 slices; "
+                  f"{at_full:.3g} at {REAL_TRAIN_SLICES} slices ({tag})")
+    last = rows[-1]
+    grow = [(name, last[name]["peak_rss_mb"] / rows[0][name]["peak_rss_mb"]) for name in steps]
+    slices_ratio = last["slices"] / rows[0]["slices"]
+    for name, ratio in grow:
+        print(f"  peak memory of {name}: x{ratio:.2f} for x{slices_ratio:.2f} the slices"
+              f" ({'faster than linear' if ratio > slices_ratio * 1.1 else 'at most linear'})")
+    scale = REAL_TRAIN_SLICES / last["slices"]
+    result("cache320_disk_gb_full", last["cache320"]["disk_gb"] * scale, "GB",
+           f"<= {0.25 * KAGGLE_DISK_GB:g} GB, 25% of Kaggle's {KAGGLE_DISK_GB:g} GB")  # fmt: skip
+    result("cache320_compact_disk_gb_full", last["cache320u8"]["disk_gb"] * scale, "GB",
+           f"<= {0.25 * KAGGLE_DISK_GB:g} GB")  # fmt: skip
+    result("loader_320px_aug_2workers", last["loader"]["samples_per_s"], "samples/s", ">= 200 (feeds a T4)")
+    result("score_all_case_days_seconds_full", last["score"]["seconds"] * scale, "s", "report")
+    if args.train:
+        result("train_peak_rss_gb", last["train"]["peak_rss_mb"] / 1024, "GB",
+               f"< 8 GB (at {last['slices']} slices; x{scale:.2f} to the full set)")  # fmt: skip
+    if not args.work:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    sys.exit(main())
