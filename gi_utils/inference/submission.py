@@ -41,6 +41,8 @@ def make_submission(
     tta=False,
     batch_size: int = 16,
     device=None,
+    amp: str | None = None,
+    channels_last: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Predict every scan of ``data_dir/split`` and write the competition's CSV.
@@ -56,6 +58,9 @@ def make_submission(
         weights: one weight per model (a blend); ``None``: equal weights.
         tta: ``False``, ``True`` (horizontal flip) or names of
             :data:`~gi_utils.inference.predict.TTA_FLIPS`.
+        amp, channels_last: mixed precision and NHWC layout of the prediction (``None``:
+            fp16 on a GPU, full precision on a CPU; ``"bf16"`` + ``channels_last`` changes
+            about 1e-4 of the mask pixels on the CPU and is about 3x faster there).
 
     Returns:
         ``id, class, predicted``: one row per (slice, class), classes in
@@ -69,7 +74,7 @@ def make_submission(
     """
     posts = {"submission": post} if post is not None else None
     df = make_submissions(model_paths, data_dir, split, posts, weights=weights, tta=tta, batch_size=batch_size,
-                          device=device, progress=progress)["submission"]  # fmt: skip
+                          device=device, amp=amp, channels_last=channels_last, progress=progress)["submission"]  # fmt: skip
     if out_csv is not None:
         write_submission(df, out_csv)
     return df
@@ -85,6 +90,8 @@ def make_submissions(
     tta=False,
     batch_size: int = 16,
     device=None,
+    amp: str | None = None,
+    channels_last: bool = False,
     progress: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """One prediction of ``data_dir/split``, post-processed several ways.
@@ -98,12 +105,12 @@ def make_submissions(
     if not _has_images(root / split):
         warnings.warn(f"no images under {root / split}: writing an empty submission", stacklevel=3)
         return {name: empty_submission() for name in (posts or {"submission": None})}
-    models = load_models(model_paths, device)
+    models = load_models(model_paths, device, channels_last)
     posts = dict(posts or {"submission": PostProcess.from_model_configs([c for _, c in models])})
     meta = build_metadata(root, split, labels=False)
     rows_out: dict[str, list[tuple[str, str, str]]] = {name: [] for name in posts}
     for _, rows, probs, gate in predict_volumes(models, meta, tta=tta, batch_size=batch_size, device=device,
-                                                weights=weights, progress=progress):  # fmt: skip
+                                                weights=weights, amp=amp, progress=progress):  # fmt: skip
         ids = rows.sort_values("slice")["id"].tolist()
         for name, post in posts.items():
             masks = post.apply(probs, gate)
