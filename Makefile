@@ -45,8 +45,8 @@ bench: venv
 bench-scale: venv
 	$(PY) benchmarks/fullsize.py --fractions 0.0625,0.25,1 --train
 
-# The wheels a Kaggle notebook needs offline: gi_utils and segmentation-models-pytorch
-# (the Kaggle image has torch, timm, albumentations, accelerate and safetensors).
+# The wheels a Kaggle notebook needs offline: gi_utils, segmentation-models-pytorch
+# and MONAI (the Kaggle image has torch, timm, albumentations, accelerate and safetensors).
 wheel: venv
 	rm -rf dist/wheels && $(PY) -c "from gi_utils.pipeline import build_wheels; print(*build_wheels('dist/wheels'), sep='\n')"
 

@@ -239,18 +239,24 @@ def test_two_epochs_improve_validation_dice(synth_dir, tmp_path, tiny_config):
     assert history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
 
 
-def _train_cmd(data_dir: Path, out: Path) -> list[str]:
+def _train_cmd(data_dir: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "gi_utils.training", "--data-dir", str(data_dir), "--out-dir", str(out),
             "--img-size", "64", "--epochs", "3", "--batch-size", "4", "--n-folds", "2", "--device", "cpu",
-            "--save-every-steps", "3", "--no-progress", "--ema-decay", "0.9", "--amp", "bf16"]  # fmt: skip
+            "--save-every-steps", "3", "--no-progress", "--ema-decay", "0.9", "--amp", "bf16", *extra]  # fmt: skip
+
+
+#: The 3-D run: SegResNet on patches of 16 slices (float32: see make_accelerator), with
+#: MONAI's augmentation and sliding-window validation.
+_3D = ("--arch", "segresnet3d", "--patch-depth", "16", "--batch-size", "2", "--amp", "no", "--max-steps-per-epoch", "8")
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_run(synth_dir, tmp_path):
+@pytest.mark.parametrize("extra", [(), _3D], ids=["2.5d", "3d"])
+def test_sigkill_then_resume_equals_uninterrupted_run(synth_dir, tmp_path, extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_train_cmd(synth_dir, full), env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(synth_dir, cut), env=env, stdout=subprocess.PIPE,
+    subprocess.run(_train_cmd(synth_dir, full, *extra), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(synth_dir, cut, *extra), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     killed_after = None
     for line in proc.stdout:  # blocks on the child's output: no sleeping
@@ -262,7 +268,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(synth_dir, tmp_path):
     assert killed_after and proc.returncode == -signal.SIGKILL
     assert not load_state(cut / "last.pt")["finished"]
     resumed = subprocess.run(
-        _train_cmd(synth_dir, cut), env=env, check=True, capture_output=True, text=True
+        _train_cmd(synth_dir, cut, *extra), env=env, check=True, capture_output=True, text=True
     )
     assert "resuming" in resumed.stdout
     a = pd.read_csv(full / "history.csv")[METRIC_COLUMNS]

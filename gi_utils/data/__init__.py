@@ -1,7 +1,7 @@
 """Data: the Kaggle layout read as it is (ids, file names, ``train.csv``, 16-bit slices),
 run-length masks, folds, preprocessing shared with inference, the training augmentation,
-the memory-mapped cache of preprocessed scans, the 2.5D dataset and the check that its
-workers' shared memory fits."""
+the memory-mapped cache of preprocessed scans, the 2.5D dataset, the 3-D patch and scan
+datasets, and the check that the workers' shared memory fits."""
 
 # Every public name of the stage, exported here only: each module's ``__all__``.
 from gi_utils.data.augment import *
@@ -18,9 +18,11 @@ from gi_utils.data.names import *
 from gi_utils.data.preprocess import *
 from gi_utils.data.rle import *
 from gi_utils.data.shm import *
-from gi_utils.data import (augment, cache, dataset, errors, folds, holdout, images, labels, layout,
-    masks, names, preprocess, rle, shm)
+from gi_utils.data.volumes import *
+from gi_utils.data import (augment, cache, dataset, errors, folds, holdout, images,
+    labels, layout, masks, names, preprocess, rle, shm, volumes)
 
-__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *errors.__all__, *folds.__all__,
-    *holdout.__all__, *images.__all__, *labels.__all__, *layout.__all__, *masks.__all__,
-    *names.__all__, *preprocess.__all__, *rle.__all__, *shm.__all__]
+__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *errors.__all__,
+    *folds.__all__, *holdout.__all__, *images.__all__, *labels.__all__, *layout.__all__,
+    *masks.__all__, *names.__all__, *preprocess.__all__, *rle.__all__, *shm.__all__,
+    *volumes.__all__]

@@ -1,4 +1,5 @@
-"""The training augmentation, applied on top of the preprocessed (S, S) slices.
+"""The training augmentation, applied on top of the preprocessed (S, S) slices (2.5D,
+albumentations) or of a patch of consecutive slices (3-D, MONAI).
 
 :func:`build_transforms` builds an ``albumentations.Compose`` of flips, affine, grid and
 elastic distortion, brightness/contrast and coarse dropout; per-transform overrides come
@@ -12,8 +13,15 @@ from typing import Any
 
 import albumentations as A
 import cv2
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 
-__all__ = ["build_transforms", "default_train_specs"]
+__all__ = ["build_transforms", "build_transforms_3d", "default_train_specs"]
 
 
 def default_train_specs(img_size: int) -> list[tuple[str, dict[str, Any]]]:
@@ -80,3 +88,21 @@ def build_transforms(
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from None
     return A.Compose(transforms, strict=True, seed=seed)
+
+
+def build_transforms_3d(train: bool = True) -> Compose | None:
+    """The 3-D training augmentation (MONAI dictionary transforms on ``image`` (1, D, S, S)
+    and ``mask`` (3, D, S, S)): left-right flip, an in-plane affine (rotate 15 degrees,
+    scale 0.9-1.1, the slice axis kept), intensity scale and shift. Masks follow with
+    nearest neighbour. ``train=False`` returns ``None``. The caller seeds it per sample
+    with ``set_random_state(seed=...)``."""
+    if not train:
+        return None
+    keys = ("image", "mask")
+    return Compose([
+        RandFlipd(keys, prob=0.5, spatial_axis=2),
+        RandAffined(keys, prob=0.5, rotate_range=(0.26, 0.0, 0.0), scale_range=(0.0, 0.1, 0.1),
+                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5),
+        RandShiftIntensityd("image", offsets=0.05, prob=0.5),
+    ])  # fmt: skip

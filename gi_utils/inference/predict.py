@@ -30,8 +30,10 @@ from gi_utils.constants import NUM_CLASSES
 from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
 from gi_utils.device import autocast_dtype, default_device, resolve_amp
+from gi_utils.inference.volumetric import SlidingWindow, predict_probs_3d
 from gi_utils.models.io import load_model
 from gi_utils.models.registry import split_outputs
+from gi_utils.models.volumetric import is_volumetric
 from gi_utils.progress import progress_bar
 
 __all__ = [
@@ -44,8 +46,9 @@ __all__ = [
     "predict_volumes",
 ]
 
-#: Flip TTA: name -> axes of an (N, C, S, S) batch.
-TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,), "hvflip": (2, 3)}
+#: Flip TTA: name -> axes (counted from the end: the same for a 2.5D (N, C, S, S) batch
+#: and a 3-D (N, C, D, S, S) one).
+TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
 
 Model = tuple[nn.Module, dict]
 
@@ -69,7 +72,10 @@ def load_models(paths: Sequence[str | os.PathLike] | str | os.PathLike, device=N
                 f"this gi_utils uses {NORM_VERSION}: predictions may be off",
                 stacklevel=2,
             )
-        models.append((model.to(memory_format=torch.channels_last) if channels_last else model, config))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d if is_volumetric(config["arch"])
+                             else torch.channels_last)  # fmt: skip
+        models.append((model, config))
     if not models:
         raise ValueError("no model paths given")
     return models
@@ -140,24 +146,25 @@ def predict_probs(
 
 
 def _input_key(config: dict) -> tuple:
-    return (
-        int(config["img_size"]),
-        config.get("resize_mode", "resize"),
-        tuple(config["slice_offsets"]),
-    )
+    """Members that share this see the same input (3-D models: the scan itself)."""
+    if is_volumetric(config["arch"]):
+        return int(config["img_size"]), config.get("resize_mode", "resize"), None
+    return int(config["img_size"]), config.get("resize_mode", "resize"), tuple(config["slice_offsets"])
 
 
 def predict_volume(
     models: Sequence[Model], vol: np.ndarray, *, tta=False, batch_size: int = 16, device=None,
-    weights: Sequence[float] | None = None, amp: str | None = None,
+    weights: Sequence[float] | None = None, amp: str | None = None, sliding: SlidingWindow | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Ensemble probabilities of one scan at its own resolution.
+    """Ensemble probabilities of one scan at its own resolution (2.5D and 3-D members).
 
     Args:
         models: ``(model, config)`` pairs from :func:`load_models`.
         vol: uint16 (D, H, W), the raw scan.
         weights: one weight per model (normalised here); ``None``: equal weights.
         amp: autocast of :func:`predict_probs`.
+        sliding: the sliding windows of 3-D members (overlap, blending, where the sum is
+            kept); ``None``: :class:`SlidingWindow` defaults with each model's own overlap.
 
     Returns:
         ``(probs float32 (D, H, W, 3), gate float32 (D, 3) or None)``, channels in
@@ -168,16 +175,22 @@ def predict_volume(
     if len(weights) != len(models) or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"weights {list(weights)} must be {len(models)} non-negative values, not all 0")
     weights = weights / weights.sum()
-    groups: dict[tuple, list[tuple[nn.Module, float]]] = {}
+    groups: dict[tuple, list[tuple[nn.Module, dict, float]]] = {}
     for (model, config), w in zip(models, weights, strict=True):
-        groups.setdefault(_input_key(config), []).append((model, float(w)))
+        groups.setdefault(_input_key(config), []).append((model, config, float(w)))
     total = np.zeros((*vol.shape, NUM_CLASSES), np.float32)
     gate_total, gate_weight = np.zeros((len(vol), NUM_CLASSES), np.float32), 0.0
     for (size, mode, offsets), members in groups.items():
-        images = stack_slices(preprocess_volume(vol, size, mode), offsets)
+        pre = preprocess_volume(vol, size, mode)
+        images = stack_slices(pre, offsets) if offsets is not None else None
         probs = np.zeros((len(vol), NUM_CLASSES, size, size), np.float32)
-        for model, w in members:
-            p, g = predict_probs(model, images, batch_size, tta, device, amp)
+        for model, config, w in members:
+            if images is None:  # a 3-D model: sliding windows over the scan
+                sw = sliding or SlidingWindow(overlap=float(config.get("sw_overlap", 0.5)))
+                flips = [TTA_FLIPS[n] for n in _tta_names(tta)]
+                p, g = predict_probs_3d(model, pre, int(config["patch_depth"]), flips, device, amp, sw), None
+            else:
+                p, g = predict_probs(model, images, batch_size, tta, device, amp)
             probs += np.float32(w) * p
             if g is not None:
                 gate_total += np.float32(w) * g
@@ -195,6 +208,7 @@ def predict_volumes(
     device=None,
     weights: Sequence[float] | None = None,
     amp: str | None = None,
+    sliding: SlidingWindow | None = None,
     progress: bool = True,
 ) -> Iterator[tuple[str, pd.DataFrame, np.ndarray, np.ndarray | None]]:
     """Yield ``(case_day, rows, probs (D, H, W, 3), gate (D, 3) or None)`` per scan of
@@ -202,5 +216,5 @@ def predict_volumes(
     scans = list(iter_volumes(meta))
     for case_day, rows in progress_bar(scans, "predict", progress, unit="scan"):
         probs, gate = predict_volume(models, read_volume(rows), tta=tta, batch_size=batch_size,
-                                     device=device, weights=weights, amp=amp)  # fmt: skip
+                                     device=device, weights=weights, amp=amp, sliding=sliding)  # fmt: skip
         yield case_day, rows, probs, gate

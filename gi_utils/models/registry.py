@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from gi_utils.constants import NUM_CLASSES
+from gi_utils.models.volumetric import ARCHITECTURES_3D, build_volumetric, is_volumetric
 from gi_utils.models.weights import load_encoder_file, local_weights_path
 
-__all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "encoder_names", "check_encoder", "check_arch",
-           "check_img_size", "build_model", "split_outputs"]  # fmt: skip
+__all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "arch_names", "encoder_names", "check_encoder", "check_arch",
+           "check_img_size", "build_model", "model_label", "split_outputs"]  # fmt: skip
 
 #: Architecture name (as used in configs and on the command line) -> smp class. Every
 #: entry builds and trains at 64x64 with a ResNet encoder (smp's PAN needs >= 128 px and
@@ -40,6 +41,17 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 #: Input height and width must be multiples of this (5 stride-2 stages).
 ENCODER_STRIDE: int = 32
+
+
+def arch_names() -> list[str]:
+    """Every valid architecture name: the 2.5D smp ones, then the 3-D MONAI ones
+    (:data:`gi_utils.models.volumetric.ARCHITECTURES_3D`)."""
+    return [*ARCHITECTURES, *ARCHITECTURES_3D]
+
+
+def model_label(arch: str, encoder: str) -> str:
+    """``unet_resnet18`` for a 2.5D model; a 3-D model has no encoder: ``segresnet3d``."""
+    return arch if is_volumetric(arch) else f"{arch}_{encoder}"
 
 
 # --------------------------------------------------------------------------- names
@@ -66,12 +78,14 @@ def check_encoder(encoder: str) -> str:
 
 
 def check_arch(arch: str) -> type[nn.Module]:
-    """The smp class of ``arch``; ``KeyError`` listing the valid names otherwise."""
+    """The smp (2.5D) or MONAI (3-D) class of ``arch``; ``KeyError`` listing the valid
+    names otherwise."""
     try:
-        return ARCHITECTURES[arch.lower()]
+        name = arch.lower()
+        return ARCHITECTURES[name] if name in ARCHITECTURES else ARCHITECTURES_3D[name]
     except (KeyError, AttributeError):
         raise KeyError(
-            f"unknown architecture {arch!r}; valid names: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {arch!r}; valid names: {', '.join(arch_names())}"
         ) from None
 
 
@@ -97,10 +111,12 @@ def build_model(
     weights: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build an smp segmentation model that outputs logits.
+    """Build a segmentation model that outputs logits: an smp 2.5D model, or a MONAI 3-D
+    one (:mod:`gi_utils.models.volumetric`: ``encoder`` and ``weights`` do not apply, it
+    trains from scratch; ``in_channels`` is 1).
 
     Args:
-        arch: a key of :data:`ARCHITECTURES` (case-insensitive).
+        arch: a name of :func:`arch_names` (case-insensitive).
         encoder: an smp encoder name (``"resnet18"``, ``"efficientnet-b0"`` ...) or
             ``"tu-<timm name>"``.
         in_channels: input channels C of the (N, C, H, W) input (2.5D: slices stacked).
@@ -118,6 +134,10 @@ def build_model(
         FileNotFoundError: ``weights`` looks like a path and does not exist.
     """
     cls = check_arch(arch)
+    if is_volumetric(arch):
+        if weights is not None:
+            raise ValueError(f"{arch} is a 3-D MONAI model: it has no encoder weights (weights=None)")
+        return build_volumetric(arch, in_channels, classes, **kwargs)
     check_encoder(encoder)
     for name, value in (("in_channels", in_channels), ("classes", classes)):
         if not isinstance(value, int) or value < 1:

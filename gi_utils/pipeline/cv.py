@@ -118,7 +118,7 @@ def cross_validate(
         print(f"=== all training cases, {epochs} epochs: {final_dir.name}", flush=True)
         launch(base.replace(fold=-1, epochs=epochs, patience=0, out_dir=str(final_dir)), num_processes)
         summary["final_run"] = final_dir.name
-    name = f"{base.arch}_{base.encoder}_{base.img_size}px{'_gate' if base.gate else ''}.json"
+    name = run_name(base.arch, base.encoder, base.img_size, 0, base.gate).removesuffix("_fold0") + ".json"
     atomic_write_json(runs / "cv" / name, summary)
     return summary
 

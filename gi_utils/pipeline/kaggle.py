@@ -3,7 +3,7 @@
 Two folders under ``dist/kaggle/`` (the formats of the official ``kaggle`` CLI):
 
 * ``dataset/`` -> ``kaggle datasets create -p dist/kaggle/dataset``: the wheels the Kaggle
-  image lacks (:data:`KAGGLE_MISSING`: gi_utils itself and segmentation-models-pytorch;
+  image lacks (:data:`KAGGLE_MISSING`: gi_utils itself, segmentation-models-pytorch and MONAI;
   torch, timm, albumentations, accelerate, safetensors, papermill... ship with the image),
   the chosen models with ``best_config.json`` (paths relative to it) and
   ``dataset-metadata.json``;
@@ -36,7 +36,7 @@ from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 __all__ = ["KAGGLE_MISSING", "KAGGLE_INPUT_DIR", "build_wheels", "build_kaggle_bundle"]
 
 #: Distributions the notebooks need that the Kaggle Python image does not ship.
-KAGGLE_MISSING: tuple[str, ...] = ("segmentation-models-pytorch",)
+KAGGLE_MISSING: tuple[str, ...] = ("segmentation-models-pytorch", "monai")
 #: Where Kaggle mounts attached datasets (a kernel's parameters point there).
 KAGGLE_INPUT_DIR = "/kaggle/input"
 

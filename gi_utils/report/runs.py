@@ -15,14 +15,16 @@ from pathlib import Path
 import pandas as pd
 
 from gi_utils.atomic import read_json
+from gi_utils.models.registry import model_label
 
 __all__ = ["Run", "run_name", "load_run", "find_runs", "ensemble_paths", "data_dir_of"]
 
 
 def run_name(arch: str, encoder: str, img_size: int, fold: int, gate: bool = False) -> str:
     """Default run folder name, e.g. ``unet_resnet18_128px_fold0`` (``foldall`` for fold -1,
-    ``unet_resnet18_128px_gate_fold0`` with a classifier gate)."""
-    return f"{arch}_{encoder}_{img_size}px{'_gate' if gate else ''}_fold{'all' if fold == -1 else fold}"
+    ``unet_resnet18_128px_gate_fold0`` with a classifier gate, ``segresnet3d_128px_fold0`` for
+    a 3-D model)."""
+    return f"{model_label(arch, encoder)}_{img_size}px{'_gate' if gate else ''}_fold{'all' if fold == -1 else fold}"
 
 
 @dataclass(frozen=True)

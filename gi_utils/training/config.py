@@ -25,7 +25,8 @@ from gi_utils.data.cache import CACHE_DTYPES
 from gi_utils.data.preprocess import RESIZE_MODES
 from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
-from gi_utils.models.registry import ARCHITECTURES, check_encoder, check_img_size
+from gi_utils.models.registry import arch_names, check_encoder, check_img_size
+from gi_utils.models.volumetric import is_volumetric, volume_stride
 from gi_utils.training.scaling import LR_SCALING
 
 __all__ = ["CACHE_MODES", "LOGGERS", "TrainConfig"]
@@ -52,8 +53,10 @@ class TrainConfig:
     """
 
     # model
-    arch: str = _f("unet", "architecture, a name of gi_utils.models.ARCHITECTURES")
-    encoder: str = _f("resnet18", "smp encoder (resnet34, efficientnet-b4, ...) or tu-NAME for a timm model")
+    arch: str = _f("unet", "architecture: a 2.5D smp name (gi_utils.models.ARCHITECTURES) or a 3-D MONAI one "
+                   "(segresnet3d, unet3d)")
+    encoder: str = _f("resnet18", "smp encoder (resnet34, efficientnet-b4, ...) or tu-NAME for a timm model "
+                      "(3-D models have none)")
     weights: str | None = _f(None, "encoder weights: None (random), imagenet (needs internet) or a local file")
     model_kwargs: dict[str, Any] = _f({}, "extra smp arguments, e.g. {\"decoder_channels\": [64, 32, 16, 16]}")
     gate: bool = _f(False, "a classifier gate: per-slice organ-presence head (smp aux_params), joint BCE")
@@ -68,6 +71,9 @@ class TrainConfig:
     img_size: int = _f(128, "model input side in pixels, a multiple of 32 (320-384 on a GPU)")
     resize_mode: str = _f("resize", "resize (stretch each slice to img_size) or pad (centred)")
     slice_offsets: tuple[int, ...] = _f((-2, 0, 2), "2.5D: neighbour slices stacked as channels")
+    patch_depth: int = _f(32, "3-D: consecutive slices per training patch and per sliding window")
+    patches_per_volume: int = _f(4, "3-D: training patches drawn from each scan per epoch")
+    sw_overlap: float = _f(0.5, "3-D: overlap of the sliding windows along the slice axis (validation)")
     augment: bool = _f(True, "training augmentation (flips, affine, distortions, dropout)")
     augment_kwargs: dict[str, Any] = _f({}, "per-transform overrides, e.g. {\"HorizontalFlip\": {\"p\": 0.0}}")
     cache: str = _f("memory", "none | memory | disk (memory-mapped, shared by runs)")
@@ -109,8 +115,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
-        _check_choice("arch", self.arch.lower(), tuple(ARCHITECTURES))
+        _check_choice("arch", self.arch.lower(), tuple(arch_names()))
         self.arch = self.arch.lower()
+        if is_volumetric(self.arch):
+            self._check_volumetric()
         try:
             check_encoder(self.encoder)
         except KeyError as err:
@@ -174,6 +182,32 @@ class TrainConfig:
             except (KeyError, ValueError, TypeError) as err:
                 msg = err.args[0] if err.args else str(err)
                 raise ValueError(f"augment_kwargs: {msg}") from None
+
+    @property
+    def volumetric(self) -> bool:
+        """True for a 3-D model (patches of slices, sliding-window validation)."""
+        return is_volumetric(self.arch)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: the 2.5D neighbours, or 1 for a 3-D model."""
+        return 1 if self.volumetric else len(self.slice_offsets)
+
+    def _check_volumetric(self) -> None:
+        stride = volume_stride(self.arch, self.model_kwargs)
+        if self.patch_depth < stride or self.patch_depth % stride:
+            raise ValueError(f"patch_depth must be a positive multiple of {stride} for {self.arch}, "
+                             f"got {self.patch_depth}")  # fmt: skip
+        if self.patches_per_volume < 1:
+            raise ValueError(f"patches_per_volume must be >= 1, got {self.patches_per_volume}")
+        if not 0 <= self.sw_overlap < 1:
+            raise ValueError(f"sw_overlap must be in [0, 1), got {self.sw_overlap}")
+        for name, bad, why in (("gate", self.gate, "the classifier gate is a 2.5D head"),
+                               ("weights", self.weights is not None, "3-D models train from scratch"),
+                               ("augment_kwargs", bool(self.augment_kwargs), "they name 2.5D transforms"),
+                               ("cache", self.cache == "none", "3-D patches are read from the cache")):  # fmt: skip
+            if bad:
+                raise ValueError(f"{name}={getattr(self, name)!r} does not apply to the 3-D {self.arch}: {why}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | TrainConfig) -> TrainConfig:

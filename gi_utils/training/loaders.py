@@ -12,12 +12,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gi_utils.data.augment import build_transforms
+from gi_utils.data.augment import build_transforms, build_transforms_3d
 from gi_utils.data.cache import VolumeCache
 from gi_utils.data.dataset import SliceDataset
 from gi_utils.data.folds import assign_folds, split_fold
 from gi_utils.data.layout import build_metadata
 from gi_utils.data.shm import batch_nbytes, check_shared_memory
+from gi_utils.data.volumes import PatchDataset, VolumeDataset
 from gi_utils.device import cuda_wanted
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.sampler import EpochSampler, SeededSamples
@@ -81,17 +82,21 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
                                 dtype=cfg.cache_dtype, with_masks=cfg.cache_masks)  # fmt: skip
         except MemoryError as err:
             raise MemoryError(f"{err}; in TrainConfig: cache='disk' (or 'none')") from None
-    transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)
-                 if cfg.augment else None)  # fmt: skip
     kw = {"cache": cache, "mode": cfg.resize_mode}
-    train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
+    if cfg.volumetric:  # 3-D: patches of slices; every patch is a sample (no empty-slice draw)
+        train_ds = PatchDataset(train_meta, cache, cfg.patch_depth, build_transforms_3d(cfg.augment),
+                                cfg.patches_per_volume)  # fmt: skip
+        empty, empty_fraction = np.zeros(len(train_ds), bool), 1.0
+    else:
+        transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)
+                     if cfg.augment else None)  # fmt: skip
+        train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
+        empty, empty_fraction = train_ds.meta["empty"].to_numpy(), cfg.sample_empty_fraction
     max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
-    sampler = EpochSampler(
-        train_ds.meta["empty"].to_numpy(), cfg.seed, cfg.sample_empty_fraction, max_samples
-    )
+    sampler = EpochSampler(empty, cfg.seed, empty_fraction, max_samples)
     if len(sampler) < cfg.batch_size * num_processes:
         raise ValueError(
-            f"fold {cfg.fold} draws {len(sampler)} training slices per epoch, fewer than one batch "
+            f"fold {cfg.fold} draws {len(sampler)} training {'patches' if cfg.volumetric else 'slices'} per epoch, fewer than one batch "
             f"(batch_size={cfg.batch_size} x {num_processes} processes); lower batch_size"
         )
     pin = cuda_wanted(cfg.device)
@@ -104,13 +109,17 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
     )  # fmt: skip
     val_ds = val_loader = None
     volumes: dict[str, np.ndarray] = {}
-    if len(val_meta):
+    if len(val_meta) and cfg.volumetric:  # whole scans, one per batch (sliding windows)
+        val_ds = VolumeDataset(val_meta, cache)
+        val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, **loader_kw)
+    elif len(val_meta):
         # validation batches travel as float16 images / uint8 masks (the cache's own values,
         # 4x fewer bytes between loader workers and the device) and are widened on the device
         val_ds = SliceDataset(val_meta, cfg.img_size, cfg.slice_offsets, None, compact=True, **kw)
         val_loader = DataLoader(
             _Indexed(val_ds), batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw
         )
+    if val_ds is not None:
         codes = val_ds.meta["case_day"].to_numpy()
         volumes = {str(cd): np.flatnonzero(codes == cd) for cd in pd.unique(codes)}
     split = {

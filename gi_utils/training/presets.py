@@ -41,9 +41,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: depth of 4 instead of 5 (dropping the deepest decoder level: UNet++'s nested decoder is
 #: otherwise about three times slower per step than UNet) and light decoders; DeepLabV3+,
 #: which learns more slowly here, gets more epochs and UNet++, the slowest per step, fewer.
-#: The demo trains UNet on every fold of a 3-fold split and DeepLabV3+ on fold 0.
+#: The demo trains UNet on every fold of a 3-fold split and DeepLabV3+ on fold 0. 3-D models
+#: take batches of 2 patches (a patch of 32 slices holds 32 slices' worth of pixels).
 ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "segresnet3d": {"batch_size": 2, "patch_depth": 16},
+        "unet3d": {"batch_size": 2, "patch_depth": 16},
+    },
     "demo": {
+        "segresnet3d": {"batch_size": 2, "patch_depth": 32, "epochs": 5},
         "unet": {"model_kwargs": {"encoder_depth": 4, "decoder_channels": [64, 32, 16, 16]}},
         "unetplusplus": {"model_kwargs": {"encoder_depth": 4, "decoder_channels": [64, 32, 16, 16]},
                          "epochs": 3},
@@ -55,7 +61,7 @@ ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 TABLE_FIELDS: tuple[str, ...] = (
     "arch", "encoder", "weights", "model_kwargs", "img_size", "epochs", "max_steps_per_epoch",
     "batch_size", "lr", "slice_offsets", "loss", "sample_empty_fraction", "min_size", "amp",
-    "ema_decay", "channels_last", "cache", "num_workers", "n_folds",
+    "ema_decay", "channels_last", "cache", "num_workers", "n_folds", "patch_depth",
 )  # fmt: skip
 
 

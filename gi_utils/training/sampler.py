@@ -69,12 +69,14 @@ class _SampleSeededTransform:
 
 
 class SeededSamples(Dataset):
-    """Training view of a SliceDataset: index ``epoch * n + i`` -> sample ``i`` augmented
-    with the seed ``(seed, epoch, i)``."""
+    """Training view of a dataset: index ``epoch * n + i`` -> sample ``i`` drawn with the
+    seed ``(seed, epoch, i)``: a SliceDataset's albumentations augmentation, or what a
+    dataset with a ``seed_sample(key)`` method draws itself (the 3-D patches)."""
 
     def __init__(self, base: Dataset, seed: int) -> None:
         self.base, self.seed, self.n = base, int(seed), len(base)
-        if getattr(base, "transform", None) is not None:
+        self.own_seed = hasattr(base, "seed_sample")
+        if not self.own_seed and getattr(base, "transform", None) is not None:
             base.transform = _SampleSeededTransform(base.transform)
 
     def __len__(self) -> int:
@@ -82,6 +84,8 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, j: int):
         epoch, i = divmod(int(j), self.n)
-        if isinstance(self.base.transform, _SampleSeededTransform):
+        if self.own_seed:
+            self.base.seed_sample((self.seed, epoch, i))
+        elif isinstance(self.base.transform, _SampleSeededTransform):
             self.base.transform.key = (self.seed, epoch, i)
         return self.base[i]

@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from gi_utils.data.preprocess import NORM_VERSION
 from gi_utils.device import cuda_wanted, resolve_amp
 from gi_utils.evaluation.oof import replace_dir
 from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.inference.volumetric import SlidingWindow
 from gi_utils.losses import build_loss
 from gi_utils.models.io import model_config, save_model
 from gi_utils.models.registry import build_model
@@ -77,7 +79,14 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
-    amp = resolve_amp(cfg.amp, cuda=cuda_wanted(cfg.device))
+    cuda = cuda_wanted(cfg.device)
+    amp = resolve_amp(cfg.amp, cuda=cuda)
+    if cfg.volumetric and amp == "bf16" and not cuda:
+        # measured here (torch 2.14.1): oneDNN's bf16 3-D convolutions gave non-finite
+        # gradients within a few steps, the same steps in float32 or without oneDNN did not
+        warnings.warn(f"{cfg.arch} on the CPU trains in float32: bf16 3-D convolutions (oneDNN) "
+                      "gave non-finite gradients here", stacklevel=2)  # fmt: skip
+        amp = "no"
     if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # accelerate keeps one global state per process; a notebook that trains several
         # models with other amp/device settings needs a fresh one (single process only)
@@ -167,14 +176,15 @@ class TrainingRun:
             self.data = load_train_data(cfg, acc.num_processes)
         if acc.is_main_process:
             atomic_write_json(self.out_dir / "split.json", self.data.split)
-        self.net = build_model(cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
+        self.net = build_model(cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
                                weights=None if self.saved else cfg.weights, **cfg.build_kwargs)  # fmt: skip
         lr = effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr)
         if acc.num_processes * cfg.grad_accum > 1:
             acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
                       f"({cfg.batch_size} x {acc.num_processes} processes x grad_accum {cfg.grad_accum}); "
                       f"peak lr {lr:.3g} (scale_lr={cfg.scale_lr})", flush=True)  # fmt: skip
-        self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        nhwc = torch.channels_last_3d if cfg.volumetric else torch.channels_last
+        self.layout = nhwc if cfg.channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.layout)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
@@ -274,9 +284,12 @@ class TrainingRun:
             return {}
         if self.ema is not None and self.acc.num_processes > 1:
             sync_buffers(self.ema.module)
+        # 3-D: whole scans by sliding windows, the sum kept on the device
+        self.sliding = ((self.cfg.patch_depth, SlidingWindow(self.cfg.sw_overlap, device=None))
+                        if self.cfg.volumetric else None)  # fmt: skip
         row = validate(self.acc, self.scored, self.val_loader, self.loss_fn, self.data, self.post,
-                       self.out_dir / ".oof.tmp", progress=self.cfg.progress,
-                       memory_format=self.layout)  # fmt: skip
+                       self.out_dir / ".oof.tmp", progress=self.cfg.progress, memory_format=self.layout,
+                       sliding=self.sliding)  # fmt: skip
         return broadcast_object_list([row])[0]  # the metrics are computed on the main process
 
     # ------------------------------------------------------------------ saving
@@ -329,8 +342,9 @@ class TrainingRun:
     def _model_config(self, row: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         return model_config(
-            cfg.arch, cfg.encoder, len(cfg.slice_offsets), len(CLASSES),
-            model_kwargs=cfg.build_kwargs, gate=cfg.gate, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
+            cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
+            model_kwargs=cfg.build_kwargs, **({"patch_depth": cfg.patch_depth, "sw_overlap": cfg.sw_overlap}
+                                              if cfg.volumetric else {}), gate=cfg.gate, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
             resize_mode=cfg.resize_mode, threshold=cfg.threshold, min_size=cfg.min_size,
             norm_version=NORM_VERSION, epoch=row["epoch"], val_score=row.get("val_score"),
             val_dice=row.get("val_dice"), train_config=cfg.to_dict(),

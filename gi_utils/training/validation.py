@@ -23,6 +23,7 @@ from gi_utils.constants import CLASSES
 from gi_utils.data.masks import pack_masks
 from gi_utils.evaluation.oof import OOFWriter, score_oof
 from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.inference.volumetric import SlidingWindow, sliding_logits
 from gi_utils.models.registry import split_outputs
 from gi_utils.progress import progress_bar
 from gi_utils.training.loaders import TrainData
@@ -42,8 +43,14 @@ def validate(
     *,
     progress: bool = True,
     memory_format: torch.memory_format = torch.contiguous_format,
+    sliding: tuple[int, SlidingWindow] | None = None,
 ) -> dict[str, float]:
     """Loss and competition metrics on the whole validation volumes (model resolution).
+
+    2.5D: batches of slices ``(images, masks, rows)``. 3-D (``sliding=(patch_depth,
+    SlidingWindow)``): one whole scan per batch, ``(image (1, 1, D, S, S), masks (1, 3, D,
+    S, S), rows (1, D))``, predicted by sliding windows; its slices are then written like
+    a 2.5D batch (scans differ in depth between processes: they are padded to be gathered).
 
     The out-of-fold files are written to ``oof_dir`` (a temporary folder: the caller
     keeps them when the epoch is the best so far). Only the main process writes and
@@ -58,14 +65,25 @@ def validate(
     for images, masks, index in progress_bar(loader, "valid", progress, leave=False):
         images, masks = images.float().contiguous(memory_format=memory_format), masks.float()
         with acc.autocast():  # an EMA model is not wrapped by accelerate.prepare
-            seg, gate = split_outputs(model(images))
+            if sliding is None:
+                seg, gate = split_outputs(model(images))
+            else:
+                seg, gate = sliding_logits(model, images, *sliding), None
         seg = seg.float()
-        loss_stats[0] += loss_fn(seg, masks).double() * len(images)
-        loss_stats[1] += len(images)
+        n = index.numel()  # slices in the batch
+        loss_stats[0] += loss_fn(seg, masks).double() * n
+        loss_stats[1] += n
+        if sliding is not None:  # (1, 3, D, S, S) -> D slices (D, 3, S, S)
+            seg, masks, index = seg[0].transpose(0, 1), masks[0].transpose(0, 1), index[0]
         probs = (seg.sigmoid() * 255).round().to(torch.uint8)  # (N, 3, S, S)
         truth = pack_masks(masks.to(torch.uint8), axis=1)  # (N, S, S)
-        gate_p = gate.float().sigmoid() if gate is not None else torch.zeros(len(images), 0, device=acc.device)
-        p, t, g, i = acc.gather_for_metrics((probs, truth, gate_p, index))
+        gate_p = gate.float().sigmoid() if gate is not None else torch.zeros(len(probs), 0, device=acc.device)
+        if sliding is None:
+            p, t, g, i = acc.gather_for_metrics((probs, truth, gate_p, index))
+        else:  # padded rows are marked -1; a scan repeated to even out the processes is written twice
+            p, t, g, i = acc.gather(acc.pad_across_processes((probs, truth, gate_p, index), pad_index=-1))
+            keep = i >= 0
+            p, t, g, i = p[keep], t[keep], g[keep], i[keep]
         if writer is not None:
             writer.write(i.cpu().numpy(), p.cpu().numpy(), t.cpu().numpy(),
                          g.cpu().numpy() if gate is not None else None)  # fmt: skip
