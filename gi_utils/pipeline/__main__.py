@@ -6,6 +6,8 @@
     python -m gi_utils.pipeline notebooks       # copy the setup cell into every notebook, execute them
     python -m gi_utils.pipeline cv --arch unet --folds all --preset demo -p epochs 6
                                                 # every fold of one architecture (resumable)
+    python -m gi_utils.pipeline select --runs-dir runs/blend3d
+                                                # 03's choice: every model and blend on OOF scores
     python -m gi_utils.pipeline holdout --data-dir DATA --holdout-cases 5 --out DATA_HOLDOUT
                                                 # real data: test/ made of 5 training cases
     python -m gi_utils.pipeline kaggle [--kaggle-user NAME]   # make kaggle: dist/kaggle/{dataset,kernel}
@@ -24,12 +26,15 @@ from gi_utils.pipeline.docs import publish_docs
 from gi_utils.pipeline.kaggle import build_kaggle_bundle
 from gi_utils.pipeline.notebook_files import execute_in_place, sync_setup_cells
 from gi_utils.pipeline.series import DEMO_ARCHS, demo
+from gi_utils.report.compare import table_markdown
+from gi_utils.report.runs import find_runs
+from gi_utils.report.selection import BEST_CONFIG_NAME, select, write_best_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gi_utils.pipeline",
                                      description="The notebook series as a pipeline.")  # fmt: skip
-    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "holdout", "kaggle"],
+    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "select", "holdout", "kaggle"],
                         help="demo (default): run the series; docs: publish the last demo's results; "
                         "notebooks: copy the setup cell into every notebook and execute them")  # fmt: skip
     parser.add_argument("--runs-dir", default=None, help="folder of run folders (default: runs/)")
@@ -61,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = cross_validate(args.arch, args.folds, args.preset, parse_overrides(args.p), runs_dir=args.runs_dir,
                                  data_dir=args.data_dir, num_processes=args.num_processes, final=args.final)  # fmt: skip
         print({k: v for k, v in summary.items() if k != "folds"})
+        return 0
+    if args.command == "select":  # what 03_compare chooses, from a shell
+        runs_root = default_runs_dir(args.runs_dir)
+        table, cands = select(find_runs(runs_root))
+        write_best_config(runs_root / BEST_CONFIG_NAME, cands[0])
+        print(table_markdown(table), end="")
+        print(f"best: {cands[0].name} (weights {'/'.join(f'{w:g}' for w in cands[0].weights)}); "
+              f"wrote {runs_root / BEST_CONFIG_NAME}")
         return 0
     if args.command == "holdout":
         if not (args.data_dir and args.out):
