@@ -48,7 +48,7 @@ bench-scale: venv
 	$(PY) benchmarks/fullsize.py --fractions $(FRACTIONS) --train
 
 # A 2.5D UNet and a 3-D SegResNet on fold 0 of the demo's split, then every model and blend
-# scored on their out-of-fold volumes (README 3.2: the blend against its members).
+# scored on their out-of-fold volumes (README, section 3: the blend against its members).
 blend3d: venv
 	$(PY) -m gi_utils.pipeline cv --arch unet --folds 0 --preset demo --runs-dir runs/blend3d
 	$(PY) -m gi_utils.pipeline cv --arch segresnet3d --folds 0 --preset demo --runs-dir runs/blend3d

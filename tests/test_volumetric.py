@@ -26,7 +26,7 @@ from gi_utils.inference import (
 )
 from gi_utils.models import ARCHITECTURES_3D, build_model, load_model
 from gi_utils.pipeline import submission_plan
-from gi_utils.report import BEST_CONFIG_NAME, find_runs, select, write_best_config
+from gi_utils.report import BEST_CONFIG_NAME, find_runs, results_table, select, write_best_config
 from gi_utils.training import TrainConfig, preset_config, train
 
 TINY_3D = {"img_size": 64, "epochs": 1, "batch_size": 2, "patch_depth": 16, "n_folds": 2, "progress": False,
@@ -131,6 +131,8 @@ def test_3d_run_validates_submits_and_blends_with_a_2d_run(synth_dir, tmp_path):
     model, config = load_model(runs / "segresnet3d_64px_fold0" / "best.safetensors")
     assert config["patch_depth"] == 16 and config["in_channels"] == 1
     # the OOF set has the 2.5D layout: one row per validation slice, scored like any model
+    runs_table = results_table(find_runs(runs)).set_index("Model")  # 03_compare's table of runs
+    assert runs_table.loc["segresnet3d_64px_fold0", "Encoder"] == "" and runs_table["Score"].notna().all()
     table, cands = select(find_runs(runs))
     names = set(table["Model"])
     assert {"segresnet3d_64px", "unet_resnet18_64px", "segresnet3d_64px + unet_resnet18_64px"} <= names
