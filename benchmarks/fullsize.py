@@ -23,7 +23,8 @@ memory grows faster than the number of slices.
 Peak memory is given twice: ``peak_rss`` (``ru_maxrss``: it also counts the pages of
 memory-mapped files once read, which the kernel can reclaim) and ``peak_anon`` (sampled:
 the RSS less file-backed and shared pages of the process and its workers, the memory
-that cannot be reclaimed; the 8 GB target is about this one).
+that cannot be reclaimed; the 8 GB target is about this one; pages the workers share
+copy-on-write with their parent count once per process, so it is an upper bound).
 
 Run: ``make bench-scale`` (``--fractions 0.0625,0.25 --train``, extrapolated to the full
 set; ``make bench-scale FRACTIONS=0.0625,0.25,1`` also runs the full size: about 25 GB of
