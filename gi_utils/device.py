@@ -6,11 +6,13 @@ kernel afterwards); these functions query it only when called.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
 
-__all__ = ["AMP_MODES", "DEVICES", "default_device", "cuda_wanted", "resolve_amp", "autocast_dtype"]
+__all__ = ["AMP_MODES", "DEVICES", "default_device", "cuda_wanted", "resolve_amp", "autocast_dtype",
+           "inference_autocast"]  # fmt: skip
 
 #: Mixed precision: "auto" = fp16 or bf16 on a GPU (bf16 where it is supported), bf16 on a
 #: CPU with native bf16 instructions (AVX512-BF16 or AMX), full precision elsewhere.
@@ -55,3 +57,13 @@ def resolve_amp(amp: str, cuda: bool) -> str:
 def autocast_dtype(amp: str) -> torch.dtype | None:
     """The autocast dtype of a resolved ``amp`` ("fp16" | "bf16" | "no" -> None)."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "no": None}[amp]
+
+
+def inference_autocast(device: torch.device, amp: str | None = None) -> contextlib.AbstractContextManager:
+    """The autocast of a prediction on ``device``: ``amp`` resolved as in training
+    (:func:`resolve_amp`); ``None``: fp16 on CUDA, full precision on the CPU. The returned
+    context manager may be entered again and again (once per forward pass)."""
+    if amp is None:
+        amp = "fp16" if device.type == "cuda" else "no"
+    dtype = autocast_dtype(resolve_amp(amp, cuda=device.type == "cuda"))
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -42,7 +42,8 @@ from gi_utils.data.preprocess import (
 )
 from gi_utils.progress import progress_bar
 
-__all__ = ["VolumeCache", "cache_key", "CACHE_FORMAT", "CACHE_DTYPES", "MAX_MEMORY_BYTES"]
+__all__ = ["VolumeCache", "cache_key", "cached_as", "scan_packed_masks", "CACHE_FORMAT", "CACHE_DTYPES",
+           "MAX_MEMORY_BYTES"]  # fmt: skip
 
 CACHE_FORMAT: int = 1
 #: An in-memory cache larger than this is refused (use ``cache_dir``).
@@ -52,6 +53,22 @@ MAX_MEMORY_BYTES: int = 2 * 1024**3
 #: Storage of the cached images: ``"float16"`` (exact: the values inference computes) or
 #: ``"uint8"`` (``round(255 x)``: half the disk, for large sizes; 1/255 steps).
 CACHE_DTYPES: tuple[str, ...] = ("float16", "uint8")
+_U8_SCALE = np.float32(255)
+
+
+def cached_as(images: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Cached images as ``dtype`` values in [0, 1]: uint8 storage is divided by 255, float16
+    storage only converted (not copied when it is ``dtype`` already)."""
+    if images.dtype == np.uint8:
+        return (images / _U8_SCALE).astype(dtype)
+    return images.astype(dtype, copy=False)
+
+
+def scan_packed_masks(rows: pd.DataFrame, img_size: int, mode: str) -> np.ndarray:
+    """Packed uint8 (len(rows), S, S) masks of ``rows`` decoded from their RLE and fitted to
+    (S, S), what the cache stores (and what a cache without masks is read as)."""
+    return np.stack([fit_packed_mask(pack_masks(slice_mask(r)), img_size, mode)
+                     for _, r in rows.iterrows()])  # fmt: skip
 
 
 def cache_key(meta: pd.DataFrame, img_size: int, mode: str, with_masks: bool, dtype: str = "float16") -> str:
@@ -191,16 +208,12 @@ class VolumeCache:
             self._spans[case_day] = (start, len(rows))
             images = preprocess_volume_f16(vol, self.img_size, self.mode, hi)
             if self.dtype == "uint8":
-                images = np.round(images.astype(np.float32) * 255).astype(np.uint8)
+                images = np.round(images.astype(np.float32) * _U8_SCALE).astype(np.uint8)
             put_images(slice(start, start + len(rows)), images)
             if put_masks is not None:
-                put_masks(slice(start, start + len(rows)), self._packed_masks_of(rows))
+                put_masks(slice(start, start + len(rows)), scan_packed_masks(rows, self.img_size, self.mode))
             bar.update(len(rows))
         bar.close()
-
-    def _packed_masks_of(self, rows: pd.DataFrame) -> np.ndarray:
-        return np.stack([fit_packed_mask(pack_masks(slice_mask(r)), self.img_size, self.mode)
-                         for _, r in rows.iterrows()])  # fmt: skip
 
     def _build_on_disk(self, progress: bool) -> None:
         n, s = len(self.meta), self.img_size

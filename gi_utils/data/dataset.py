@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gi_utils.constants import CLASSES
-from gi_utils.data.cache import VolumeCache
+from gi_utils.data.cache import VolumeCache, cached_as
 from gi_utils.data.images import read_image, read_volume, slice_mask
 from gi_utils.data.layout import has_masks, sort_slices
 from gi_utils.data.masks import fit_packed_mask, pack_masks, unpack_masks
@@ -120,8 +120,7 @@ class SliceDataset(Dataset):
     def _read_image(self, i: int) -> np.ndarray:
         rows = self._nbr[i]
         if self.cache is not None:
-            images = self.cache.images[self._cache_rows[rows]]
-            return images if images.dtype == np.float16 else (images / np.float32(255)).astype(np.float16)
+            return cached_as(self.cache.images[self._cache_rows[rows]], np.float16)
         hi = self._clip(int(self._scan[i]))
         done: dict[int, np.ndarray] = {}
         for r in rows:

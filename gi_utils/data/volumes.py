@@ -21,10 +21,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from gi_utils.data.cache import VolumeCache
-from gi_utils.data.images import slice_mask
+from gi_utils.data.cache import VolumeCache, cached_as, scan_packed_masks
 from gi_utils.data.layout import sort_slices
-from gi_utils.data.masks import fit_packed_mask, pack_masks, unpack_masks
+from gi_utils.data.masks import unpack_masks
 
 __all__ = ["FOREGROUND_OVERSAMPLE", "PatchDataset", "VolumeDataset"]
 
@@ -57,8 +56,7 @@ class _CachedScans:
     def images(self, v: int, a: int, b: int) -> np.ndarray:
         """float32 (b - a, S, S) of scan ``v``."""
         _, r0, _ = self.scans[v]
-        x = np.asarray(self.cache.images[r0 + a : r0 + b])
-        return x.astype(np.float32) / (np.float32(255) if x.dtype == np.uint8 else np.float32(1))
+        return cached_as(np.asarray(self.cache.images[r0 + a : r0 + b]), np.float32)
 
     def packed(self, v: int, a: int, b: int) -> np.ndarray:
         """uint8 (b - a, S, S) packed masks of scan ``v`` (decoded from the RLE when the cache
@@ -67,9 +65,7 @@ class _CachedScans:
         if self.cache.with_masks:
             return np.asarray(self.cache.packed_masks[r0 + a : r0 + b])
         f = self.first_row[v]
-        rows = self.meta.iloc[f + a : f + b]
-        return np.stack([fit_packed_mask(pack_masks(slice_mask(r)), self.img_size, self.mode)
-                         for _, r in rows.iterrows()])  # fmt: skip
+        return scan_packed_masks(self.meta.iloc[f + a : f + b], self.img_size, self.mode)
 
 
 def _plain(x) -> torch.Tensor:

@@ -16,7 +16,6 @@ at that resolution, then every group's average is resized to the scan's own (H, 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,11 +28,11 @@ from torch import nn
 from gi_utils.constants import NUM_CLASSES
 from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
-from gi_utils.device import autocast_dtype, default_device, resolve_amp
+from gi_utils.device import default_device, inference_autocast
 from gi_utils.inference.volumetric import SlidingWindow, predict_probs_3d
 from gi_utils.models.io import load_model
 from gi_utils.models.registry import split_outputs
-from gi_utils.models.volumetric import is_volumetric
+from gi_utils.models.volumetric import channels_last_format, is_volumetric
 from gi_utils.progress import progress_bar
 
 __all__ = [
@@ -73,8 +72,7 @@ def load_models(paths: Sequence[str | os.PathLike] | str | os.PathLike, device=N
                 stacklevel=2,
             )
         if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d if is_volumetric(config["arch"])
-                             else torch.channels_last)  # fmt: skip
+            model = model.to(memory_format=channels_last_format(config["arch"]))
         models.append((model, config))
     if not models:
         raise ValueError("no model paths given")
@@ -120,17 +118,15 @@ def predict_probs(
         is the classifier head's probability per slice and class (models with a gate).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if amp is None:
-        amp = "fp16" if device.type == "cuda" else "no"
-    dtype = autocast_dtype(resolve_amp(amp, cuda=device.type == "cuda"))
     flips = [()] + [TTA_FLIPS[n] for n in _tta_names(tta)]
+    autocast = inference_autocast(device, amp)  # resolved once, entered per forward pass
     model.eval()
     out, gates = [], []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         total = gate_total = None
         for f in flips:
-            with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            with autocast:
                 seg, gate = split_outputs(model(x.flip(f) if f else x))
             p = seg.float().sigmoid()
             p = p.flip(f) if f else p

@@ -11,7 +11,6 @@ fill a 16 GB GPU.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from gi_utils.device import autocast_dtype, resolve_amp
+from gi_utils.device import inference_autocast
 
 __all__ = ["SW_MODES", "SlidingWindow", "sliding_logits", "predict_probs_3d"]
 
@@ -85,15 +84,13 @@ def predict_probs_3d(
     float32 (D, S, S), averaged over the identity and the ``tta`` flips (axes of
     :data:`gi_utils.inference.predict.TTA_FLIPS`, given as a list of axis tuples)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if amp is None:
-        amp = "fp16" if device.type == "cuda" else "no"
-    dtype = autocast_dtype(resolve_amp(amp, cuda=device.type == "cuda"))
+    autocast = inference_autocast(device, amp)  # resolved once, entered per flip
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[None, None].to(device)
     total = None
     flips = [(), *tta]
     for f in flips:
-        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+        with autocast:
             logits = sliding_logits(model, x.flip(f) if f else x, patch_depth, sw)
         p = logits.float().sigmoid()
         p = p.flip(f) if f else p

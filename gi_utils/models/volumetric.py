@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from monai.networks.nets import SegResNet, UNet
 from torch import nn
 
-__all__ = ["ARCHITECTURES_3D", "VOLUME_DEFAULTS", "is_volumetric", "volume_stride", "build_volumetric"]
+__all__ = ["ARCHITECTURES_3D", "VOLUME_DEFAULTS", "is_volumetric", "channels_last_format", "volume_stride",
+           "build_volumetric"]  # fmt: skip
 
 #: Architecture name -> MONAI class (3-D, ``spatial_dims=3``).
 ARCHITECTURES_3D: dict[str, type[nn.Module]] = {
@@ -32,6 +34,12 @@ VOLUME_DEFAULTS: dict[str, dict[str, Any]] = {
 def is_volumetric(arch: str) -> bool:
     """True for the names of :data:`ARCHITECTURES_3D` (case-insensitive)."""
     return isinstance(arch, str) and arch.lower() in ARCHITECTURES_3D
+
+
+def channels_last_format(arch: str) -> torch.memory_format:
+    """The channels-last layout of ``arch``'s tensors: ``channels_last_3d`` for a 3-D model
+    (5-D tensors), ``channels_last`` for a 2.5D one."""
+    return torch.channels_last_3d if is_volumetric(arch) else torch.channels_last
 
 
 def _settings(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import pandas as pd
 from gi_utils.atomic import atomic_write_json
 from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.data_root import ensure_data
-from gi_utils.report.runs import load_run, run_name
+from gi_utils.report.runs import load_run, model_stem, run_name
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.launcher import launch
 from gi_utils.training.presets import preset_config
@@ -118,7 +118,7 @@ def cross_validate(
         print(f"=== all training cases, {epochs} epochs: {final_dir.name}", flush=True)
         launch(base.replace(fold=-1, epochs=epochs, patience=0, out_dir=str(final_dir)), num_processes)
         summary["final_run"] = final_dir.name
-    name = run_name(base.arch, base.encoder, base.img_size, 0, base.gate).removesuffix("_fold0") + ".json"
+    name = model_stem(base.arch, base.encoder, base.img_size, base.gate) + ".json"
     atomic_write_json(runs / "cv" / name, summary)
     return summary
 

@@ -17,14 +17,19 @@ import pandas as pd
 from gi_utils.atomic import read_json
 from gi_utils.models.registry import model_label
 
-__all__ = ["Run", "run_name", "load_run", "find_runs", "ensemble_paths", "data_dir_of"]
+__all__ = ["Run", "model_stem", "run_name", "load_run", "find_runs", "ensemble_paths", "data_dir_of"]
+
+
+def model_stem(arch: str, encoder: str, img_size: int, gate: bool = False) -> str:
+    """One model's name, whatever the fold: ``unet_resnet18_128px`` (``_gate`` with a
+    classifier gate; ``segresnet3d_128px`` for a 3-D model)."""
+    return f"{model_label(arch, encoder)}_{img_size}px{'_gate' if gate else ''}"
 
 
 def run_name(arch: str, encoder: str, img_size: int, fold: int, gate: bool = False) -> str:
-    """Default run folder name, e.g. ``unet_resnet18_128px_fold0`` (``foldall`` for fold -1,
-    ``unet_resnet18_128px_gate_fold0`` with a classifier gate, ``segresnet3d_128px_fold0`` for
-    a 3-D model)."""
-    return f"{model_label(arch, encoder)}_{img_size}px{'_gate' if gate else ''}_fold{'all' if fold == -1 else fold}"
+    """Default run folder name: :func:`model_stem` and the fold, e.g.
+    ``unet_resnet18_128px_fold0`` (``foldall`` for fold -1)."""
+    return f"{model_stem(arch, encoder, img_size, gate)}_fold{'all' if fold == -1 else fold}"
 
 
 @dataclass(frozen=True)

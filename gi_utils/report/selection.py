@@ -33,8 +33,7 @@ from gi_utils.evaluation.search import (
     search_postprocess,
 )
 from gi_utils.inference.postprocessing import PostProcess
-from gi_utils.models.registry import model_label
-from gi_utils.report.runs import Run
+from gi_utils.report.runs import Run, model_stem
 
 __all__ = ["BEST_CONFIG_NAME", "Candidate", "model_name", "group_runs", "select", "write_best_config",
            "read_best_config"]  # fmt: skip
@@ -48,7 +47,7 @@ _PER_RUN = frozenset({"fold", "out_dir", "data_dir", "folds_dir", "cache", "cach
 def model_name(run: Run) -> str:
     """``unet_resnet18_128px`` (plus ``_gate`` with a classifier head): one model's name."""
     c = run.config
-    return f"{model_label(c['arch'], c['encoder'])}_{c['img_size']}px" + ("_gate" if c.get("gate") else "")
+    return model_stem(c["arch"], c["encoder"], c["img_size"], bool(c.get("gate")))
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:

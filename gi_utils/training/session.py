@@ -49,6 +49,7 @@ from gi_utils.inference.volumetric import SlidingWindow
 from gi_utils.losses import build_loss
 from gi_utils.models.io import model_config, save_model
 from gi_utils.models.registry import build_model
+from gi_utils.models.volumetric import channels_last_format
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loaders import load_train_data
@@ -183,8 +184,7 @@ class TrainingRun:
             acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
                       f"({cfg.batch_size} x {acc.num_processes} processes x grad_accum {cfg.grad_accum}); "
                       f"peak lr {lr:.3g} (scale_lr={cfg.scale_lr})", flush=True)  # fmt: skip
-        nhwc = torch.channels_last_3d if cfg.volumetric else torch.channels_last
-        self.layout = nhwc if cfg.channels_last else torch.contiguous_format
+        self.layout = channels_last_format(cfg.arch) if cfg.channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.layout)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
@@ -201,6 +201,8 @@ class TrainingRun:
         self.ema = (ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True, device=acc.device)
                     if cfg.ema_decay else None)  # fmt: skip
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
+        # 3-D validation: whole scans by sliding windows, their sum kept on the device
+        self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.volumetric else None
         if cfg.log_with != "none":  # TensorBoard / W&B through accelerate's trackers
             simple = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
             acc.init_trackers("logs", config=simple)
@@ -284,9 +286,6 @@ class TrainingRun:
             return {}
         if self.ema is not None and self.acc.num_processes > 1:
             sync_buffers(self.ema.module)
-        # 3-D: whole scans by sliding windows, the sum kept on the device
-        self.sliding = ((self.cfg.patch_depth, SlidingWindow(self.cfg.sw_overlap, device=None))
-                        if self.cfg.volumetric else None)  # fmt: skip
         row = validate(self.acc, self.scored, self.val_loader, self.loss_fn, self.data, self.post,
                        self.out_dir / ".oof.tmp", progress=self.cfg.progress, memory_format=self.layout,
                        sliding=self.sliding)  # fmt: skip
