@@ -26,17 +26,27 @@ SUBMISSION_COLUMNS: tuple[str, ...] = ("id", "class", "predicted")
 
 #: Environment variable that names the data root.
 DATA_DIR_ENV: str = "GI_DATA_DIR"
-#: The competition's name on Kaggle, and where Kaggle mounts its data.
+#: Environment variable that moves the platform mounts below (``/kaggle/...``,
+#: ``/content/...``) under another root: the platform stand-ins of the tests set it, and
+#: the notebooks' setup cell reads the same variable. Unset: ``/``.
+PLATFORM_ROOT_ENV: str = "GI_PLATFORM_ROOT"
+#: The competition's name on Kaggle.
 KAGGLE_COMPETITION: str = "uw-madison-gi-tract-image-segmentation"
-KAGGLE_DATA_DIR: str = f"/kaggle/input/{KAGGLE_COMPETITION}"
-#: Where a Colab user who copied the data to Google Drive keeps it.
-COLAB_DATA_DIR: str = "/content/drive/MyDrive/uw-madison-gi-tract-image-segmentation"
+#: Kaggle's mounts, relative to the platform root: attached datasets and competitions
+#: (read-only) and the notebook's own writable output folder.
+KAGGLE_INPUT_REL: str = "kaggle/input"
+KAGGLE_WORKING_REL: str = "kaggle/working"
+#: Colab's local disk (lost when the runtime is recycled) and the Google Drive mount,
+#: relative to the platform root.
+COLAB_CONTENT_REL: str = "content"
+COLAB_DRIVE_REL: str = "content/drive/MyDrive"
+#: On Drive: where a Colab user keeps the competition data, and the project's runs.
+COLAB_DATA_DIRNAME: str = KAGGLE_COMPETITION
+COLAB_RUNS_REL: str = "gi-tract-segmentation/runs"
 #: Local fallback folder name (relative to the working directory, then the repository).
 LOCAL_DATA_DIRNAME: str = "data"
 #: Environment variable that names the folder of run folders (checkpoints, caches, results).
 RUNS_DIR_ENV: str = "GI_RUNS_DIR"
-#: Kaggle's writable output folder.
-KAGGLE_WORKING_DIR: str = "/kaggle/working"
 
 #: Real image sizes in the training set as (width, height) with their pixel spacing (mm)
 #: and number of slices in train.

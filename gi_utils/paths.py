@@ -1,7 +1,13 @@
-"""Where things are: the competition data, the runs folder, the pictures.
+"""Where things are: the platform, the competition data, the runs folder, the pictures.
 
 Every path of the package is resolved here, once, at an entry point (a notebook's first
 cells, a command line), and the resolved :class:`~pathlib.Path` is passed down.
+
+Platform (:func:`platform_name`): Kaggle when ``/kaggle/working`` (or the competition
+mount) exists, Colab when ``COLAB_RELEASE_TAG`` is set (every Colab runtime sets it), else
+local. The platform mounts are read below :func:`platform_root` (``$GI_PLATFORM_ROOT``,
+default ``/``), so the platform stand-ins of the tests lay out ``kaggle/input``,
+``kaggle/working`` or ``content/drive/MyDrive`` under a temporary folder.
 
 Data root, first folder that holds ``train.csv`` wins:
 
@@ -18,40 +24,89 @@ When none holds ``train.csv`` a :class:`DataNotFoundError` lists every place tri
 says how to make the synthetic dataset.
 
 Runs folder (checkpoints, caches, folds, results): the argument, ``$GI_RUNS_DIR``,
-``/kaggle/working/runs`` on Kaggle, ``runs/`` of the checkout, ``./runs``.
+``/kaggle/working/runs`` on Kaggle, ``MyDrive/gi-tract-segmentation/runs`` on Colab with
+Drive mounted (``/content`` is lost when the runtime is recycled; without Drive the runs
+go to ``/content/runs`` with a warning that says so), ``runs/`` of the checkout, ``./runs``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from gi_utils.constants import (
-    COLAB_DATA_DIR,
+    COLAB_CONTENT_REL,
+    COLAB_DATA_DIRNAME,
+    COLAB_DRIVE_REL,
+    COLAB_RUNS_REL,
     DATA_DIR_ENV,
-    KAGGLE_DATA_DIR,
-    KAGGLE_WORKING_DIR,
+    KAGGLE_COMPETITION,
+    KAGGLE_INPUT_REL,
+    KAGGLE_WORKING_REL,
     LOCAL_DATA_DIRNAME,
+    PLATFORM_ROOT_ENV,
     RUNS_DIR_ENV,
 )
 
 __all__ = [
     "REPO_ROOT",
+    "PLATFORMS",
     "DataNotFoundError",
+    "platform_root",
+    "kaggle_input_dir",
+    "kaggle_data_dir",
+    "kaggle_working_dir",
+    "colab_content_dir",
+    "colab_drive_dir",
+    "on_kaggle",
+    "on_colab",
+    "platform_name",
     "candidate_data_dirs",
     "resolve_data_dir",
     "in_checkout",
-    "on_kaggle",
     "default_runs_dir",
     "default_pictures_dir",
     "default_submission_path",
 ]
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[1]
+#: The platforms :func:`platform_name` tells apart.
+PLATFORMS: tuple[str, ...] = ("kaggle", "colab", "local")
 
 
 class DataNotFoundError(FileNotFoundError):
     """No data root with a ``train.csv`` was found."""
+
+
+def platform_root() -> Path:
+    """The folder the platform mounts are read below: ``$GI_PLATFORM_ROOT``, else ``/``."""
+    return Path(os.environ.get(PLATFORM_ROOT_ENV) or "/")
+
+
+def kaggle_input_dir() -> Path:
+    """Kaggle's read-only mounts of attached datasets and competitions (``/kaggle/input``)."""
+    return platform_root() / KAGGLE_INPUT_REL
+
+
+def kaggle_data_dir() -> Path:
+    """Where Kaggle mounts the competition's data."""
+    return kaggle_input_dir() / KAGGLE_COMPETITION
+
+
+def kaggle_working_dir() -> Path:
+    """A Kaggle notebook's own writable output folder (``/kaggle/working``)."""
+    return platform_root() / KAGGLE_WORKING_REL
+
+
+def colab_content_dir() -> Path:
+    """Colab's local disk (``/content``), lost when the runtime is recycled."""
+    return platform_root() / COLAB_CONTENT_REL
+
+
+def colab_drive_dir() -> Path:
+    """Google Drive as Colab mounts it (``/content/drive/MyDrive``)."""
+    return platform_root() / COLAB_DRIVE_REL
 
 
 def in_checkout() -> bool:
@@ -61,7 +116,17 @@ def in_checkout() -> bool:
 
 def on_kaggle() -> bool:
     """True inside a Kaggle notebook (the competition mount or /kaggle/working exists)."""
-    return Path(KAGGLE_DATA_DIR).is_dir() or Path(KAGGLE_WORKING_DIR).is_dir()
+    return kaggle_data_dir().is_dir() or kaggle_working_dir().is_dir()
+
+
+def on_colab() -> bool:
+    """True inside a Colab runtime (which sets ``COLAB_RELEASE_TAG``)."""
+    return bool(os.environ.get("COLAB_RELEASE_TAG"))
+
+
+def platform_name() -> str:
+    """``"kaggle"``, ``"colab"`` or ``"local"`` (:data:`PLATFORMS`)."""
+    return "kaggle" if on_kaggle() else "colab" if on_colab() else "local"
 
 
 def candidate_data_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
@@ -72,8 +137,8 @@ def candidate_data_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         candidates.append((f"environment variable {DATA_DIR_ENV}", Path(env).expanduser()))
-    candidates.append(("Kaggle input mount", Path(KAGGLE_DATA_DIR)))
-    candidates.append(("Colab Drive folder", Path(COLAB_DATA_DIR)))
+    candidates.append(("Kaggle input mount", kaggle_data_dir()))
+    candidates.append(("Colab Drive folder", colab_drive_dir() / COLAB_DATA_DIRNAME))
     candidates.append(("working directory", Path.cwd() / LOCAL_DATA_DIRNAME))
     repo_local = REPO_ROOT / LOCAL_DATA_DIRNAME
     if repo_local != Path.cwd() / LOCAL_DATA_DIRNAME:
@@ -108,14 +173,23 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def default_runs_dir(runs_dir: str | os.PathLike | None = None) -> Path:
-    """Folder of run folders: argument → ``$GI_RUNS_DIR`` → /kaggle/working/runs →
+    """Folder of run folders: argument → ``$GI_RUNS_DIR`` → ``/kaggle/working/runs`` on
+    Kaggle → ``MyDrive/gi-tract-segmentation/runs`` on Colab with Drive mounted (else
+    ``/content/runs``, with a warning: it is lost when the runtime is recycled) →
     ``runs/`` of the repository checkout → ``./runs``."""
     if runs_dir:
         return Path(runs_dir)
     if os.environ.get(RUNS_DIR_ENV):
         return Path(os.environ[RUNS_DIR_ENV])
-    if Path(KAGGLE_WORKING_DIR).is_dir():
-        return Path(KAGGLE_WORKING_DIR) / "runs"
+    if on_kaggle():
+        return kaggle_working_dir() / "runs"
+    if on_colab():
+        if colab_drive_dir().is_dir():
+            return colab_drive_dir() / COLAB_RUNS_REL
+        warnings.warn(f"Google Drive is not mounted at {colab_drive_dir()}: runs go to {colab_content_dir() / 'runs'}, "
+                      "which is lost when the runtime is recycled; run the setup cell again and allow Drive, "
+                      "or pass runs_dir", stacklevel=2)  # fmt: skip
+        return colab_content_dir() / "runs"
     return (REPO_ROOT if in_checkout() else Path.cwd()) / "runs"
 
 
@@ -133,6 +207,6 @@ def default_pictures_dir(
 def default_submission_path(runs_dir: str | os.PathLike) -> Path:
     """``/kaggle/working/submission.csv`` on Kaggle (where the grader looks), else
     ``<runs_dir>/submission.csv``."""
-    if Path(KAGGLE_WORKING_DIR).is_dir():
-        return Path(KAGGLE_WORKING_DIR) / "submission.csv"
+    if on_kaggle():
+        return kaggle_working_dir() / "submission.csv"
     return Path(runs_dir) / "submission.csv"

@@ -11,8 +11,8 @@ from gi_utils.paths import DataNotFoundError, resolve_data_dir
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No real mounts, no env var, an empty working directory and repository."""
-    monkeypatch.setattr(paths, "KAGGLE_DATA_DIR", str(tmp_path / "kaggle"))
-    monkeypatch.setattr(paths, "COLAB_DATA_DIR", str(tmp_path / "colab"))
+    monkeypatch.setenv("GI_PLATFORM_ROOT", str(tmp_path / "platform"))
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.delenv("GI_DATA_DIR", raising=False)
     work = tmp_path / "work"
@@ -33,9 +33,9 @@ def test_order(isolated, monkeypatch):
     assert resolve_data_dir() == repo
     cwd = _make(t / "work" / "data")
     assert resolve_data_dir() == cwd
-    colab = _make(t / "colab")
+    colab = _make(paths.colab_drive_dir() / "uw-madison-gi-tract-image-segmentation")
     assert resolve_data_dir() == colab
-    kaggle = _make(t / "kaggle")
+    kaggle = _make(paths.kaggle_data_dir())
     assert resolve_data_dir() == kaggle
     env = _make(t / "env")
     monkeypatch.setenv("GI_DATA_DIR", str(env))
@@ -46,7 +46,7 @@ def test_order(isolated, monkeypatch):
 
 
 def test_explicit_argument_is_not_silently_replaced(isolated):
-    _make(isolated / "kaggle")
+    _make(paths.kaggle_data_dir())
     with pytest.raises(DataNotFoundError, match="argument data_dir.*nowhere.*missing"):
         resolve_data_dir(isolated / "nowhere")
 
@@ -62,6 +62,6 @@ def test_error_lists_everything_and_says_how_to_fix(isolated):
     with pytest.raises(DataNotFoundError) as err:
         resolve_data_dir()
     msg = str(err.value)
-    for place in ("kaggle", "colab", "work", "repo"):
-        assert str(isolated / place) in msg
+    for place in (paths.kaggle_data_dir(), paths.colab_drive_dir(), isolated / "work", isolated / "repo"):
+        assert str(place) in msg
     assert "python -m gi_utils.synthetic" in msg and "GI_DATA_DIR" in msg
