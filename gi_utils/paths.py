@@ -66,6 +66,8 @@ __all__ = [
     "resolve_data_dir",
     "in_checkout",
     "default_runs_dir",
+    "runs_dirs",
+    "output_dir",
     "default_pictures_dir",
     "default_submission_path",
 ]
@@ -191,6 +193,26 @@ def default_runs_dir(runs_dir: str | os.PathLike | None = None) -> Path:
                       "or pass runs_dir", stacklevel=2)  # fmt: skip
         return colab_content_dir() / "runs"
     return (REPO_ROOT if in_checkout() else Path.cwd()) / "runs"
+
+
+def runs_dirs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders of run folders that ``03_compare`` and ``04_submission`` read: a
+    comma-separated ``runs_dir`` (e.g. the outputs of two training notebooks attached to
+    a third), else :func:`default_runs_dir`."""
+    parts = [p.strip() for p in str(runs_dir or "").split(",") if p.strip()]
+    return [Path(p) for p in parts] or [default_runs_dir()]
+
+
+def output_dir(out_dir: str | os.PathLike | None, runs: list[Path]) -> Path:
+    """Where a notebook that reads ``runs`` writes its own files: ``out_dir`` if given;
+    else the first runs folder, unless that is read-only (under Kaggle's input mounts, or
+    not writable), then :func:`default_runs_dir`."""
+    if out_dir:
+        return Path(out_dir)
+    first = runs[0]
+    read_only = first.resolve().is_relative_to(kaggle_input_dir().resolve()) or (
+        first.is_dir() and not os.access(first, os.W_OK))
+    return default_runs_dir() if read_only else first
 
 
 def default_pictures_dir(

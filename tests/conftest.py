@@ -1,46 +1,20 @@
-"""Shared fixtures: an offline, hermetic environment, synthetic datasets and tiny configs.
-
-Hermetic: the whole session (unit tests, papermill tests and the notebooks under nbval)
-writes its runs under a temporary ``$GI_RUNS_DIR`` made here and removed at the end, so
-a second ``make test`` trains again and the comparison sees only the runs of this session.
-"""
+"""Shared fixtures: synthetic datasets and tiny configs. The offline, hermetic environment
+of every session (a temporary runs folder, the nbval sanitizer) is the repository's root
+``conftest.py``, which pytest loads for ``pytest notebooks`` alone too."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
 
-from pathlib import Path  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from gi_utils.constants import CLASSES, RUNS_DIR_ENV  # noqa: E402
-from gi_utils.data import encode_rle  # noqa: E402
-from gi_utils.synthetic import generate_dataset  # noqa: E402
-from gi_utils.training import TrainConfig  # noqa: E402
-
-_OWN_RUNS: list[str] = []
-
-
-def pytest_configure(config) -> None:
-    """A fresh runs folder for this session (kernels started by nbval inherit it)."""
-    os.environ["GI_HEADLESS"] = "1"  # kernels of nbval and papermill: text progress, static viewer
-    if not os.environ.get("GI_TEST_KEEP_RUNS_DIR"):
-        path = tempfile.mkdtemp(prefix="gi_test_runs_")
-        os.environ[RUNS_DIR_ENV] = path
-        _OWN_RUNS.append(path)
-
-
-def pytest_unconfigure(config) -> None:
-    for path in _OWN_RUNS:
-        shutil.rmtree(path, ignore_errors=True)
+from gi_utils.constants import CLASSES
+from gi_utils.data import encode_rle
+from gi_utils.synthetic import generate_dataset
+from gi_utils.training import TrainConfig
 
 
 @pytest.fixture(scope="session")

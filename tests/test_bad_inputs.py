@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_kaggle_tree
 from safetensors.torch import load_file, save_file
 
+from conftest import write_kaggle_tree
 from gi_utils.checkpoint import CheckpointError, load_state, save_state
 from gi_utils.constants import CLASSES, SUBMISSION_COLUMNS
 from gi_utils.data import (
@@ -416,7 +416,9 @@ REJECTED = [
     case("train_notebook_bad_arch", lambda e: train_setup({**TRAIN_NB, "arch": "unetx"}, TRAIN_TYPES),
          ParameterError, r"02_train parameters: arch='unetx' is not valid"),
     case("train_notebook_bad_preset", lambda e: train_setup({**TRAIN_NB, "preset": "fast"}, TRAIN_TYPES),
-         ParameterError, r"02_train parameters: preset='fast' is not valid; choose one of smoke, demo, gpu"),
+         ParameterError, r"02_train parameters: preset='fast' is not valid; choose one of auto, smoke, demo, gpu"),
+    case("train_notebook_out_dir", lambda e: train_setup({**TRAIN_NB, "out_dir": "/elsewhere"}, TRAIN_TYPES),
+         ParameterError, r"02_train parameters: out_dir='/elsewhere' is not taken: a run's folder is <runs_dir>/<run_name>"),
     case("train_notebook_own_param_wrong_type", lambda e: train_setup({**TRAIN_NB, "n_overlays": "many"}, TRAIN_TYPES),
          ParameterError, r"parameter 'n_overlays' = 'many' has type str; expected int"),
     # ---- folds

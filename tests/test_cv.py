@@ -156,5 +156,28 @@ def test_final_model_on_all_cases_has_no_validation_score(data, tmp_path):
     table = results_table(runs_found).set_index("Model")
     assert table.loc["unet_resnet18_64px_foldall", "Fold"] == "all (not validated)"
     assert np.isnan(table.loc["unet_resnet18_64px_foldall", "Score"])
-    names = set(select(runs_found)[0]["Model"])
-    assert names == {"unet_resnet18_64px"}  # the fold-all model is not chosen on OOF
+    table, cands = select(runs_found)
+    assert set(table["Model"]) == {"unet_resnet18_64px"}  # the fold-all model is not ranked on OOF ...
+    # ... but it is what the configuration submits, with the settings searched on its folds
+    assert [r.name for r in cands[0].finals] == ["unet_resnet18_64px_foldall"]
+    write_best_config(tmp_path / "out" / BEST_CONFIG_NAME, cands[0])
+    plan = submission_plan(runs, out_root=tmp_path / "out")
+    assert [p.parent.name for p in plan.model_paths] == ["unet_resnet18_64px_foldall"]
+    assert plan.post == cands[0].searched.post and plan.weights == [1.0]
+
+
+def test_runs_and_best_configuration_move_together_or_apart(cv_runs, tmp_path):
+    """Records hold no absolute path: the runs attached elsewhere (a read-only Kaggle
+    input) and 03's best configuration written to another folder still give the plan."""
+    import shutil
+
+    runs, _ = cv_runs
+    table, cands = select(find_runs(runs))
+    moved = shutil.copytree(runs, tmp_path / "input" / "my-runs" / "runs")
+    record = write_best_config(tmp_path / "out03" / BEST_CONFIG_NAME, cands[0])
+    assert not any(p.startswith("/") for p in json.loads(record.read_text())["model_paths"])
+    shutil.copytree(tmp_path / "out03", tmp_path / "input" / "my-choice")
+    shutil.rmtree(tmp_path / "out03")  # the models are not beside it any more: found by run name
+    plan = submission_plan([moved], best_config=str(tmp_path / "input" / "my-choice" / BEST_CONFIG_NAME))
+    assert [p.parent for p in plan.model_paths] == [moved / r for r in cands[0].run_names]
+    assert plan.post == cands[0].searched.post

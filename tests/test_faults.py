@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_kaggle_tree
 
+from conftest import write_kaggle_tree
 from gi_utils import atomic, checkpoint, runlock
 from gi_utils.atomic import (
     DiskFullError,

@@ -98,3 +98,11 @@ def test_overlay_and_figures(tmp_path):
     hist = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_dice": [0.2, 0.4]})
     fig = plot_history({"unet": hist, "fpn": hist})
     assert len(fig.axes) == 2
+
+
+def test_a_given_out_dir_is_refused_not_dropped(tmp_path):
+    """`-p out_dir DIR` used to pass the check and be overwritten by runs_dir/run_name."""
+    from gi_utils.pipeline import ParameterError, train_setup
+
+    with pytest.raises(ParameterError, match="out_dir='/somewhere' is not taken.*runs_dir"):
+        train_setup({"preset": "smoke", "out_dir": "/somewhere"}, {"preset": str})

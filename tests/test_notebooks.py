@@ -4,6 +4,7 @@ temporary runs folder; the notebooks' parameters cells, setup cell and committed
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,21 @@ def test_pytest_at_the_root_collects_the_notebooks():
                          cwd=REPO_ROOT, capture_output=True, text=True).stdout  # fmt: skip
     for path in notebook_paths():
         assert f"notebooks/{path.name}::Cell 0" in out, path.name
+
+
+def test_pytest_nbval_on_one_notebook_alone_is_hermetic(tmp_path):
+    """`pytest --nbval notebooks/04_submission.ipynb`, typed as is, without the Makefile's
+    flags or the tests' conftest: it used to fail on the unsanitised temporary path, find
+    no run (or the user's), and write into the checkout's runs/. Now the root conftest
+    runs 02 and 03 first in a temporary runs folder, and runs/ of the checkout is left as
+    it was."""
+    user_runs = REPO_ROOT / "runs"
+    before = sorted(p.relative_to(user_runs) for p in user_runs.rglob("*")) if user_runs.exists() else None
+    env = {k: v for k, v in os.environ.items() if k not in ("GI_RUNS_DIR", "GI_PRESET", "GI_HEADLESS", "PYTEST_ADDOPTS")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-p", "no:cacheprovider", "-q",
+                           "notebooks/04_submission.ipynb"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "02_train first" in done.stdout and "03_compare first" in done.stdout
+    after = sorted(p.relative_to(user_runs) for p in user_runs.rglob("*")) if user_runs.exists() else None
+    assert after == before

@@ -85,3 +85,40 @@ def test_demo_notebooks_done_before_are_skipped_after_a_crash(tmp_path, monkeypa
     series.run_notebook("02_train", tmp_path, {"crash": False}, tag="unet")  # not done: runs
     series.run_notebook("01_eda", tmp_path, {"seed": 1})  # other parameters: runs
     assert [c[0] for c in calls] == ["01_eda.ipynb", "02_train.ipynb", "02_train.ipynb", "01_eda.ipynb"]
+
+
+@pytest.fixture
+def platform(tmp_path, monkeypatch):
+    """An empty platform root (no mounts), no data anywhere, a recording generator."""
+    monkeypatch.setenv("GI_PLATFORM_ROOT", str(tmp_path / "root"))
+    monkeypatch.delenv("GI_DATA_DIR", raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.setattr(pipeline, "resolve_data_dir", lambda given=None: (_ for _ in ()).throw(
+        pipeline.DataNotFoundError("No data folder with train.csv found.")))
+    calls: list[tuple] = []
+    monkeypatch.setattr(pipeline, "generate_dataset", lambda *a, **k: calls.append(a) or Path(a[0]))
+    return tmp_path / "root", calls
+
+
+@pytest.mark.parametrize("where", ["kaggle", "colab"])
+def test_no_data_on_a_platform_is_an_error_not_synthetic_training(platform, monkeypatch, where):
+    """On Kaggle or Colab a missing competition folder is an error saying how to attach it;
+    the synthetic dataset is made only when asked for by name."""
+    root, calls = platform
+    if where == "kaggle":
+        (root / "kaggle" / "working").mkdir(parents=True)
+    else:
+        monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
+    with pytest.raises(pipeline.DataNotFoundError, match=f"On {where.capitalize()}: .*data_dir='synthetic'"):
+        pipeline.ensure_data("")
+    assert calls == []
+    pipeline.ensure_data("synthetic")
+    assert len(calls) == 1
+    if where == "colab":
+        assert calls[0][0] == root / "content" / "data"  # the runtime's disk, not Drive
+
+
+def test_no_data_locally_still_writes_the_synthetic_dataset(platform):
+    _, calls = platform
+    pipeline.ensure_data("")
+    assert len(calls) == 1

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     cv = parser.add_argument_group("cv: cross-validation of one architecture")
     cv.add_argument("--arch", default="unet", help="architecture (cv)")
     cv.add_argument("--folds", default="all", help="'all' or a comma-separated list (cv)")
-    cv.add_argument("--preset", default="demo", help="smoke | demo | gpu (cv)")
+    cv.add_argument("--preset", default="demo", help="auto | smoke | demo | gpu | kaggle | colab (cv)")
     cv.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a TrainConfig field, e.g. -p img_size 128 (cv; repeatable)")  # fmt: skip
     cv.add_argument("--final", action="store_true", help="then train on all cases for the mean best epoch (cv)")

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from gi_utils.paths import default_runs_dir
+from gi_utils.paths import colab_content_dir, default_runs_dir, on_colab
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.notebook import ParameterError, check_params
 from gi_utils.report.runs import run_name
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.presets import preset_values
+from gi_utils.training.presets import preset_values, resolve_preset
 
 __all__ = ["CONFIG_FIELDS", "train_setup"]
 
@@ -37,12 +37,16 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
 
     Returns:
         ``(config, notebook_params)``: ``config.data_dir`` is resolved (the synthetic
-        dataset is written if no data are found and ``synthetic_if_missing``) and
-        ``config.out_dir`` is ``<runs_dir>/<run_name>``.
+        dataset is written if no data are found and ``synthetic_if_missing``, locally),
+        ``config.out_dir`` is ``<runs_dir>/<run_name>``, on Colab the disk cache is on the
+        runtime's local disk, and ``notebook_params["preset"]`` names the preset applied
+        ("auto" resolved: :func:`gi_utils.training.presets.machine_preset`).
 
     Raises:
         ParameterError: an unknown parameter (with the valid names, and a close match), a
-            value of the wrong type, or an invalid setting; the message names it.
+            value of the wrong type, an invalid setting, or ``out_dir`` (set from
+            ``runs_dir`` and ``run_name``, so a value given would be dropped); the message
+            names it.
     """
     own_types = {k: v for k, v in annotations.items() if k not in CONFIG_FIELDS}
     nb = check_params({k: v for k, v in given.items() if k in own_types}, own_types)
@@ -51,9 +55,13 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
     typed = check_params(given_cfg, {k: cell_types[k] for k in given_cfg})
     extra = {k: v for k, v in given.items() if k not in annotations}  # -p names not in the cell
     values = {k: v for k, v in typed.items() if v is not None} | extra
+    if "out_dir" in values:
+        raise ParameterError(f"02_train parameters: out_dir={values['out_dir']!r} is not taken: a run's folder is "
+                             "<runs_dir>/<run_name>; pass -p runs_dir DIR (and -p run_name NAME)")  # fmt: skip
     data_dir = values.pop("data_dir", "") or ""
     try:
-        values = {**preset_values(nb.get("preset", ""), str(values.get("arch", TrainConfig.arch))), **values}
+        nb["preset"] = resolve_preset(nb.get("preset", ""))
+        values = {**preset_values(nb["preset"], str(values.get("arch", TrainConfig.arch))), **values}
         if values.get("weights") == "":
             values["weights"] = None  # "" = random initialisation
         probe = TrainConfig.from_dict(values)  # names and values first, before any data are touched
@@ -62,4 +70,7 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
     root = ensure_data(data_dir, nb.get("synthetic_if_missing", True))
     name = nb.get("run_name") or run_name(probe.arch, probe.encoder, probe.img_size, probe.fold, probe.gate)
     out_dir = default_runs_dir(nb.get("runs_dir", "")) / name
-    return probe.replace(data_dir=str(root), out_dir=str(out_dir)), nb
+    local = {}
+    if on_colab() and probe.cache == "disk" and probe.cache_dir is None:
+        local["cache_dir"] = str(colab_content_dir() / "cache")  # Colab's local disk: Drive is slow and small
+    return probe.replace(data_dir=str(root), out_dir=str(out_dir), **local), nb

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.models.io import read_model_config
+from gi_utils.paths import kaggle_input_dir
 from gi_utils.report.runs import ensemble_paths
 from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 
-__all__ = ["SubmissionPlan", "submission_plan"]
+__all__ = ["SubmissionPlan", "find_best_config", "submission_plan"]
 
 
 @dataclass(frozen=True)
@@ -26,24 +27,43 @@ class SubmissionPlan:
     source: str
 
 
+def find_best_config(runs_roots: list[Path], best_config: str = "", out_root: Path | None = None) -> Path | None:
+    """The best configuration 04 submits: ``best_config`` if given; else the first
+    ``best_config.json`` of ``out_root`` (where 03 wrote it), of the runs folders, or of a
+    dataset attached on Kaggle (the bundle of ``make kaggle``); ``None`` if there is none."""
+    if best_config:
+        return Path(best_config)
+    places = [*([out_root] if out_root else []), *runs_roots]
+    found = [p / BEST_CONFIG_NAME for p in places if (p / BEST_CONFIG_NAME).is_file()]
+    if not found and kaggle_input_dir().is_dir():
+        found = sorted(kaggle_input_dir().glob(f"*/{BEST_CONFIG_NAME}")) + sorted(kaggle_input_dir().glob(f"*/*/{BEST_CONFIG_NAME}"))
+    return found[0] if found else None
+
+
 def submission_plan(
-    runs_root: str | os.PathLike, runs: str = "", model_paths: str = "", best_config: str = "",
-    thresholds: float | list | None = None, min_size: int | None = None,
+    runs_root: str | os.PathLike | list, runs: str = "", model_paths: str = "", best_config: str = "",
+    thresholds: float | list | None = None, min_size: int | None = None, out_root: str | os.PathLike | None = None,
 ) -> SubmissionPlan:  # fmt: skip
     """Resolve 04's parameters into a :class:`SubmissionPlan`.
 
     Order: explicit ``model_paths`` or ``runs`` (the models' own settings, equal weights);
-    else ``best_config`` or ``<runs_root>/best_config.json`` when it exists; else every
-    finished run. ``thresholds`` / ``min_size`` then override the chosen settings.
+    else the best configuration (:func:`find_best_config`; its models looked up beside it,
+    then by run name in the runs folders); else every finished run. ``thresholds`` /
+    ``min_size`` then override the chosen settings.
+
+    Args:
+        runs_root: a folder of run folders, or a list of them (read only).
+        out_root: where 03 wrote its files, if elsewhere than the runs folders.
     """
-    runs_root = Path(runs_root)
-    config_path = Path(best_config) if best_config else runs_root / BEST_CONFIG_NAME
-    if not (runs or model_paths) and (best_config or config_path.is_file()):
-        record = read_best_config(config_path)
+    roots = [Path(r) for r in runs_root] if isinstance(runs_root, list | tuple) else [Path(runs_root)]
+    config_path = None if (runs or model_paths) else find_best_config(roots, best_config,
+                                                                       Path(out_root) if out_root else None)
+    if config_path is not None:
+        record = read_best_config(config_path, roots)
         paths, weights = [Path(p) for p in record["model_paths"]], list(record["weights"])
         post, default, source = record["post"], record["default_post"], f"best configuration {config_path}"
     else:
-        paths = ensemble_paths(runs_root, runs, model_paths)
+        paths = ensemble_paths(roots, runs, model_paths)
         weights = None
         default = PostProcess.from_model_configs([read_model_config(p) for p in paths])
         post, source = default, "the models' own settings"

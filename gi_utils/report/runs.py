@@ -16,6 +16,7 @@ import pandas as pd
 
 from gi_utils.atomic import read_json
 from gi_utils.models.registry import model_label
+from gi_utils.paths import resolve_data_dir
 
 __all__ = ["Run", "model_stem", "run_name", "load_run", "find_runs", "ensemble_paths", "data_dir_of"]
 
@@ -69,28 +70,38 @@ def load_run(path: str | os.PathLike) -> Run:
     )
 
 
-def find_runs(runs_dir: str | os.PathLike, names: list[str] | tuple[str, ...] | str = ()) -> list[Run]:
+def find_runs(runs_dir: str | os.PathLike | list, names: list[str] | tuple[str, ...] | str = ()) -> list[Run]:
     """Load the named run folders of ``runs_dir``, or every finished one when none is named.
 
     Args:
-        runs_dir: folder holding run folders.
+        runs_dir: a folder holding run folders, or a list of them (the outputs of several
+            notebooks, attached read-only).
         names: run folder names (a list or a comma-separated string); empty = all.
 
     Raises:
         FileNotFoundError: a named run is missing or unfinished, or no run is found.
+        ValueError: two folders hold runs of the same name (names both).
     """
-    runs_dir = Path(runs_dir)
+    roots = [Path(r) for r in runs_dir] if isinstance(runs_dir, list | tuple) else [Path(runs_dir)]
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    found: dict[str, Path] = {}
+    for root in roots:
+        for path in sorted(p.parent for p in root.glob("*/metrics.json")):
+            if path.name in found:
+                raise ValueError(f"two runs named {path.name}: {found[path.name]} and {path}")
+            found[path.name] = path
     if names:
-        return [load_run(runs_dir / n) for n in names]
-    found = sorted(p.parent for p in runs_dir.glob("*/metrics.json"))
+        missing = [n for n in names if n not in found]
+        if missing:  # load_run names what is missing in the (first) folder
+            return [load_run(found.get(n, roots[0] / n)) for n in names]
+        return [load_run(found[n]) for n in names]
     if not found:
-        raise FileNotFoundError(f"no finished run (a folder with metrics.json) under {runs_dir}")
-    return [load_run(p) for p in found]
+        raise FileNotFoundError(f"no finished run (a folder with metrics.json) under {', '.join(map(str, roots))}")
+    return [load_run(found[n]) for n in sorted(found)]
 
 
-def ensemble_paths(runs_dir: str | os.PathLike, runs: str = "", paths: str = "") -> list[Path]:
+def ensemble_paths(runs_dir: str | os.PathLike | list, runs: str = "", paths: str = "") -> list[Path]:
     """The models of an ensemble: explicit comma-separated ``.safetensors`` paths if given,
     else the ``best.safetensors`` of the named runs (or of every finished run)."""
     if paths:
@@ -103,7 +114,9 @@ def ensemble_paths(runs_dir: str | os.PathLike, runs: str = "", paths: str = "")
 
 
 def data_dir_of(runs: list[Run], data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir`` if given, else the data folder the runs trained on (their ``split.json``).
+    """``data_dir`` if given, else the data folder the runs trained on (their ``split.json``)
+    where it still exists, else the data folder found here (:func:`resolve_data_dir`: the
+    runs came from another machine or notebook).
 
     Raises:
         ValueError: the runs trained on different data folders (names two of them).
@@ -113,4 +126,6 @@ def data_dir_of(runs: list[Run], data_dir: str | os.PathLike | None = None) -> P
     folders = sorted({r.split["data_dir"] for r in runs})
     if len(folders) != 1:
         raise ValueError(f"the runs trained on {len(folders)} data folders ({folders[:2]}); pass data_dir")
-    return Path(folders[0])
+    if Path(folders[0]).is_dir():
+        return Path(folders[0])
+    return resolve_data_dir()

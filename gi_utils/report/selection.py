@@ -8,7 +8,9 @@ scores (mean and spread), the OOF score with the models' own settings and with t
 searched ones, the searched settings scored on folds they were not tuned on (where the
 model has two folds or more), false-positive slices, and the chosen settings. The best
 configuration (members, weights, post-processing, figures) is written as JSON
-(:func:`write_best_config`); ``04_submission`` uses it by default.
+(:func:`write_best_config`); ``04_submission`` uses it by default. A configuration that
+also has a whole-data run (fold -1, ``cv --final``) submits that run's model with the
+post-processing searched on its folds' out-of-fold predictions (:func:`final_runs`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,43 @@ from gi_utils.evaluation.search import (
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.report.runs import Run, model_stem
 
-__all__ = ["BEST_CONFIG_NAME", "Candidate", "model_name", "group_runs", "select", "write_best_config",
+__all__ = ["BEST_CONFIG_NAME", "Candidate", "model_name", "group_runs", "final_runs", "select", "write_best_config",
            "read_best_config"]  # fmt: skip
 
 BEST_CONFIG_NAME = "best_config.json"
 #: Config fields that differ between the folds of one model (ignored when grouping).
 _PER_RUN = frozenset({"fold", "out_dir", "data_dir", "folds_dir", "cache", "cache_dir", "cache_masks", "num_workers",
                       "progress", "resume", "save_every_steps"})  # fmt: skip
+#: What a whole-data run (fold -1, ``cv --final``) changes besides: its epochs are the mean
+#: best epoch of its folds, with no early stopping.
+_FINAL_ONLY = frozenset({"epochs", "patience"})
+
+
+def _config_key(run: Run, ignore: frozenset[str] = _PER_RUN) -> dict:
+    return {k: v for k, v in run.config.items() if k not in ignore}
+
+
+def final_runs(runs: list[Run], groups: dict[str, list[Run]]) -> dict[str, Run]:
+    """The whole-data run (fold -1) of each group of CV runs, where there is one.
+
+    A whole-data run belongs to the group of the same model whose configuration equals
+    its own but for the fold, the epochs and early stopping; it has no out-of-fold set of
+    its own, so it is submitted with the post-processing searched on its group's.
+
+    Raises:
+        ValueError: two whole-data runs of one group (names them).
+    """
+    out: dict[str, Run] = {}
+    for run in runs:
+        if int(run.config.get("fold", 0)) != -1:
+            continue
+        name = model_name(run)
+        key = _config_key(run, _PER_RUN | _FINAL_ONLY)
+        if name in groups and all(_config_key(r, _PER_RUN | _FINAL_ONLY) == key for r in groups[name]):
+            if name in out:
+                raise ValueError(f"two whole-data runs of {name}: {out[name].name} and {run.name}")
+            out[name] = run
+    return out
 
 
 def model_name(run: Run) -> str:
@@ -61,7 +93,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     for run in runs:
         if not (run.oof_path / "index.json").is_file():
             continue  # fold=-1 (all cases) or an old run: no honest validation
-        name, key = model_name(run), {k: v for k, v in run.config.items() if k not in _PER_RUN}
+        name, key = model_name(run), _config_key(run)
         if name in keys and keys[name] != key:
             diff = sorted(k for k in key if key[k] != keys[name].get(k))
             raise ValueError(f"runs {groups[name][0].name} and {run.name} share the name {name} but differ in {diff}")
@@ -85,20 +117,34 @@ class Candidate:
     default: PostProcess
     searched: SearchResult | None = None
     row: dict[str, Any] = field(default_factory=dict)
+    #: Per member, the whole-data run submitted instead of its folds (None: the folds).
+    finals: tuple[Run | None, ...] = ()
 
     @property
     def case_days(self) -> list[str]:
         return list(self.source.case_days)
 
     @property
+    def submitted(self) -> list[list[Run]]:
+        """Per member, the runs whose models are submitted: its whole-data run where it
+        has one, else its folds (averaged at inference)."""
+        finals = self.finals or (None,) * len(self.members)
+        return [[final] if final is not None else member for member, final in zip(self.members, finals, strict=True)]
+
+    @property
     def model_paths(self) -> list[Path]:
-        """Every fold model of every member (a member's folds are averaged at inference)."""
-        return [run.model_path for member in self.members for run in member]
+        """The model of every submitted run of every member (:attr:`submitted`)."""
+        return [run.model_path for member in self.submitted for run in member]
 
     @property
     def path_weights(self) -> list[float]:
-        """A weight per model of :attr:`model_paths` (a member's weight shared by its folds)."""
-        return [w / len(member) for member, w in zip(self.members, self.weights, strict=True) for _ in member]
+        """A weight per model of :attr:`model_paths` (a member's weight shared by its runs)."""
+        return [w / len(member) for member, w in zip(self.submitted, self.weights, strict=True) for _ in member]
+
+    @property
+    def run_names(self) -> list[str]:
+        """The run folder of each of :attr:`model_paths`."""
+        return [run.name for member in self.submitted for run in member]
 
 
 def _fold_scores(runs: list[Run]) -> list[float]:
@@ -140,6 +186,9 @@ def select(runs: list[Run], *, blend_step: float = 0.25, max_members: int = 3) -
     if not groups:
         raise ValueError("no finished run with an out-of-fold set to select from")
     cands = _candidates(groups, blend_step, max_members)
+    finals = final_runs(runs, groups)
+    for cand in cands:
+        cand.finals = tuple(finals.get(model_name(member[0])) for member in cand.members)
     common = [cd for cd in cands[0].case_days if all(cd in set(c.case_days) for c in cands[1:])]
     for cand in cands:
         start = PostProcess(**{**cand.default.to_dict(), "size_ref": cand.source.img_size})
@@ -194,9 +243,14 @@ def _describe(post: PostProcess) -> str:
 
 
 def write_best_config(path: str | os.PathLike, best: Candidate, extra: dict[str, Any] | None = None) -> Path:
-    """The chosen configuration as JSON: model paths and weights, post-processing, figures."""
+    """The chosen configuration as JSON: model paths (relative to the file) with their run
+    folders' names and weights, post-processing, figures. Nothing in it is absolute, so
+    the file and the runs can move (an attached Kaggle dataset, another notebook)."""
+    here = Path(path).parent
     record = {
-        "name": best.name, "model_paths": [str(p) for p in best.model_paths], "weights": best.path_weights,
+        "name": best.name, "model_paths": [os.path.relpath(p, here) for p in best.model_paths],
+        "runs": best.run_names, "weights": best.path_weights,
+        "whole_data": [r.name for r in best.finals if r is not None],
         "post": best.searched.post.to_dict() if best.searched else best.default.to_dict(),
         "default_post": best.default.to_dict(), "scores": {k: v for k, v in best.row.items() if k != "Model"},
         **(extra or {}),
@@ -204,19 +258,31 @@ def write_best_config(path: str | os.PathLike, best: Candidate, extra: dict[str,
     return atomic_write_json(path, record)
 
 
-def read_best_config(path: str | os.PathLike) -> dict[str, Any]:
+def read_best_config(path: str | os.PathLike, runs_roots: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """A best configuration written by :func:`write_best_config`, its settings as
     :class:`PostProcess` (``post``, ``default_post``) and its model files checked.
 
+    A relative model path is relative to the file; where it is not there (the runs were
+    attached elsewhere), the model is looked up by its run folder's name in ``runs_roots``.
+
     Raises:
-        FileNotFoundError: the file or one of its models is missing (names it).
+        FileNotFoundError: the file or one of its models is missing (names it and where
+            it was looked for).
     """
     record = read_json(path)
-    here = Path(path).parent  # relative model paths (a bundle) are relative to the file
-    record["model_paths"] = [str(p if Path(p).is_absolute() else here / p) for p in record["model_paths"]]
-    missing = [p for p in record["model_paths"] if not Path(p).is_file()]
+    here = Path(path).parent
+    names = record.get("runs") or [None] * len(record["model_paths"])
+    paths, missing = [], []
+    for p, run in zip(record["model_paths"], names, strict=True):
+        places = [Path(p) if Path(p).is_absolute() else here / p]
+        places += [Path(r) / run / Path(p).name for r in runs_roots] if run else []
+        found = next((q for q in places if q.is_file()), None)
+        paths.append(str(found or places[0]))
+        if found is None:
+            missing.append(f"{p} (looked in {', '.join(str(q.parent) for q in places)})")
     if missing:
         raise FileNotFoundError(f"{path} names model file(s) that do not exist: {missing[:3]}")
+    record["model_paths"] = paths
     record["post"] = PostProcess.from_dict(record["post"])
     record["default_post"] = PostProcess.from_dict(record["default_post"])
     return record

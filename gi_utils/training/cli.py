@@ -19,7 +19,7 @@ from typing import Any
 from gi_utils.paths import DataNotFoundError
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loop import resolve_config, train
-from gi_utils.training.presets import PRESETS, preset_values
+from gi_utils.training.presets import AUTO_PRESET, PRESETS, preset_values
 
 __all__ = ["config_parser", "parse_args"]
 
@@ -29,8 +29,9 @@ def config_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gi_utils.training", description="Train one model on one fold."
     )
-    parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="start from a named preset (gi_utils.training.presets)")  # fmt: skip
+    parser.add_argument("--preset", choices=[AUTO_PRESET, *PRESETS], default=None,
+                        help="start from a named preset (gi_utils.training.presets); auto: the one that "
+                             "fits this machine")  # fmt: skip
     parser.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
     for f in fields(TrainConfig):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]

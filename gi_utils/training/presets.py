@@ -3,7 +3,12 @@ settings of the notebook default, the CPU demo and a Kaggle/Colab GPU are writte
 
 * ``smoke``: the cheap default of ``02_train`` and the tests (64 px, one short epoch);
 * ``demo``: what ``make demo`` trains on a 2-core CPU (128 px, light decoders);
-* ``gpu``: suggested settings on one Kaggle/Colab GPU (320 px, whole epochs).
+* ``gpu``: one GPU anywhere (320 px, whole epochs, a loader worker per CPU);
+* ``kaggle``, ``colab``: the same on a Kaggle or Colab GPU session (16 GB T4 or P100, about
+  20 GB of disk on Kaggle), with the compact cache (uint8 images, masks decoded from
+  ``train.csv``: a third of the bytes) and 3-D entries sized for 16 GB;
+* ``auto`` (the notebooks' default) is not a set of values: it names the preset that fits
+  the machine, :func:`machine_preset` (a platform's GPU preset on a GPU, ``smoke`` on a CPU).
 
 A preset is a set of overrides of the TrainConfig defaults, plus per-architecture
 overrides (:data:`ARCH_PRESETS`); values given by the user win over both. The README's
@@ -12,14 +17,34 @@ configuration table is :func:`presets_table`, and a test keeps the two equal.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pandas as pd
 
+from gi_utils.device import cuda_wanted
+from gi_utils.paths import platform_name
 from gi_utils.training.config import TrainConfig
 
-__all__ = ["PRESETS", "ARCH_PRESETS", "TABLE_FIELDS", "preset_values", "preset_config", "presets_table",
-           "config_table"]
+__all__ = ["PRESETS", "ARCH_PRESETS", "AUTO_PRESET", "PRESET_ENV", "CORES", "TABLE_FIELDS", "machine_preset", "resolve_preset", "available_cpus",
+           "preset_values", "preset_config", "presets_table", "config_table"]
+
+#: Environment variable that pins what ``auto`` resolves to (the tests set ``smoke``).
+PRESET_ENV = "GI_PRESET"
+#: The preset name that stands for "the one that fits this machine" (:func:`machine_preset`).
+AUTO_PRESET = "auto"
+#: A preset value of ``num_workers`` meaning one loader worker per CPU this process may use
+#: (Kaggle: 4 vCPUs, Colab: 2), resolved when the preset is applied.
+CORES = "cores"
+
+_GPU: dict[str, Any] = {
+    "encoder": "resnet34", "weights": "imagenet", "img_size": 320, "epochs": 20,
+    "batch_size": 16, "lr": 2e-3, "cache": "disk", "num_workers": CORES,
+    "sample_empty_fraction": 0.5, "max_steps_per_epoch": 0, "min_size": 20,
+}  # fmt: skip
+#: Kaggle and Colab sessions: the compact cache (3.9 GB instead of 11.8 GB for the whole
+#: competition at 320 px, README 4.3), so a session's 20 GB of disk holds two runs.
+_PLATFORM_GPU: dict[str, Any] = {**_GPU, "cache_dtype": "uint8", "cache_masks": False}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -30,11 +55,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "img_size": 128, "epochs": 4, "batch_size": 16, "lr": 3e-3, "cache": "disk", "n_folds": 3,
         "sample_empty_fraction": 0.5, "max_steps_per_epoch": 60, "min_size": 10,
     },
-    "gpu": {
-        "encoder": "resnet34", "weights": "imagenet", "img_size": 320, "epochs": 20,
-        "batch_size": 16, "lr": 2e-3, "cache": "disk", "num_workers": 2,
-        "sample_empty_fraction": 0.5, "max_steps_per_epoch": 0, "min_size": 20,
-    },
+    "gpu": _GPU,
+    "kaggle": _PLATFORM_GPU,
+    "colab": _PLATFORM_GPU,
+}  # fmt: skip
+
+#: 3-D models on a 16 GB GPU (T4, P100; fp16 with a gradient scaler).
+_GPU_3D: dict[str, dict[str, Any]] = {
+    "segresnet3d": {"weights": None, "batch_size": 2, "patch_depth": 32, "img_size": 224,
+                    "model_kwargs": {"init_filters": 16}},
+    "unet3d": {"weights": None, "batch_size": 2, "patch_depth": 32, "img_size": 224},
 }  # fmt: skip
 
 #: Per-architecture overrides of a preset. In the CPU demo UNet and UNet++ use an encoder
@@ -42,7 +72,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: otherwise about three times slower per step than UNet) and light decoders; DeepLabV3+,
 #: which learns more slowly here, gets more epochs and UNet++, the slowest per step, fewer.
 #: The demo trains UNet on every fold of a 3-fold split and DeepLabV3+ on fold 0. 3-D models
-#: take batches of 2 patches (a patch of 32 slices holds 32 slices' worth of pixels).
+#: take batches of 2 patches (a patch of 32 slices holds 32 slices' worth of pixels). On a
+#: GPU they train from scratch (no encoder weights) on patches sized for the GPU's memory
+#: (:data:`_GPU_3D`, estimated by ``benchmarks/memory_3d.py``).
 ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "segresnet3d": {"batch_size": 2, "patch_depth": 16},
@@ -55,27 +87,64 @@ ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                          "epochs": 3},
         "deeplabv3plus": {"model_kwargs": {"decoder_channels": 128}, "epochs": 5},
     },
+    "gpu": _GPU_3D,
+    "kaggle": _GPU_3D,
+    "colab": _GPU_3D,
 }  # fmt: skip
 
 #: Rows of the README's configuration table.
 TABLE_FIELDS: tuple[str, ...] = (
     "arch", "encoder", "weights", "model_kwargs", "img_size", "epochs", "max_steps_per_epoch",
     "batch_size", "lr", "slice_offsets", "loss", "sample_empty_fraction", "min_size", "amp",
-    "ema_decay", "channels_last", "cache", "num_workers", "n_folds", "patch_depth",
+    "ema_decay", "channels_last", "cache", "cache_dtype", "cache_masks", "num_workers", "n_folds", "patch_depth",
 )  # fmt: skip
 
 
-def preset_values(preset: str | None, arch: str = "unet") -> dict[str, Any]:
-    """The overrides of ``preset`` for ``arch`` (``None``/``""``: none).
+def machine_preset() -> str:
+    """The preset that fits this machine: ``$GI_PRESET`` when set (the tests pin ``smoke``);
+    on a GPU the platform's (``kaggle``, ``colab``, else ``gpu``); on a CPU ``smoke``
+    (cheap; the CPU demo is ``demo``, asked for by name)."""
+    pinned = os.environ.get(PRESET_ENV)
+    if pinned:
+        return pinned
+    if not cuda_wanted():
+        return "smoke"
+    platform = platform_name()
+    return platform if platform in PRESETS else "gpu"
+
+
+def resolve_preset(preset: str | None) -> str:
+    """``preset`` with :data:`AUTO_PRESET` replaced by :func:`machine_preset` ("" stays "").
 
     Raises:
         ValueError: an unknown preset, listing the valid names.
     """
+    if preset == AUTO_PRESET:
+        return machine_preset()
+    if preset and preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not valid; choose one of {AUTO_PRESET}, {', '.join(PRESETS)}")
+    return preset or ""
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def preset_values(preset: str | None, arch: str = "unet") -> dict[str, Any]:
+    """The overrides of ``preset`` for ``arch`` (``None``/``""``: none; ``"auto"``: the
+    machine's, :func:`resolve_preset`), with :data:`CORES` replaced by the CPU count.
+
+    Raises:
+        ValueError: an unknown preset, listing the valid names.
+    """
+    preset = resolve_preset(preset)
     if not preset:
         return {}
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not valid; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[preset], **ARCH_PRESETS.get(preset, {}).get(arch.lower(), {})}
+    values = {**PRESETS[preset], **ARCH_PRESETS.get(preset, {}).get(arch.lower(), {})}
+    if values.get("num_workers") == CORES:
+        values["num_workers"] = available_cpus()
+    return values
 
 
 def preset_config(preset: str | None = "smoke", **values: Any) -> TrainConfig:

@@ -1,0 +1,67 @@
+"""The hermetic environment of every pytest session of this repository, whatever is
+collected (``make test``, ``pytest --nbval``, ``pytest --nbval notebooks`` alone):
+
+* offline: ``NO_ALBUMENTATIONS_UPDATE=1``, ``HF_HUB_OFFLINE=1``;
+* a fresh temporary ``$GI_RUNS_DIR`` made here and removed at the end (the kernels of nbval
+  and papermill inherit it), so a session trains from scratch and the user's ``runs/`` is
+  never read or written (``GI_TEST_KEEP_RUNS_DIR=1`` keeps the caller's ``$GI_RUNS_DIR``);
+* ``GI_PRESET=smoke``: the notebooks' ``preset="auto"`` takes the cheap preset, even on a GPU;
+* nbval's sanitizer (``tests/nbval_sanitize.cfg``: temporary paths, times) unless another
+  is named;
+* when 03 or 04 is collected without the notebooks before it, those run first through
+  papermill (in the same runs folder), so each notebook finds what its committed outputs
+  show.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent
+SANITIZER = ROOT / "tests" / "nbval_sanitize.cfg"
+#: The notebooks that make what a later one reads (01 writes nothing the others read).
+PRODUCERS = ("02_train", "03_compare")
+_OWN_RUNS: list[str] = []
+
+
+def pytest_configure(config) -> None:
+    os.environ["GI_HEADLESS"] = "1"  # kernels of nbval and papermill: text progress, static viewer
+    os.environ["GI_PRESET"] = "smoke"
+    if not os.environ.get("GI_TEST_KEEP_RUNS_DIR"):
+        path = tempfile.mkdtemp(prefix="gi_test_runs_")
+        os.environ["GI_RUNS_DIR"] = path
+        _OWN_RUNS.append(path)
+    if getattr(config.option, "nbval_sanitize_with", "") is None:
+        config.option.nbval_sanitize_with = str(SANITIZER)
+
+
+def pytest_collection_finish(session) -> None:
+    """Run the producers of the latest collected consumer notebook that were not collected."""
+    option = session.config.option
+    if option.collectonly or not (getattr(option, "nbval", False) or getattr(option, "nbval_lax", False)):
+        return
+    names = {Path(str(item.fspath)).stem for item in session.items if str(item.fspath).endswith(".ipynb")}
+    consumers = [n for n in ("03_compare", "04_submission") if n in names]
+    if not consumers:
+        return
+    last = max(consumers)
+    missing = [p for p in PRODUCERS if p < last and p not in names]
+    if missing:
+        from gi_utils.pipeline import ensure_data, run_notebook
+
+        ensure_data("")
+        out = Path(os.environ["GI_RUNS_DIR"]) / "producers"
+        for name in missing:
+            print(f"\nconftest: {name} first (what {last} reads)", flush=True)
+            run_notebook(name, out)
+
+
+def pytest_unconfigure(config) -> None:
+    for path in _OWN_RUNS:
+        shutil.rmtree(path, ignore_errors=True)
