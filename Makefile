@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(PY) -m gi_utils.pipeline --data-only
-	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest --nbval -p no:cacheprovider  # the design card's `pytest --nbval`: conftest.py makes it hermetic
 
 test-fast: venv
 	$(PY) -m pytest tests -m "not slow"

@@ -65,3 +65,26 @@ def test_error_lists_everything_and_says_how_to_fix(isolated):
     for place in (paths.kaggle_data_dir(), paths.colab_drive_dir(), isolated / "work", isolated / "repo"):
         assert str(place) in msg
     assert "python -m gi_utils.synthetic" in msg and "GI_DATA_DIR" in msg
+
+
+def test_colab_runs_go_to_drive_and_without_it_a_warning_says_they_are_lost(isolated, monkeypatch):
+    """Runs used to default to /content/runs on Colab and vanish when the runtime was
+    recycled; the README said nothing is lost."""
+    monkeypatch.delenv("GI_RUNS_DIR", raising=False)
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
+    with pytest.warns(UserWarning, match="Google Drive is not mounted.*lost when the runtime is recycled"):
+        assert paths.default_runs_dir() == paths.colab_content_dir() / "runs"
+    paths.colab_drive_dir().mkdir(parents=True)
+    assert paths.default_runs_dir() == paths.colab_drive_dir() / "gi-tract-segmentation" / "runs"
+
+
+def test_kaggle_runs_and_submission_go_to_the_working_folder(isolated, monkeypatch):
+    monkeypatch.delenv("GI_RUNS_DIR", raising=False)
+    paths.kaggle_working_dir().mkdir(parents=True)
+    assert paths.platform_name() == "kaggle"
+    assert paths.default_runs_dir() == paths.kaggle_working_dir() / "runs"
+    assert paths.default_submission_path(paths.kaggle_input_dir() / "x") == paths.kaggle_working_dir() / "submission.csv"
+    attached = paths.kaggle_input_dir() / "my-runs" / "runs"
+    attached.mkdir(parents=True)
+    assert paths.output_dir("", [attached]) == paths.kaggle_working_dir() / "runs"  # inputs are read-only
+    assert paths.runs_dirs(f"{attached}, other") == [attached, paths.Path("other")]

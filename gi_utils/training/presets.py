@@ -60,11 +60,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "colab": _PLATFORM_GPU,
 }  # fmt: skip
 
-#: 3-D models on a 16 GB GPU (T4, P100; fp16 with a gradient scaler).
+#: 3-D models on a GPU: the largest patches that fit a 16 GB T4 or P100 (fp16 with a
+#: gradient scaler, AdamW, the weight average) with a margin, estimated from activation
+#: memory measured on the CPU and extrapolated (``python benchmarks/memory_3d.py``: SegResNet
+#: about 11.8 GB, UNet about 8.5 GB of a 13.6 GB budget = 16 GB x 0.85; not yet measured on
+#: a GPU). Today's ``gpu`` values (batches of 16 patches of 32x320x320) would need ~36 GB.
 _GPU_3D: dict[str, dict[str, Any]] = {
-    "segresnet3d": {"weights": None, "batch_size": 2, "patch_depth": 32, "img_size": 224,
-                    "model_kwargs": {"init_filters": 16}},
-    "unet3d": {"weights": None, "batch_size": 2, "patch_depth": 32, "img_size": 224},
+    "segresnet3d": {"weights": None, "batch_size": 2, "patch_depth": 32, "model_kwargs": {"init_filters": 16}},
+    "unet3d": {"weights": None, "batch_size": 4, "patch_depth": 64,
+               "model_kwargs": {"channels": [32, 64, 128, 256]}},
 }  # fmt: skip
 
 #: Per-architecture overrides of a preset. In the CPU demo UNet and UNet++ use an encoder
