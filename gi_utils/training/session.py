@@ -81,7 +81,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
     cuda = cuda_wanted(cfg.device)
-    amp = resolve_amp(cfg.amp, cuda=cuda)
+    amp = resolve_amp(cfg.amp, cuda=cuda, device=int(os.environ.get("LOCAL_RANK", "0")) if cuda else None)
     if cfg.volumetric and amp == "bf16" and not cuda:
         # measured here (torch 2.14.1): oneDNN's bf16 3-D convolutions gave non-finite
         # gradients within a few steps, the same steps in float32 or without oneDNN did not
