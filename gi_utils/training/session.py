@@ -56,6 +56,7 @@ from gi_utils.training.loaders import load_train_data
 from gi_utils.training.scaling import effective_batch_size, effective_lr
 from gi_utils.training.schedule import WarmupCosine
 from gi_utils.training.step import NonFiniteLossError, train_one_epoch
+from gi_utils.training.tracking import start_trackers, wandb_key
 from gi_utils.training.validation import sync_buffers, validate
 
 __all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everything"]
@@ -64,7 +65,7 @@ __all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everyt
 #: the numbers, only where files live and how fast they are read).
 RESUME_FREE_FIELDS = frozenset(
     {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "cache_masks", "progress",
-     "resume", "save_every_steps", "patience", "log_with"}
+     "resume", "save_every_steps", "patience", "log_with", "log_project"}
 )  # fmt: skip
 
 
@@ -127,6 +128,8 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        # W&B: the key is looked for now, before any work, and kept in memory only
+        self._wandb_key = wandb_key() if cfg.log_with == "wandb" else None
         self.out_dir = Path(cfg.out_dir)
         self.last_path = self.out_dir / "last.pt"
         self.acc = make_accelerator(cfg)
@@ -203,9 +206,7 @@ class TrainingRun:
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
         # 3-D validation: whole scans by sliding windows, their sum kept on the device
         self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.volumetric else None
-        if cfg.log_with != "none":  # TensorBoard / W&B through accelerate's trackers
-            simple = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
-            acc.init_trackers("logs", config=simple)
+        start_trackers(acc, cfg, self._wandb_key)  # TensorBoard / W&B through accelerate's trackers
 
     def restore(self) -> None:
         """Apply ``last.pt`` (model, optimizer, schedule, scaler, average, RNG, counters)."""
