@@ -39,7 +39,7 @@ from accelerate.utils import broadcast_object_list
 from timm.utils import ModelEmaV3
 
 from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
-from gi_utils.checkpoint import load_state, rng_state, save_state, set_rng_state
+from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
 from gi_utils.device import cuda_wanted, resolve_amp
@@ -230,13 +230,15 @@ class TrainingRun:
         """Write ``last.pt`` (main process), then let every process go on together."""
         acc, st = self.acc, self.state
         if acc.is_main_process:
-            save_state(self.last_path, {
+            state = {
                 **st, "config": self.cfg.to_dict(), "finished": finished, "model": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
-            })  # fmt: skip
+            }  # fmt: skip
+            check_room_for(self.last_path, state, "the training state")
+            save_state(self.last_path, state)
             where = (f"epoch {st['epoch'] + 1}, batch {st['n_batches']}" if st["n_batches"]
                      else f"end of epoch {st['epoch']}")  # fmt: skip
             print(f"saved checkpoint {self.last_path} ({where})", flush=True)
@@ -300,6 +302,7 @@ class TrainingRun:
         if self.validated:
             replace_dir(self.out_dir / ".oof.tmp", self.out_dir / "oof")
         best = self.ema.module if self.ema is not None else self.net
+        check_room_for(self.out_dir / "best.safetensors", best.state_dict(), "the best weights")
         save_model(self.out_dir / "best.safetensors", best, self._model_config(row))
 
     def end_epoch(self, row: dict[str, Any], val: dict[str, Any]) -> None:
