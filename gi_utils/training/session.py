@@ -128,8 +128,6 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        # W&B: the key is looked for now, before any work, and kept in memory only
-        self._wandb_key = wandb_key() if cfg.log_with == "wandb" else None
         self.out_dir = Path(cfg.out_dir)
         self.last_path = self.out_dir / "last.pt"
         self.acc = make_accelerator(cfg)
@@ -148,6 +146,8 @@ class TrainingRun:
                     f"{self.acc.num_processes}: resume with the same number (data order and "
                     "schedule depend on it), or pass resume=False to start over"
                 )
+        # W&B: the key is looked for now, before any work (not for a finished run), kept in memory only
+        self._wandb_key = wandb_key() if cfg.log_with == "wandb" and not self.finished else None
         self.t_start = time.perf_counter()
 
     def lock(self) -> contextlib.AbstractContextManager:

@@ -6,8 +6,8 @@ the model (the name without the fold suffix: ``unet_resnet18_320px``), its proje
 ``TrainConfig.log_project``. The API key is read where the run starts, first from the
 Kaggle secret ``WANDB_API_KEY`` (Add-ons > Secrets, when ``kaggle_secrets`` exists), then
 from the environment variable ``WANDB_API_KEY``; it goes only into
-``wandb.init(settings=wandb.Settings(api_key=...))`` in the main process's memory. It is
-never written: not into ``config.json``, ``last.pt``, the metrics, the W&B config or the
+``wandb.init(settings=wandb.Settings(api_key=...))`` in the main process's memory. This
+package never writes it: not into ``config.json``, ``last.pt``, the metrics, the W&B config or the
 notebook's output, not into ``os.environ`` (which child processes inherit), and not
 through ``wandb.login(key=...)``, which stores an explicit key in ``~/.netrc``. Without a
 key, an existing ``wandb login`` (``~/.netrc``) or ``WANDB_MODE=offline``/``disabled``
