@@ -7,6 +7,9 @@ results block) goes through here, and so does reading back the JSON records.
 A full disk (``ENOSPC``) or an exceeded quota (``EDQUOT``) while writing becomes a
 :class:`DiskFullError` that names the file, the free space on its filesystem and, where
 known, the bytes needed; the previous file stays as it was and no temporary file is left.
+The large writes of a run (cache, out-of-fold set, checkpoints) are checked before they
+start (:func:`check_free_space`, :class:`NotEnoughSpaceError`): a memory-mapped file that
+runs out of disk while its pages are written ends the process (SIGBUS), not with an error.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -28,6 +32,8 @@ __all__ = [
     "read_json",
     "remove_stale_temps",
     "DiskFullError",
+    "NotEnoughSpaceError",
+    "SPACE_MARGIN",
     "DISK_FULL_ERRNOS",
     "disk_full_errno",
     "disk_full_error",
@@ -64,6 +70,17 @@ class DiskFullError(OSError):
     ) -> None:
         super().__init__(code, message)
         self.path, self.free, self.needed = path, free, needed
+
+
+class NotEnoughSpaceError(DiskFullError):
+    """Raised *before* writing (:func:`check_free_space`): the files would not fit on the
+    filesystem of their folder. Nothing was written; the message names what was to be
+    written, the bytes needed and free, the folder and a setting that fits."""
+
+
+#: Share of the bytes a large write needs (cache, out-of-fold set, checkpoint) that must
+#: stay free beside it: the run's small files, logs and the next write need room too.
+SPACE_MARGIN: float = 0.05
 
 
 def format_bytes(n: int | float) -> str:
@@ -140,28 +157,45 @@ def disk_full_error(
     return DiskFullError(code, message, path=path, free=free, needed=needed)
 
 
-def check_free_space(folder: str | os.PathLike, needed: int, what: str = "") -> None:
+def check_free_space(
+    folder: str | os.PathLike,
+    needed: int,
+    what: str = "",
+    *,
+    fits: str | Callable[[int], str] = "",
+    margin: float = 0.0,
+) -> None:
     """Refuse, before writing, ``needed`` bytes into ``folder`` when they do not fit.
 
     Args:
         folder: where the data go (need not exist yet: its nearest parent is asked).
         needed: bytes about to be written.
         what: what is written, for the message (e.g. ``"the cache"``).
+        fits: the setting that fits, for the message: a text, or a function of the free
+            bytes that returns one (e.g. the largest image size that fits).
+        margin: share of ``needed`` that must stay free beyond it (:data:`SPACE_MARGIN`
+            for the large files of a run: the cache, the out-of-fold set, checkpoints).
 
     Raises:
-        DiskFullError: ``ENOSPC``, naming the folder, the needed and the free bytes.
-            Nothing is raised when the free space cannot be asked.
+        NotEnoughSpaceError: ``ENOSPC``, naming what, the folder, the needed and the free
+            bytes, the margin and the setting that fits. Nothing is raised when the free
+            space cannot be asked.
     """
     folder = Path(folder)
     free = free_bytes(folder)
-    if free is not None and free < needed:
-        raise DiskFullError(
-            errno.ENOSPC,
-            f"not enough disk space for {what or 'the files'} in {folder}: "
-            f"{format_bytes(needed)} ({needed} bytes) needed, {format_bytes(free)} "
-            f"({free} bytes) free; free some space or write elsewhere",
-            path=folder, free=free, needed=needed,
-        )  # fmt: skip
+    required = needed + math.ceil(margin * needed)
+    if free is None or free >= required:
+        return
+    kept = f", and {margin:.0%} of it kept free ({format_bytes(required)} in all)" if margin else ""
+    hint = fits(free) if callable(fits) else fits
+    raise NotEnoughSpaceError(
+        errno.ENOSPC,
+        f"not enough disk space for {what or 'the files'} in {folder}: "
+        f"{format_bytes(needed)} ({needed} bytes) needed, {format_bytes(free)} "
+        f"({free} bytes) free{kept}; {'what fits: ' + hint + '; or ' if hint else ''}free some space or write "
+        "elsewhere",
+        path=folder, free=free, needed=needed,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

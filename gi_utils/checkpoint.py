@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gi_utils.atomic import atomic_path
+from gi_utils.atomic import SPACE_MARGIN, atomic_path, check_free_space
 
 __all__ = [
     "CheckpointError",
@@ -29,7 +29,14 @@ __all__ = [
     "load_state",
     "rng_state",
     "set_rng_state",
+    "state_nbytes",
+    "check_room_for",
+    "STATE_OVERHEAD_BYTES",
 ]
+
+#: Bytes a checkpoint holds beyond its tensors (pickled structure, names, RNG states; the
+#: tests' states are small): a generous bound, part of what must be free.
+STATE_OVERHEAD_BYTES = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -51,6 +58,35 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
     return Path(path)
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of the tensors in a nested state (dicts, lists, tuples): about what
+    ``torch.save`` or safetensors write for it, less a small overhead."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def check_room_for(path: str | os.PathLike, state: Any, what: str = "the checkpoint") -> None:
+    """Refuse, before writing, a checkpoint that would not fit next to ``path``.
+
+    The new file is written beside the old one and moved over it, so the free space must
+    hold all of it (:func:`state_nbytes` plus :data:`STATE_OVERHEAD_BYTES`, and a 5% margin).
+
+    Raises:
+        NotEnoughSpaceError: naming ``what``, the file, the bytes needed and free, and the
+            folder; the previous file (if any) is untouched.
+    """
+    path = Path(path)
+    kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+    check_free_space(path.parent, state_nbytes(state) + STATE_OVERHEAD_BYTES, f"{what} {path.name}",
+                     margin=SPACE_MARGIN, fits=f"the run in a folder with room (out_dir), not {path.parent} "
+                     f"({kept})")  # fmt: skip
 
 
 def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

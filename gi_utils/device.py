@@ -11,12 +11,16 @@ import warnings
 
 import torch
 
-__all__ = ["AMP_MODES", "DEVICES", "default_device", "cuda_wanted", "resolve_amp", "autocast_dtype",
-           "inference_autocast"]  # fmt: skip
+__all__ = ["AMP_MODES", "BF16_MIN_CAPABILITY", "DEVICES", "default_device", "cuda_wanted", "cuda_has_bf16",
+           "resolve_amp", "autocast_dtype", "inference_autocast"]  # fmt: skip
 
-#: Mixed precision: "auto" = fp16 or bf16 on a GPU (bf16 where it is supported), bf16 on a
-#: CPU with native bf16 instructions (AVX512-BF16 or AMX), full precision elsewhere.
+#: Mixed precision: "auto" = bf16 on a GPU of compute capability 8.0 or more (A100, L4,
+#: H100), fp16 on older GPUs (T4, P100, V100), bf16 on a CPU with native bf16 instructions
+#: (AVX512-BF16 or AMX), full precision elsewhere.
 AMP_MODES: tuple[str, ...] = ("no", "fp16", "bf16", "auto")
+#: The first CUDA compute capability with native bf16 (Ampere): cuDNN has no bf16
+#: convolutions below it, where ``torch.cuda.is_bf16_supported()`` still says True (emulation).
+BF16_MIN_CAPABILITY: tuple[int, int] = (8, 0)
 #: ``"auto"``: CUDA when present, else the CPU; ``"cpu"``: always the CPU.
 DEVICES: tuple[str, ...] = ("auto", "cpu")
 
@@ -31,20 +35,49 @@ def default_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if cuda_wanted(device) else "cpu")
 
 
-def resolve_amp(amp: str, cuda: bool) -> str:
-    """The mixed precision a run uses: ``amp`` with "auto" (and fp16 without a GPU) resolved.
+def cuda_has_bf16(device: torch.device | int | None = None) -> bool:
+    """True when the GPU ``device`` (``None``: the current one) computes in bf16 natively:
+    compute capability >= :data:`BF16_MIN_CAPABILITY` (8.0).
 
-    "auto" gives bf16 on a GPU that supports it, fp16 on other GPUs (T4, P100), bf16 on a
-    CPU with native bf16 instructions (about 2x faster there) and "no" on other CPUs,
-    where bf16 is emulated and slower. "fp16" without CUDA is kept, with a warning: the run
-    takes the GPU's mixed-precision path (fp16 autocast and a gradient scaler) on the CPU,
-    slowly, which is how that path is tested on machines without a GPU.
+    ``torch.cuda.is_bf16_supported()`` is not asked: by default it counts emulation and
+    says True on a T4 (7.5), whose cuDNN has no bf16 convolutions.
+    """
+    return tuple(torch.cuda.get_device_capability(device)) >= BF16_MIN_CAPABILITY
+
+
+def resolve_amp(amp: str, cuda: bool, device: torch.device | int | None = None) -> str:
+    """The mixed precision a run uses: ``amp`` with "auto" resolved for the device.
+
+    On a GPU (``cuda``; ``device`` names it, ``None``: the current one) "auto" gives bf16
+    at compute capability 8.0 or more (A100, L4, H100) and fp16 below (P100 6.0, V100
+    7.0, T4 7.5), where the training adds a gradient scaler. An explicit "bf16" on a GPU
+    below 8.0 **falls back to fp16 with a warning** (naming the GPU and its capability)
+    rather than failing: such a GPU would emulate bf16 (or find no cuDNN kernel), and a
+    long Kaggle session should not end on a setting that has a working equivalent; the
+    run records the precision it used (``metrics.json``: ``mixed_precision``).
+
+    On the CPU "auto" gives bf16 with native bf16 instructions (about 2x faster there) and
+    "no" on other CPUs, where bf16 is emulated and slower. "fp16" without CUDA is kept,
+    with a warning: the run takes the GPU's mixed-precision path (fp16 autocast and a
+    gradient scaler) on the CPU, slowly, which is how that path is tested on machines
+    without a GPU.
+
+    Raises:
+        ValueError: ``amp`` is not one of :data:`AMP_MODES`.
     """
     if amp not in AMP_MODES:
         raise ValueError(f"amp={amp!r} is not valid; choose one of {', '.join(AMP_MODES)}")
+    if cuda and amp in ("auto", "bf16"):
+        if cuda_has_bf16(device):
+            return "bf16"
+        if amp == "bf16":
+            major, minor = torch.cuda.get_device_capability(device)
+            warnings.warn(f"amp='bf16' on {torch.cuda.get_device_name(device)} (compute capability "
+                          f"{major}.{minor}): no native bf16 below {BF16_MIN_CAPABILITY[0]}."
+                          f"{BF16_MIN_CAPABILITY[1]}, training in fp16 with a gradient scaler instead",
+                          stacklevel=3)  # fmt: skip
+        return "fp16"
     if amp == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         native = (getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
                   or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())  # fmt: skip
         return "bf16" if native else "no"
@@ -61,9 +94,11 @@ def autocast_dtype(amp: str) -> torch.dtype | None:
 
 def inference_autocast(device: torch.device, amp: str | None = None) -> contextlib.AbstractContextManager:
     """The autocast of a prediction on ``device``: ``amp`` resolved as in training
-    (:func:`resolve_amp`); ``None``: fp16 on CUDA, full precision on the CPU. The returned
+    (:func:`resolve_amp`, for that GPU: "auto" and "bf16" are fp16 below compute
+    capability 8.0); ``None``: fp16 on CUDA, full precision on the CPU. The returned
     context manager may be entered again and again (once per forward pass)."""
     if amp is None:
         amp = "fp16" if device.type == "cuda" else "no"
-    dtype = autocast_dtype(resolve_amp(amp, cuda=device.type == "cuda"))
+    cuda = device.type == "cuda"
+    dtype = autocast_dtype(resolve_amp(amp, cuda=cuda, device=device if cuda else None))
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

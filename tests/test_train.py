@@ -294,22 +294,26 @@ def test_ema_weights_are_validated_and_kept_as_best(synth_dir, tmp_path, tiny_co
 
 
 def test_channels_last_is_a_layout_not_a_result(synth_dir, tmp_path, tiny_config):
-    # full precision: the two layouts then differ only in summation order
-    a = train(tiny_config(synth_dir, tmp_path / "a", max_steps_per_epoch=2, channels_last=True, amp="no"))
-    b = train(tiny_config(synth_dir, tmp_path / "b", max_steps_per_epoch=2, channels_last=False, amp="no"))
+    # Full precision (amp="no"): no number here depends on a CPU's bf16 rounding, and the
+    # two layouts differ only in the fp32 summation order of their kernels. A small lr:
+    # AdamW's first steps move each weight by about lr * sign(gradient), so a summation-order
+    # difference that flips the sign of a near-zero gradient moves that weight by ~2 lr; at
+    # lr=2e-3 that gave val_loss 0.730036 vs 0.731379 (NHWC vs NCHW). At 1e-5 the losses
+    # agree to ~1e-7 here, while a layout bug (a wrong permutation) changes them at once.
+    kw = {"max_steps_per_epoch": 2, "amp": "no", "lr": 1e-5}
+    a = train(tiny_config(synth_dir, tmp_path / "a", channels_last=True, **kw))
+    b = train(tiny_config(synth_dir, tmp_path / "b", channels_last=False, **kw))
     losses = ["train_loss", "val_loss"]
-    pd.testing.assert_frame_equal(a[losses], b[losses], rtol=1e-3)
+    pd.testing.assert_frame_equal(a[losses], b[losses], rtol=1e-5)
     model, _ = load_model(tmp_path / "a" / "best.safetensors")  # saved contiguous, loads anywhere
     assert all(p.is_contiguous() for p in model.parameters())
 
 
 @pytest.mark.parametrize(
-    ("amp", "cuda", "bf16_gpu", "bf16_cpu", "want"),
+    ("amp", "cuda", "bf16_gpu", "bf16_cpu", "want"),  # GPUs by compute capability: tests/test_device.py
     [
         ("auto", False, False, True, "bf16"),  # CPU with AVX512-BF16/AMX
         ("auto", False, False, False, "no"),  # bf16 would be emulated: slower
-        ("auto", True, True, False, "bf16"),  # A100, H100
-        ("auto", True, False, False, "fp16"),  # T4, P100
         ("bf16", False, False, False, "bf16"),  # asked for: allowed
         ("fp16", False, False, False, "fp16"),  # the T4 path on a CPU (with a warning)
         ("no", True, True, True, "no"),

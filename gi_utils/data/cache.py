@@ -6,7 +6,8 @@ In memory (small data only: refused above ``max_memory_bytes``) or as ``.npy`` f
 key (data files' names, sizes and mtimes, masks, img_size, mode, normalisation version);
 a matching folder is reused across runs, and a new one is written under a temporary name
 and moved in place with ``os.replace``; before writing, the free space of ``cache_dir`` is
-checked against the cache's size, and a disk that fills anyway raises
+checked against the cache's size (with a 5% margin; the error names the compact settings
+or the image size that fit), and a disk that fills anyway raises
 :class:`~gi_utils.atomic.DiskFullError` naming the file, after the partial folder is
 removed. With fork, DataLoader workers share the
 memory-mapped files through the page cache; pickling a disk cache (spawn) sends only its
@@ -27,7 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gi_utils.atomic import DiskFullError, check_free_space, disk_full_errno, disk_full_error
+from gi_utils.atomic import (
+    SPACE_MARGIN,
+    DiskFullError,
+    check_free_space,
+    disk_full_errno,
+    disk_full_error,
+    format_bytes,
+)
 from gi_utils.constants import CLASSES
 from gi_utils.data.errors import ImageReadError
 from gi_utils.data.images import iter_volumes, read_volume, slice_mask
@@ -42,8 +50,8 @@ from gi_utils.data.preprocess import (
 )
 from gi_utils.progress import progress_bar
 
-__all__ = ["VolumeCache", "cache_key", "cached_as", "scan_packed_masks", "CACHE_FORMAT", "CACHE_DTYPES",
-           "MAX_MEMORY_BYTES"]  # fmt: skip
+__all__ = ["VolumeCache", "cache_key", "cached_as", "scan_packed_masks", "cache_nbytes", "cache_that_fits",
+           "CACHE_FORMAT", "CACHE_DTYPES", "MAX_MEMORY_BYTES"]  # fmt: skip
 
 CACHE_FORMAT: int = 1
 #: An in-memory cache larger than this is refused (use ``cache_dir``).
@@ -54,6 +62,41 @@ MAX_MEMORY_BYTES: int = 2 * 1024**3
 #: ``"uint8"`` (``round(255 x)``: half the disk, for large sizes; 1/255 steps).
 CACHE_DTYPES: tuple[str, ...] = ("float16", "uint8")
 _U8_SCALE = np.float32(255)
+
+
+def cache_nbytes(n_slices: int, img_size: int, dtype: str = "float16", with_masks: bool = True) -> int:
+    """Bytes of a cache of ``n_slices`` at ``img_size``: 2 (float16) or 1 (uint8) per pixel
+    for the images, 1 for the packed masks. The competition's 38,496 training slices at
+    320 px: 11.8 GB by default, 3.9 GB compact (``dtype="uint8"``, no masks)."""
+    return n_slices * img_size * img_size * ((2 if dtype == "float16" else 1) + (1 if with_masks else 0))
+
+
+def cache_that_fits(n_slices: int, img_size: int, dtype: str, with_masks: bool, free: int,
+                    margin: float = SPACE_MARGIN) -> str:  # fmt: skip
+    """The settings of a cache that fit in ``free`` bytes (with ``margin`` kept free), in
+    the words of ``TrainConfig``: the compact cache (``cache_dtype="uint8"``,
+    ``cache_masks=False``) at this size, else the largest ``img_size`` (a multiple of 32)
+    that fits with these settings and, if larger, compact; or that none does."""
+
+    def fits(size: int, dt: str, masks: bool) -> bool:
+        return cache_nbytes(n_slices, size, dt, masks) * (1 + margin) <= free
+
+    compact = ("uint8", False)
+    out = []
+    if (dtype, with_masks) != compact:
+        need = format_bytes(cache_nbytes(n_slices, img_size, *compact))
+        if fits(img_size, *compact):
+            return f"the compact cache, cache_dtype='uint8' and cache_masks=False ({need} at {img_size} px)"
+        out.append(f"not the compact cache (cache_dtype='uint8', cache_masks=False: {need} at {img_size} px)")
+    best = 0
+    for settings, label in (((dtype, with_masks), "these settings"), (compact, "the compact cache")):
+        size = next((z for z in range(img_size - img_size % 32, best, -32) if z < img_size and fits(z, *settings)), 0)
+        if size > best:
+            best = size
+            out.append(f"img_size={size} with {label} ({format_bytes(cache_nbytes(n_slices, size, *settings))})")
+    if not best:
+        out.append("no img_size from 32 px: a cache_dir on a larger disk")
+    return "; ".join(out)
 
 
 def cached_as(images: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -171,7 +214,7 @@ class VolumeCache:
         self.clips: dict[str, float] = {}
         self._spans: dict[str, tuple[int, int]] = {}
         n, s = len(self.meta), self.img_size
-        self.nbytes = n * s * s * ((2 if dtype == "float16" else 1) + (1 if self.with_masks else 0))
+        self.nbytes = cache_nbytes(n, s, dtype, self.with_masks)
         self.reused = False
         if cache_dir is None:
             if self.nbytes > max_memory_bytes:
@@ -217,7 +260,8 @@ class VolumeCache:
 
     def _build_on_disk(self, progress: bool) -> None:
         n, s = len(self.meta), self.img_size
-        check_free_space(self.path.parent, self.nbytes, f"a cache of {n} slices at {s}x{s}")
+        check_free_space(self.path.parent, self.nbytes, f"a cache of {n} slices at {s}x{s}", margin=SPACE_MARGIN,
+                         fits=lambda free: cache_that_fits(n, s, self.dtype, self.with_masks, free))  # fmt: skip
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             self._write_folder(tmp, progress)

@@ -5,11 +5,15 @@ architecture together cover every training case-day once. Files, all memory-mapp
 
     index.json   ids in row order, case-day -> [first row, slices], img_size, the split
     probs.npy    uint8 (N, 3, S, S): round(255 * probability), model resolution
-    truth.npy    uint8 (N, S, S): the true masks, bit c = class c
+    truth.npy    uint8 (N, ceil(3 S S / 8)): the true masks, bool (S, S, 3) per slice
+                 bit-packed (np.packbits, C order): 3 bits per pixel
     gate.npy     float16 (N, 3): the classifier gate's probabilities (models with a gate)
 
 Rows follow the validation table sorted by case, day and slice, so each case-day is one
-contiguous block; nothing reads more than one volume at a time.
+contiguous block; nothing reads more than one volume at a time. A slice takes
+:func:`oof_bytes_per_slice` bytes (345,600 at 320 px; a run checks the free space before
+writing its set). Sets of the first format (``gi-oof-v1``: truth uint8 (N, S, S), bit c =
+class c) are still read.
 """
 
 from __future__ import annotations
@@ -24,16 +28,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gi_utils.atomic import atomic_write_json, read_json
+from gi_utils.atomic import (
+    SPACE_MARGIN,
+    atomic_write_json,
+    check_free_space,
+    format_bytes,
+    read_json,
+)
 from gi_utils.constants import CLASSES, NUM_CLASSES
 from gi_utils.data.masks import unpack_masks
 from gi_utils.evaluation.metric import ScoreAccumulator, ScoreResult
 from gi_utils.inference.postprocessing import PostProcess
 
 __all__ = ["OOF_FORMAT", "OOFWriter", "OOFSet", "OOFVolume", "OOFCollection", "score_oof", "false_positive_slices",
-           "replace_dir"]
+           "replace_dir", "oof_bytes_per_slice"]
 
-OOF_FORMAT = "gi-oof-v1"
+OOF_FORMAT = "gi-oof-v2"
+_OOF_V1 = "gi-oof-v1"  # truth uint8 (N, S, S), bit c = class c; read, no longer written
+
+
+def oof_bytes_per_slice(img_size: int, gate: bool = False) -> int:
+    """Bytes one validation slice takes in an OOF set: 3 S S of probabilities, the truth
+    at 3 bits per pixel and, with a gate, 3 float16 (345,600 at 320 px)."""
+    s2 = int(img_size) ** 2
+    return NUM_CLASSES * s2 + -(-NUM_CLASSES * s2 // 8) + (2 * NUM_CLASSES if gate else 0)
+
+
+def _pack_truth(truth: np.ndarray) -> np.ndarray:
+    """uint8 (n, S, S), bit c = class c -> bit-packed bool (n, S, S, 3): (n, ceil(3 S S / 8))."""
+    bits = unpack_masks(np.asarray(truth), axis=-1)
+    return np.packbits(bits.reshape(len(bits), -1), axis=1)
+
+
+def _unpack_truth(packed: np.ndarray, img_size: int) -> np.ndarray:
+    """The inverse of :func:`_pack_truth`: bool (n, S, S, 3)."""
+    n, s = len(packed), int(img_size)
+    bits = np.unpackbits(np.asarray(packed), axis=1, count=s * s * NUM_CLASSES)
+    return bits.reshape(n, s, s, NUM_CLASSES).astype(bool)
 
 
 class OOFWriter:
@@ -45,6 +76,10 @@ class OOFWriter:
         volumes: case_day -> row numbers (contiguous) of ``meta``.
         img_size: S.
         split: the run's split record, kept in ``index.json``.
+
+    Raises:
+        NotEnoughSpaceError: the set would not fit on the disk of ``out_dir`` (with a 5%
+            margin); checked before anything is written, naming the bytes per slice.
     """
 
     def __init__(self, out_dir: str | os.PathLike, meta: pd.DataFrame, volumes: Mapping[str, np.ndarray],
@@ -52,8 +87,15 @@ class OOFWriter:
         self.dir = Path(out_dir)
         if self.dir.exists():
             shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
         n, s = len(meta), int(img_size)
+        per_slice = oof_bytes_per_slice(s, gate=True)  # the gate is known only at the first write
+        check_free_space(
+            self.dir.parent, n * per_slice, f"the out-of-fold set ({n} validation slices at {s} px)",
+            margin=SPACE_MARGIN, fits=f"{per_slice:,} bytes per slice ({format_bytes(per_slice)}); a smaller "
+            f"img_size needs less (at {s // 2} px: {oof_bytes_per_slice(s // 2, gate=True):,} bytes), or "
+            "another out_dir",
+        )  # fmt: skip
+        self.dir.mkdir(parents=True)
         spans = {}
         for cd, rows in volumes.items():
             rows = np.asarray(rows)
@@ -65,7 +107,7 @@ class OOFWriter:
                       "split": dict(split or {})}  # fmt: skip
         fmt = np.lib.format
         self.probs = fmt.open_memmap(self.dir / "probs.npy", "w+", np.uint8, (n, NUM_CLASSES, s, s))
-        self.truth = fmt.open_memmap(self.dir / "truth.npy", "w+", np.uint8, (n, s, s))
+        self.truth = fmt.open_memmap(self.dir / "truth.npy", "w+", np.uint8, (n, -(-NUM_CLASSES * s * s // 8)))
         self.gate: np.ndarray | None = None
         self.written = np.zeros(n, bool)
 
@@ -73,7 +115,7 @@ class OOFWriter:
         """Rows ``rows`` of the set: uint8 probs (n, 3, S, S), packed truth (n, S, S),
         gate probabilities (n, 3) or None."""
         self.probs[rows] = probs
-        self.truth[rows] = truth
+        self.truth[rows] = _pack_truth(truth)
         if gate is not None:
             if self.gate is None:
                 self.gate = np.lib.format.open_memmap(
@@ -118,8 +160,9 @@ class OOFSet:
         if not (self.dir / "index.json").is_file():
             raise FileNotFoundError(f"no out-of-fold set at {self.dir} (no index.json)")
         self.index = read_json(self.dir / "index.json")
-        if self.index.get("format") != OOF_FORMAT:
-            raise ValueError(f"{self.dir / 'index.json'} is not a {OOF_FORMAT!r} set")
+        self.format = self.index.get("format")
+        if self.format not in (OOF_FORMAT, _OOF_V1):
+            raise ValueError(f"{self.dir / 'index.json'} is not a {OOF_FORMAT!r} (or {_OOF_V1!r}) set")
         self.img_size = int(self.index["img_size"])
         self.ids: list[str] = self.index["ids"]
         self.spans: dict[str, tuple[int, int]] = {k: (int(a), int(b)) for k, (a, b) in self.index["case_days"].items()}
@@ -142,7 +185,10 @@ class OOFSet:
         a, d = self.spans[case_day]
         rows = slice(a, a + d)
         gate = np.asarray(self.gate[rows], np.float32) if self.gate is not None else None
-        true = unpack_masks(np.asarray(self.truth[rows]), axis=-1) if truth else None
+        true = None
+        if truth:
+            packed = np.asarray(self.truth[rows])
+            true = unpack_masks(packed, axis=-1) if self.format == _OOF_V1 else _unpack_truth(packed, self.img_size)
         return OOFVolume(case_day, np.moveaxis(self.probs[rows], 1, -1), true, gate, self.ids[rows])
 
     def volumes(self, case_days: list[str] | None = None, truth: bool = True) -> Iterator[OOFVolume]:

@@ -13,10 +13,11 @@ from gi_utils.training.scaling import *
 from gi_utils.training.schedule import *
 from gi_utils.training.session import *
 from gi_utils.training.step import *
+from gi_utils.training.tracking import *
 from gi_utils.training.validation import *
 from gi_utils.training import (cli, config, launcher, loaders, loop, presets, sampler,
-    scaling, schedule, session, step, validation)
+    scaling, schedule, session, step, tracking, validation)
 
 __all__ = [*cli.__all__, *config.__all__, *launcher.__all__, *loaders.__all__,
     *loop.__all__, *presets.__all__, *sampler.__all__, *scaling.__all__,
-    *schedule.__all__, *session.__all__, *step.__all__, *validation.__all__]
+    *schedule.__all__, *session.__all__, *step.__all__, *tracking.__all__, *validation.__all__]

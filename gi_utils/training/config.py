@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import netrc
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -34,6 +33,7 @@ __all__ = ["CACHE_MODES", "LOGGERS", "TrainConfig"]
 CACHE_MODES: tuple[str, ...] = ("none", "memory", "disk")
 #: Training-log trackers (accelerate's): nothing is uploaded unless "wandb" is asked for.
 LOGGERS: tuple[str, ...] = ("none", "tensorboard", "wandb")
+_BAD_PROJECT_CHARS = "/\\#?%:"
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
@@ -110,7 +110,10 @@ class TrainConfig:
     save_every_steps: int = _f(0, "also checkpoint every this many steps; 0: after each epoch only")
     resume: bool = _f(True, "continue from out_dir/last.pt when present")
     progress: bool = _f(True, "progress bars")
-    log_with: str = _f("none", "none | tensorboard (event files in out_dir/logs) | wandb (needs `wandb login`)")
+    log_with: str = _f("none", "none | tensorboard (event files in out_dir/logs) | wandb (key: Kaggle secret or "
+                       "env WANDB_API_KEY, or `wandb login`)")
+    log_project: str = _f("gi-tract-segmentation", "W&B project; each run is named after its folder and "
+                          "grouped by model")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -131,7 +134,7 @@ class TrainConfig:
         _check_choice("scale_lr", self.scale_lr, LR_SCALING)
         _check_choice("log_with", self.log_with, LOGGERS)
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
-        _check_logger(self.log_with)
+        _check_logger(self.log_with, self.log_project)
         check_img_size(self.img_size)
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
@@ -248,23 +251,20 @@ class TrainConfig:
         return texts if name is None else texts[name]
 
 
-def _check_logger(name: str) -> None:
-    """A tracker that is asked for must be installed (and W&B logged in)."""
+def _check_logger(name: str, project: str) -> None:
+    """A tracker that is asked for must be installed; the W&B project name must be valid.
+
+    The W&B key is looked for where the run starts (:func:`gi_utils.training.tracking.wandb_key`:
+    reading a Kaggle secret is a request, not something to do whenever a config is made).
+    """
     if name == "tensorboard" and not is_tensorboard_available():
         raise ValueError("log_with='tensorboard' needs the tensorboard package: pip install tensorboard")
-    if name == "wandb":
-        if not is_wandb_available():
-            raise ValueError("log_with='wandb' needs the wandb package: pip install wandb, then wandb login")
-        if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled")
-                or _netrc_has("api.wandb.ai")):  # fmt: skip
-            raise ValueError("log_with='wandb': not logged in; run `wandb login` (or set WANDB_MODE=offline)")
-
-
-def _netrc_has(host: str) -> bool:
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
+    if name == "wandb" and not is_wandb_available():
+        raise ValueError("log_with='wandb' needs the wandb package: pip install wandb")
+    bad = sorted(set(project) & set(_BAD_PROJECT_CHARS))
+    if not project or bad or len(project) > 128:
+        raise ValueError(f"log_project={project!r} is not a valid W&B project name: 1 to 128 characters, "
+                         f"none of {' '.join(_BAD_PROJECT_CHARS)}")  # fmt: skip
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:

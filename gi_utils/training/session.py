@@ -39,7 +39,7 @@ from accelerate.utils import broadcast_object_list
 from timm.utils import ModelEmaV3
 
 from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
-from gi_utils.checkpoint import load_state, rng_state, save_state, set_rng_state
+from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
 from gi_utils.device import cuda_wanted, resolve_amp
@@ -56,6 +56,7 @@ from gi_utils.training.loaders import load_train_data
 from gi_utils.training.scaling import effective_batch_size, effective_lr
 from gi_utils.training.schedule import WarmupCosine
 from gi_utils.training.step import NonFiniteLossError, train_one_epoch
+from gi_utils.training.tracking import start_trackers, wandb_key
 from gi_utils.training.validation import sync_buffers, validate
 
 __all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everything"]
@@ -64,7 +65,7 @@ __all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everyt
 #: the numbers, only where files live and how fast they are read).
 RESUME_FREE_FIELDS = frozenset(
     {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "cache_masks", "progress",
-     "resume", "save_every_steps", "patience", "log_with"}
+     "resume", "save_every_steps", "patience", "log_with", "log_project"}
 )  # fmt: skip
 
 
@@ -81,7 +82,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
     cuda = cuda_wanted(cfg.device)
-    amp = resolve_amp(cfg.amp, cuda=cuda)
+    amp = resolve_amp(cfg.amp, cuda=cuda, device=int(os.environ.get("LOCAL_RANK", "0")) if cuda else None)
     if cfg.volumetric and amp == "bf16" and not cuda:
         # measured here (torch 2.14.1): oneDNN's bf16 3-D convolutions gave non-finite
         # gradients within a few steps, the same steps in float32 or without oneDNN did not
@@ -145,6 +146,8 @@ class TrainingRun:
                     f"{self.acc.num_processes}: resume with the same number (data order and "
                     "schedule depend on it), or pass resume=False to start over"
                 )
+        # W&B: the key is looked for now, before any work (not for a finished run), kept in memory only
+        self._wandb_key = wandb_key() if cfg.log_with == "wandb" and not self.finished else None
         self.t_start = time.perf_counter()
 
     def lock(self) -> contextlib.AbstractContextManager:
@@ -203,9 +206,7 @@ class TrainingRun:
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
         # 3-D validation: whole scans by sliding windows, their sum kept on the device
         self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.volumetric else None
-        if cfg.log_with != "none":  # TensorBoard / W&B through accelerate's trackers
-            simple = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
-            acc.init_trackers("logs", config=simple)
+        start_trackers(acc, cfg, self._wandb_key)  # TensorBoard / W&B through accelerate's trackers
 
     def restore(self) -> None:
         """Apply ``last.pt`` (model, optimizer, schedule, scaler, average, RNG, counters)."""
@@ -229,13 +230,15 @@ class TrainingRun:
         """Write ``last.pt`` (main process), then let every process go on together."""
         acc, st = self.acc, self.state
         if acc.is_main_process:
-            save_state(self.last_path, {
+            state = {
                 **st, "config": self.cfg.to_dict(), "finished": finished, "model": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
-            })  # fmt: skip
+            }  # fmt: skip
+            check_room_for(self.last_path, state, "the training state")
+            save_state(self.last_path, state)
             where = (f"epoch {st['epoch'] + 1}, batch {st['n_batches']}" if st["n_batches"]
                      else f"end of epoch {st['epoch']}")  # fmt: skip
             print(f"saved checkpoint {self.last_path} ({where})", flush=True)
@@ -299,6 +302,7 @@ class TrainingRun:
         if self.validated:
             replace_dir(self.out_dir / ".oof.tmp", self.out_dir / "oof")
         best = self.ema.module if self.ema is not None else self.net
+        check_room_for(self.out_dir / "best.safetensors", best.state_dict(), "the best weights")
         save_model(self.out_dir / "best.safetensors", best, self._model_config(row))
 
     def end_epoch(self, row: dict[str, Any], val: dict[str, Any]) -> None:
