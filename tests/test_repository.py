@@ -4,12 +4,14 @@ committed whole with one setup cell, and the setup cell's install order."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from standin.image import new_session
 
 from gi_utils.paths import REPO_ROOT
 from gi_utils.pipeline import readme_block, readme_pictures, setup_cell_drift
@@ -136,3 +138,20 @@ def test_setup_cell_on_colab_mounts_drive_and_uses_its_wheels(tmp_path, drive):
         res = _setup(tmp_path, root, GI_SETUP_DRY_RUN="0", PIP_NO_INDEX="1", PIP_IGNORE_INSTALLED="1", **env)
         assert res.returncode != 0 and "Google Drive not mounted" in res.stdout
         assert "copy the wheels of `make kaggle` (dist/kaggle/dataset/*.whl) to MyDrive/gi-tract-segmentation/wheels" in res.stderr
+
+
+@pytest.mark.slow
+def test_setup_cell_installs_from_drive_in_a_colab_session(kaggle_image, bundle_wheels, tmp_path):
+    """A fresh Colab session (the image stand-in with the google.colab fake; Colab's own
+    image is not modelled beyond that): the cell mounts Drive and installs gi_utils from
+    the wheels the user copied to MyDrive/gi-tract-segmentation/wheels."""
+    drive = tmp_path / "drive"
+    shutil.copytree(bundle_wheels, drive / "gi-tract-segmentation" / "wheels")
+    root = tmp_path / "root"
+    session = new_session(kaggle_image, tmp_path / "session", root, colab=True)
+    done = session.run(["-c", SETUP_CELL.read_text() + "\nimport gi_utils; print(gi_utils.__file__)"], cwd=tmp_path,
+                       GI_STANDIN_DRIVE_DIR=str(drive))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    wheels = root / "content" / "drive" / "MyDrive" / "gi-tract-segmentation" / "wheels"
+    assert f"gi_utils installed from the wheels in {wheels} (offline)" in done.stdout
+    assert done.stdout.split()[-1].startswith(str(session.site))

@@ -43,7 +43,6 @@ __all__ = [
     "KAGGLE_MISSING",
     "KAGGLE_BUNDLE_SLUG",
     "KAGGLE_DIR",
-    "KAGGLE_METADATA_FILES",
     "bundle_requirements",
     "build_wheels",
     "kernel_best_config",
@@ -56,8 +55,6 @@ KAGGLE_MISSING: tuple[str, ...] = ("segmentation-models-pytorch", "monai")
 KAGGLE_BUNDLE_SLUG = "gi-tract-segmentation-bundle"
 #: Where ``make kaggle`` writes (relative to the working folder: the checkout for make).
 KAGGLE_DIR = Path("dist") / "kaggle"
-#: Files the CLI reads but does not upload (kaggle-api, ``KaggleApi.upload_files``).
-KAGGLE_METADATA_FILES: tuple[str, ...] = ("dataset-metadata.json", "datapackage.json", "kernel-metadata.json")
 
 
 def bundle_requirements(extra: tuple[str, ...] = KAGGLE_MISSING) -> list[str]:
