@@ -54,15 +54,18 @@ blend3d: venv
 	$(PY) -m gi_utils.pipeline cv --arch segresnet3d --folds 0 --preset demo --runs-dir runs/blend3d
 	$(PY) -m gi_utils.pipeline select --runs-dir runs/blend3d
 
-# The wheels a Kaggle notebook needs offline: gi_utils, segmentation-models-pytorch
-# and MONAI (the Kaggle image has torch, timm, albumentations, accelerate and safetensors).
+# The wheels a Kaggle or Colab notebook needs offline, flat in dist/wheels: gi_utils,
+# segmentation-models-pytorch and MONAI at the versions installed here (the Kaggle image has
+# torch, timm, albumentations, accelerate and safetensors). `make kaggle` puts them in its dataset.
 wheel: venv
 	rm -rf dist/wheels && $(PY) -c "from gi_utils.pipeline import build_wheels; print(*build_wheels('dist/wheels'), sep='\n')"
 
-# dist/kaggle/dataset (wheels + the chosen models) and dist/kaggle/kernel (04, internet off):
-# upload with `kaggle datasets create -p dist/kaggle/dataset` and `kaggle kernels push -p dist/kaggle/kernel`.
+# dist/kaggle/dataset (flat: the wheels, and the chosen models once runs/best_config.json
+# exists) and dist/kaggle/kernel (04, internet off). README 4.4 "On Kaggle" gives the upload
+# commands: kaggle datasets create -p dist/kaggle/dataset; kaggle kernels push -p dist/kaggle/kernel.
+KAGGLE_USER ?= your-kaggle-name
 kaggle: venv
-	$(PY) -m gi_utils.pipeline kaggle
+	$(PY) -m gi_utils.pipeline kaggle --kaggle-user $(KAGGLE_USER)
 
 lint: venv
 	$(PY) -m ruff check gi_utils tests benchmarks notebooks

@@ -1,7 +1,10 @@
 # Setup: make gi_utils importable. Does nothing where it already is (a checkout after
-# `make venv`); otherwise tries, in order: the checkout this notebook sits in (pip -e),
-# the wheels of `make kaggle` attached as a Kaggle dataset (internet off), then the
-# project's repository, GI_REPO_URL (set it to where the project is published).
+# `make venv`); otherwise pip-installs it from, in order: the checkout this notebook sits
+# in (pip -e); the wheels of `make kaggle`, first offline (--no-index), then with the
+# package index for what they lack: on Kaggle the bundle dataset attached to the notebook
+# (/kaggle/input/<dataset>/ or one folder below), on Colab MyDrive/gi-tract-segmentation/wheels
+# (Drive is mounted first); last GI_REPO_URL, only when you set it (a pip requirement).
+# Platform folders are read below $GI_PLATFORM_ROOT (default /), like gi_utils.paths.
 # One source for every notebook: notebooks/setup_cell.py (`make notebooks` copies it).
 import glob
 import importlib
@@ -11,15 +14,29 @@ import site
 import subprocess
 import sys
 
-GI_REPO_URL = os.environ.get("GI_REPO_URL", "git+https://github.com/gi-tract-segmentation/gi-tract-segmentation")
 if importlib.util.find_spec("gi_utils") is None or os.environ.get("GI_SETUP_FORCE") == "1":
+    root = os.environ.get("GI_PLATFORM_ROOT") or "/"
     here = os.path.abspath(os.getcwd())
     checkouts = [d for d in (here, os.path.dirname(here)) if os.path.isfile(os.path.join(d, "pyproject.toml")) and os.path.isdir(os.path.join(d, "gi_utils"))]
-    wheel_dirs = sorted({os.path.dirname(w) for w in glob.glob(os.environ.get("GI_KAGGLE_INPUT", "/kaggle/input") + "/*/*.whl")})
+    places = [os.path.join(root, "kaggle", "input", "*"), os.path.join(root, "kaggle", "input", "*", "*")]
+    if os.environ.get("COLAB_RELEASE_TAG"):
+        drive_dir = os.path.join(root, "content", "drive")
+        if not os.path.isdir(os.path.join(drive_dir, "MyDrive")):
+            try:
+                from google.colab import drive
+
+                drive.mount(drive_dir)
+            except Exception as err:  # no Drive: the other sources may still work
+                print(f"Google Drive not mounted at {drive_dir}: {err}")
+        places.append(os.path.join(drive_dir, "MyDrive", "gi-tract-segmentation", "wheels"))
+    wheel_dirs = sorted({os.path.dirname(w) for place in places for w in glob.glob(os.path.join(place, "*.whl"))})
     attempts = [(f"the checkout {d}", ["-e", d]) for d in checkouts[:1]]
     if wheel_dirs:
-        attempts.append((f"the wheels in {', '.join(wheel_dirs)}", ["--no-index", *(f"--find-links={d}" for d in wheel_dirs), "gi-utils"]))
-    attempts.append((f"the repository {GI_REPO_URL}", [GI_REPO_URL]))
+        links = [f"--find-links={d}" for d in wheel_dirs]
+        attempts.append((f"the wheels in {', '.join(wheel_dirs)} (offline)", ["--no-index", *links, "gi-utils"]))
+        attempts.append((f"the wheels in {', '.join(wheel_dirs)} and the package index", [*links, "gi-utils"]))
+    if os.environ.get("GI_REPO_URL"):
+        attempts.append((f"the repository {os.environ['GI_REPO_URL']}", [os.environ["GI_REPO_URL"]]))
     tried = []
     for what, args in attempts:
         command = [sys.executable, "-m", "pip", "install", "-q", *args]
@@ -34,4 +51,9 @@ if importlib.util.find_spec("gi_utils") is None or os.environ.get("GI_SETUP_FORC
             break
         tried.append(what)
     else:
-        raise RuntimeError("could not install gi_utils; tried: " + "; ".join(tried) + ". Attach the `make kaggle` dataset, turn the internet on, or set GI_REPO_URL")
+        raise RuntimeError(
+            "could not install gi_utils; tried: " + ("; ".join(tried) or "nothing") + f". No usable wheels in {', '.join(places)}."
+            " On Kaggle: attach the bundle dataset of `make kaggle` (kaggle datasets create -p dist/kaggle/dataset) to this notebook."
+            " On Colab: copy the wheels of `make kaggle` (dist/kaggle/dataset/*.whl) to MyDrive/gi-tract-segmentation/wheels."
+            " Or set GI_REPO_URL to a pip requirement of the project (e.g. git+https://...)."
+        )

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from standin.image import base_layer
+from standin.image import kaggle_image as build_kaggle_image
 
 from gi_utils.constants import CLASSES
 from gi_utils.data import encode_rle
@@ -32,6 +34,29 @@ def synth_factory(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def kaggle_image() -> Path:
+    """The prefix of the Kaggle image stand-in (tests/standin/image.py): built once from
+    tests/standin/kaggle_image.txt, cached between runs; sessions are layered over it."""
+    return build_kaggle_image()
+
+
+@pytest.fixture(scope="session")
+def base_image() -> Path:
+    """A layer with only the base dependencies of gi_utils (no extras), cached."""
+    return base_layer()
+
+
+@pytest.fixture(scope="session")
+def bundle_wheels(tmp_path_factory) -> Path:
+    """A folder with the wheels of this checkout's gi_utils, smp and MONAI (built once)."""
+    from gi_utils.pipeline import build_wheels
+
+    out = tmp_path_factory.mktemp("wheels")
+    build_wheels(out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,14 @@ committed whole with one setup cell, and the setup cell's install order."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from standin.image import new_session
 
 from gi_utils.paths import REPO_ROOT
 from gi_utils.pipeline import readme_block, readme_pictures, setup_cell_drift
@@ -59,13 +61,23 @@ def test_every_notebook_starts_with_the_one_setup_cell():
     assert setup_cell_drift() == [], "run `make notebooks` to copy notebooks/setup_cell.py"
 
 
-def _setup(cwd: Path, kaggle_input: Path, **env: str) -> subprocess.CompletedProcess:
+STANDIN = Path(__file__).resolve().parent / "standin"
+
+
+def _setup(cwd: Path, root: Path, **env: str) -> subprocess.CompletedProcess:
     """The setup cell's code in a fresh interpreter, forced to act (as where gi_utils is
-    missing) and, unless GI_SETUP_DRY_RUN=0, only printing the pip command it chose."""
-    environ = {**os.environ, "GI_SETUP_FORCE": "1", "GI_SETUP_DRY_RUN": "1",
-               "GI_KAGGLE_INPUT": str(kaggle_input), **env}  # fmt: skip
+    missing) with the platform mounts below ``root`` and, unless GI_SETUP_DRY_RUN=0, only
+    printing the pip command it chose."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GI_", "COLAB_", "PIP_"))}
+    environ = {**environ, "GI_SETUP_FORCE": "1", "GI_SETUP_DRY_RUN": "1", "GI_PLATFORM_ROOT": str(root), **env}
     return subprocess.run([sys.executable, "-c", SETUP_CELL.read_text()], cwd=cwd, env=environ,
                           capture_output=True, text=True)  # fmt: skip
+
+
+def _wheel(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gi_utils-0.1-py3-none-any.whl").write_bytes(b"")
+    return folder
 
 
 def test_setup_cell_prefers_the_checkout_it_sits_in(tmp_path):
@@ -73,25 +85,73 @@ def test_setup_cell_prefers_the_checkout_it_sits_in(tmp_path):
     (checkout / "gi_utils").mkdir(parents=True)
     (checkout / "notebooks").mkdir()
     (checkout / "pyproject.toml").write_text("[project]\n")
-    (tmp_path / "input" / "wheels").mkdir(parents=True)
-    (tmp_path / "input" / "wheels" / "gi_utils-0.1-py3-none-any.whl").write_bytes(b"")
-    out = _setup(checkout / "notebooks", tmp_path / "input").stdout
+    _wheel(tmp_path / "root" / "kaggle" / "input" / "gi-bundle")
+    out = _setup(checkout / "notebooks", tmp_path / "root").stdout
     assert f"from the checkout {checkout} with: -m pip install -q -e {checkout}" in out
 
 
-def test_setup_cell_uses_attached_wheels_then_the_repository(tmp_path):
-    wheels = tmp_path / "input" / "gi-bundle"
-    wheels.mkdir(parents=True)
-    (wheels / "gi_utils-0.1-py3-none-any.whl").write_bytes(b"")
-    out = _setup(tmp_path, tmp_path / "input").stdout
-    assert f"--no-index --find-links={wheels} gi-utils" in out
-    out = _setup(tmp_path, tmp_path / "nothing", GI_REPO_URL="git+https://example.org/me/gi").stdout
+@pytest.mark.parametrize("below", ["", "wheels"])
+def test_setup_cell_installs_the_attached_bundle_offline(tmp_path, below):
+    """The bundle's wheels at the top of the attached dataset (as `kaggle datasets create`
+    delivers it) or one folder below, read under GI_PLATFORM_ROOT, with --no-index."""
+    wheels = _wheel(tmp_path / "root" / "kaggle" / "input" / "gi-bundle" / below)
+    out = _setup(tmp_path, tmp_path / "root").stdout
+    assert f"from the wheels in {wheels} (offline) with: -m pip install -q --no-index --find-links={wheels} gi-utils" in out
+
+
+def test_setup_cell_uses_the_repository_only_when_set(tmp_path):
+    res = _setup(tmp_path, tmp_path / "root", GI_SETUP_DRY_RUN="0", PIP_NO_INDEX="1")
+    assert res.returncode != 0
+    assert "could not install gi_utils; tried: nothing" in res.stderr and "github.com" not in res.stderr
+    assert "attach the bundle dataset of `make kaggle`" in res.stderr
+    out = _setup(tmp_path, tmp_path / "root", GI_REPO_URL="git+https://example.org/me/gi").stdout
     assert "from the repository git+https://example.org/me/gi" in out
 
 
 def test_setup_cell_failure_says_what_was_tried(tmp_path):
+    wheels = tmp_path / "root" / "kaggle" / "input" / "gi-bundle"
+    wheels.mkdir(parents=True)
+    (wheels / "gi_utils-0.1-py3-none-any.whl").write_bytes(b"not a wheel")
     missing = tmp_path / "no-such-package"
-    res = _setup(tmp_path, tmp_path / "nothing", GI_SETUP_DRY_RUN="0", GI_REPO_URL=str(missing),
-                 PIP_NO_INDEX="1")  # fmt: skip
+    res = _setup(tmp_path, tmp_path / "root", GI_SETUP_DRY_RUN="0", GI_REPO_URL=str(missing), PIP_NO_INDEX="1",
+                 PIP_IGNORE_INSTALLED="1")  # as where gi_utils is not installed  # fmt: skip
     assert res.returncode != 0
-    assert f"could not install gi_utils; tried: the repository {missing}" in res.stderr
+    assert (f"could not install gi_utils; tried: the wheels in {wheels} (offline); the wheels in {wheels} and the "
+            f"package index; the repository {missing}") in res.stderr  # fmt: skip
+    assert str(tmp_path / "root" / "kaggle" / "input" / "*") in res.stderr
+
+
+@pytest.mark.parametrize("drive", [True, False])
+def test_setup_cell_on_colab_mounts_drive_and_uses_its_wheels(tmp_path, drive):
+    """On Colab (COLAB_RELEASE_TAG set) the cell mounts Drive (the google.colab stand-in)
+    and takes the wheels copied to MyDrive/gi-tract-segmentation/wheels."""
+    _wheel(tmp_path / "drive" / "gi-tract-segmentation" / "wheels")
+    root = tmp_path / "root"
+    env = {"COLAB_RELEASE_TAG": "standin", "PYTHONPATH": str(STANDIN / "colab_fake"),
+           "GI_STANDIN_DRIVE_DIR": str(tmp_path / "drive"), "GI_STANDIN_DRIVE": "1" if drive else "0"}  # fmt: skip
+    if drive:
+        out = _setup(tmp_path, root, **env).stdout
+        wheels = root / "content" / "drive" / "MyDrive" / "gi-tract-segmentation" / "wheels"
+        assert f"Mounted at {root / 'content' / 'drive'}" in out
+        assert f"from the wheels in {wheels} (offline) with: -m pip install -q --no-index --find-links={wheels}" in out
+    else:
+        res = _setup(tmp_path, root, GI_SETUP_DRY_RUN="0", PIP_NO_INDEX="1", PIP_IGNORE_INSTALLED="1", **env)
+        assert res.returncode != 0 and "Google Drive not mounted" in res.stdout
+        assert "copy the wheels of `make kaggle` (dist/kaggle/dataset/*.whl) to MyDrive/gi-tract-segmentation/wheels" in res.stderr
+
+
+@pytest.mark.slow
+def test_setup_cell_installs_from_drive_in_a_colab_session(kaggle_image, bundle_wheels, tmp_path):
+    """A fresh Colab session (the image stand-in with the google.colab fake; Colab's own
+    image is not modelled beyond that): the cell mounts Drive and installs gi_utils from
+    the wheels the user copied to MyDrive/gi-tract-segmentation/wheels."""
+    drive = tmp_path / "drive"
+    shutil.copytree(bundle_wheels, drive / "gi-tract-segmentation" / "wheels")
+    root = tmp_path / "root"
+    session = new_session(kaggle_image, tmp_path / "session", root, colab=True)
+    done = session.run(["-c", SETUP_CELL.read_text() + "\nimport gi_utils; print(gi_utils.__file__)"], cwd=tmp_path,
+                       GI_STANDIN_DRIVE_DIR=str(drive))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    wheels = root / "content" / "drive" / "MyDrive" / "gi-tract-segmentation" / "wheels"
+    assert f"gi_utils installed from the wheels in {wheels} (offline)" in done.stdout
+    assert done.stdout.split()[-1].startswith(str(session.site))

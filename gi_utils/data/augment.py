@@ -5,10 +5,18 @@ albumentations) or of a patch of consecutive slices (3-D, MONAI).
 elastic distortion, brightness/contrast and coarse dropout; per-transform overrides come
 from ``TrainConfig.augment_kwargs``. Masks follow every geometric step with nearest
 neighbour and are never dropped out.
+
+Works with albumentations 2.x and 1.4.x (from 1.4.21, the first with ``Compose(seed=...)``
+and ``set_random_state``, which the per-sample seeding needs): the specs use the 2.x
+argument names, and where the installed transform does not take one, its 1.4 name
+(:data:`ALBU_1_4_NAMES`) is passed instead: the same transforms with the same
+probabilities and values. Arguments are checked against the transform's signature on
+both, so a wrong name fails the same way.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import albumentations as A
@@ -21,7 +29,16 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-__all__ = ["build_transforms", "build_transforms_3d", "default_train_specs"]
+__all__ = ["ALBU_1_4_NAMES", "build_transforms", "build_transforms_3d", "default_train_specs", "make_transform"]
+
+#: Per transform, 2.x argument name -> its albumentations 1.4 name, used when the installed
+#: transform does not take the 2.x name.
+ALBU_1_4_NAMES: dict[str, dict[str, str]] = {
+    "Affine": {"fill": "cval", "fill_mask": "cval_mask", "border_mode": "mode"},
+    "CoarseDropout": {"fill": "fill_value", "fill_mask": "mask_fill_value"},
+}
+#: albumentations 2.x validates each transform's arguments itself when asked (``strict``).
+_ALBU_2 = int(A.__version__.split(".")[0]) >= 2
 
 
 def default_train_specs(img_size: int) -> list[tuple[str, dict[str, Any]]]:
@@ -41,6 +58,29 @@ def default_train_specs(img_size: int) -> list[tuple[str, dict[str, Any]]]:
             "fill": 0, "p": 0.3,
         }),
     ]  # fmt: skip
+
+
+def make_transform(name: str, kwargs: dict[str, Any]) -> A.BasicTransform:
+    """The albumentations transform ``name`` built with ``kwargs`` (2.x argument names).
+
+    Raises:
+        ValueError: an argument the installed transform does not take (named, with the
+            arguments it takes), or a value it refuses; the message starts with ``name``.
+    """
+    cls = getattr(A, name)
+    takes = [k for k, v in inspect.signature(cls.__init__).parameters.items()
+             if k != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]  # fmt: skip
+    renamed = ALBU_1_4_NAMES.get(name, {})
+    kwargs = {k if k in takes else renamed.get(k, k): v for k, v in kwargs.items()}
+    wrong = [k for k in kwargs if k not in takes]
+    if wrong:
+        raise ValueError(f"{name}: no argument(s) {wrong} in albumentations {A.__version__}; it takes {takes}")
+    if _ALBU_2:
+        kwargs["strict"] = True
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a value the transform refuses
+        raise ValueError(f"{name}: {err}") from None
 
 
 def build_transforms(
@@ -63,7 +103,7 @@ def build_transforms(
         overrides: per-transform keyword updates, e.g. ``{"Affine": {"p": 0.0}}``; a
             transform name not in the pipeline raises ``KeyError`` listing the names,
             and an argument the transform does not take raises ``ValueError``
-            (the pipeline is built with ``A.Compose(..., strict=True)``).
+            (:func:`make_transform`; the pipeline is ``A.Compose(..., strict=True)``).
         seed: seed of the Compose's own random state (the dataset reseeds it per
             DataLoader worker).
 
@@ -83,10 +123,7 @@ def build_transforms(
     transforms = []
     for name, kwargs in specs:
         kwargs = {**kwargs, **(overrides or {}).get(name, {})}
-        try:  # strict=True: a wrong argument name raises here instead of warning
-            transforms.append(getattr(A, name)(**kwargs, strict=True))
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
+        transforms.append(make_transform(name, kwargs))
     return A.Compose(transforms, strict=True, seed=seed)
 
 

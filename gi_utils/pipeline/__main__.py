@@ -10,7 +10,8 @@
                                                 # 03's choice: every model and blend on OOF scores
     python -m gi_utils.pipeline holdout --data-dir DATA --holdout-cases 5 --out DATA_HOLDOUT
                                                 # real data: test/ made of 5 training cases
-    python -m gi_utils.pipeline kaggle [--kaggle-user NAME]   # make kaggle: dist/kaggle/{dataset,kernel}
+    python -m gi_utils.pipeline kaggle --kaggle-user NAME     # make kaggle: dist/kaggle/{dataset,kernel}
+                                                # (--out another folder; --runs-dir the runs with best_config.json)
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import argparse
 import sys
 
 from gi_utils.data.holdout import make_holdout, solution_path
-from gi_utils.paths import REPO_ROOT, default_runs_dir
+from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.cv import cross_validate, parse_overrides
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.docs import publish_docs
-from gi_utils.pipeline.kaggle import build_kaggle_bundle
+from gi_utils.pipeline.kaggle import KAGGLE_DIR, build_kaggle_bundle
 from gi_utils.pipeline.notebook_files import execute_in_place, sync_setup_cells
 from gi_utils.pipeline.series import DEMO_ARCHS, demo
 from gi_utils.report.compare import table_markdown
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     hold = parser.add_argument_group("holdout: a scored hold-out made of training cases")
     hold.add_argument("--data-dir", default="", help="the data root (cv, holdout)")
     hold.add_argument("--holdout-cases", default="5", help="how many cases, or a comma-separated list (holdout)")
-    hold.add_argument("--out", default="", help="the new data folder (holdout)")
+    hold.add_argument("--out", default="", help=f"the new data folder (holdout); the bundle's folder (kaggle, default {KAGGLE_DIR})")
     parser.add_argument("--kaggle-user", default="your-kaggle-name", help="owner of the Kaggle dataset (kaggle)")
     args = parser.parse_args(argv)
     if args.data_only:
@@ -83,9 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out} (truth: {solution_path(out)})")
         return 0
     if args.command == "kaggle":
-        out = build_kaggle_bundle(default_runs_dir(args.runs_dir), REPO_ROOT / "dist" / "kaggle", user=args.kaggle_user)
-        print(f"dataset: {out['dataset']} ({len(out['wheels'])} wheels, {len(out['models'])} models)")
-        print(f"kernel: {out['kernel']}; upload: kaggle datasets create -p {out['dataset']} && "
+        out = build_kaggle_bundle(default_runs_dir(args.runs_dir), args.out or KAGGLE_DIR, user=args.kaggle_user)
+        dataset = out["dataset"]
+        if out["kernel"] is None:
+            print(f"dataset: {dataset} ({len(out['wheels'])} wheels, no models: no {BEST_CONFIG_NAME} in "
+                  f"{default_runs_dir(args.runs_dir)}). Attach it to the training notebooks; the models and the "
+                  f"submission kernel are added by running this again after 03_compare chose them.")
+            print(f"upload: kaggle datasets create -p {dataset}")
+            return 0
+        print(f"dataset: {dataset} ({len(out['wheels'])} wheels, {len(out['models'])} models)")
+        print(f"kernel: {out['kernel']}; upload: kaggle datasets create -p {dataset} && "
               f"kaggle kernels push -p {out['kernel']}")
         return 0
     if args.command == "notebooks":

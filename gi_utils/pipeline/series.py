@@ -24,7 +24,6 @@ from typing import Any
 
 import nbformat
 import papermill as pm
-from nbconvert import HTMLExporter
 
 from gi_utils.atomic import atomic_write_json, atomic_write_text, read_json
 from gi_utils.paths import default_runs_dir
@@ -71,7 +70,18 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: Mapping[str,
 
 
 def export_html(notebook: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """One self-contained HTML file of an executed notebook (figures embedded), atomically."""
+    """One self-contained HTML file of an executed notebook (figures embedded), atomically.
+
+    nbconvert (the ``notebooks`` extra) is imported here, not with the module: every other
+    part of ``gi_utils`` imports with the base dependencies alone (a Kaggle kernel).
+
+    Raises:
+        ImportError: nbconvert is not installed (says what to install).
+    """
+    try:
+        from nbconvert import HTMLExporter
+    except ImportError as err:
+        raise ImportError(f"export_html({notebook}) needs nbconvert: pip install 'gi-utils[notebooks]'") from err
     body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
     return atomic_write_text(out, body)
 
