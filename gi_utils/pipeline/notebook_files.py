@@ -103,10 +103,12 @@ def sync_setup_cells(folder: str | os.PathLike = NOTEBOOKS_DIR) -> list[Path]:
 def execute_in_place(paths: list[Path] | None = None, timeout: int = 1800) -> list[Path]:
     """Execute notebooks (default: all, in order) with their default parameters and save
     them executed. They share one temporary runs folder, as under nbval, so 03 and 04 see
-    the run that 02 made and nothing else."""
+    the run that 02 made and nothing else; ``preset="auto"`` is ``smoke`` (``$GI_PRESET``),
+    as in the tests, whatever the machine."""
     paths = paths or notebook_paths()
     old = os.environ.get(RUNS_DIR_ENV)
     os.environ["GI_HEADLESS"] = "1"  # as under nbval: text progress, static viewer
+    os.environ.setdefault("GI_PRESET", "smoke")  # as under pytest: preset="auto" is the cheap one
     with tempfile.TemporaryDirectory(prefix="gi_nb_runs_") as runs:
         os.environ[RUNS_DIR_ENV] = runs
         try:
