@@ -116,7 +116,7 @@ def test_no_data_on_a_platform_is_an_error_not_synthetic_training(platform, monk
     assert calls == []
     pipeline.ensure_data("synthetic")
     assert len(calls) == 1
-    assert calls[0][0] == (root / "content" / "data" if where == "colab" else tmp_path / "data")  # Colab: not Drive
+    assert calls[0][0] == (root / "content" if where == "colab" else root.parent) / "data"  # Colab: not Drive
 
 
 def test_no_data_locally_still_writes_the_synthetic_dataset(platform):
