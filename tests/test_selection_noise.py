@@ -20,8 +20,10 @@ from gi_utils.evaluation import (
     cross_fit,
     paired_difference,
     score_interval,
+    score_oof,
     score_terms,
     score_with,
+    terms_of_result,
 )
 from gi_utils.inference import PostProcess
 from gi_utils.report import (
@@ -167,6 +169,9 @@ def test_bootstrap_terms_and_intervals(tmp_path):
     with pytest.raises(KeyError, match="case99_day0"):
         terms.subset(["case99_day0"])
     assert isinstance(ScoreTerms.concat([terms.subset(halves[0]), terms.subset(halves[1])]), ScoreTerms)
+    from_metric = terms_of_result(score_oof(oof, post))  # the metric's own per case-day table
+    assert from_metric.score() == pytest.approx(terms.score(), abs=1e-12)
+    np.testing.assert_allclose(from_metric.dice, terms.dice, atol=1e-9)
 
 
 def test_models_on_different_case_days_are_ranked_without_a_paired_test(tmp_path):

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gi_utils.constants import DICE_WEIGHT, HAUSDORFF_WEIGHT, NUM_CLASSES
+from gi_utils.constants import CLASSES, DICE_WEIGHT, HAUSDORFF_WEIGHT, NUM_CLASSES
+from gi_utils.evaluation.metric import ScoreResult
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "INTERVAL_LEVEL", "ScoreTerms", "Interval", "resample_counts",
-           "score_interval", "paired_difference", "case_of", "case_halves"]  # fmt: skip
+           "score_interval", "paired_difference", "case_of", "case_halves", "terms_of_result"]  # fmt: skip
 
 #: Resamples per interval, the generator's seed and the interval's coverage.
 BOOTSTRAP_RESAMPLES: int = 1000
@@ -183,3 +184,21 @@ def case_halves(case_days: Sequence[str]) -> dict[int, list[str]]:
         raise ValueError(f"cannot split {len(case_days)} case-day(s) of {len(cases)} case(s) into two halves by case")
     side = {c: i % 2 for i, c in enumerate(cases)}
     return {k: [cd for cd in case_days if side[case_of(cd)] == k] for k in (0, 1)}
+
+
+def terms_of_result(result: ScoreResult) -> ScoreTerms:
+    """The :class:`ScoreTerms` of a per-class :class:`~gi_utils.evaluation.ScoreResult`
+    (e.g. a hold-out scored with :class:`~gi_utils.evaluation.ScoreAccumulator`), so its
+    score gets an interval too.
+
+    Raises:
+        ValueError: the result's table does not hold every class of each case-day.
+    """
+    table = result.table
+    case_days = list(dict.fromkeys(table["case_day"]))
+    shape = (len(case_days), NUM_CLASSES)
+    if len(table) != shape[0] * shape[1] or list(table["class"][:NUM_CLASSES]) != list(CLASSES):
+        raise ValueError(f"the score table has {len(table)} rows, not one per (case-day, class) of {shape}")
+    count = table["n_scored"].to_numpy(np.float64).reshape(shape)
+    dice = np.nan_to_num(table["dice"].to_numpy(np.float64)).reshape(shape) * count
+    return ScoreTerms(tuple(case_days), dice, count, table["hausdorff"].to_numpy(np.float64).reshape(shape))
