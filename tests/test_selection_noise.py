@@ -38,10 +38,10 @@ from gi_utils.report import (
 S, D = 16, 8
 
 
-def fake_run(root: Path, arch: str, volumes: dict, fold: int = 0) -> Run:
+def fake_run(root: Path, arch: str, volumes: dict, fold: int = 0, gate: bool = False) -> Run:
     """A finished run of ``arch`` with one fold whose OOF set holds ``{case_day: (probs
     float (D, S, S, 3), truth bool (D, S, S, 3))}`` (trained with threshold 0.5, min_size 0)."""
-    name = f"{arch}_resnet18_{S}px_fold{fold}"
+    name = f"{arch}_resnet18_{S}px{'_gate' if gate else ''}_fold{fold}"
     ids, spans, start = [], {}, 0
     for cd, (p, _) in volumes.items():
         ids += [f"{cd}_slice_{k + 1:04d}" for k in range(len(p))]
@@ -51,7 +51,8 @@ def fake_run(root: Path, arch: str, volumes: dict, fold: int = 0) -> Run:
     for cd, (p, t) in volumes.items():
         w.write(spans[cd], np.round(np.moveaxis(p, -1, 1) * 255).astype(np.uint8), pack_masks(t))
     w.close()
-    config = {"arch": arch, "encoder": "resnet18", "img_size": S, "fold": fold, "threshold": 0.5, "min_size": 0}
+    config = {"arch": arch, "encoder": "resnet18", "img_size": S, "fold": fold, "threshold": 0.5, "min_size": 0,
+              "gate": gate}  # fmt: skip
     return Run(name, root / name, config, {"best": {"val_score": 0.5}}, pd.DataFrame(), {})
 
 
@@ -180,3 +181,15 @@ def test_models_on_different_case_days_are_ranked_without_a_paired_test(tmp_path
     table, cands = select([fake_run(tmp_path, "unet", unet), fake_run(tmp_path, "fpn", fpn)])
     assert [c.name for c in cands] == ["fpn_resnet18_16px", "unet_resnet18_16px"]  # no blend: nothing in common
     assert "share no case-day" in explain_choice(cands)[0] and (table["Common"] == "").all()
+
+
+@pytest.mark.parametrize("errors", [3, 12])
+def test_a_gated_model_is_chosen_only_beyond_the_noise(tmp_path, errors):
+    """The gated UNet is right everywhere; the UNet without a gate has a false organ on
+    ``errors`` of 12 case-days: on 3 the gate's gain is within the noise, on 12 beyond it."""
+    plain = {f"case{k}_day0": organ_volume(5 if k <= errors else None) for k in range(1, 13)}
+    gated = {f"case{k}_day0": organ_volume(None) for k in range(1, 13)}
+    _, cands = select([fake_run(tmp_path, "unet", plain), fake_run(tmp_path, "unet", gated, gate=True)])
+    gated_cand = next(c for c in cands if c.name == "unet_resnet18_16px_gate")
+    assert gated_cand.honest.score() > next(c for c in cands if c.name == "unet_resnet18_16px").honest.score()
+    assert cands[0].name == ("unet_resnet18_16px" if errors == 3 else "unet_resnet18_16px_gate")

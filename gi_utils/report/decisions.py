@@ -96,13 +96,14 @@ def _post_sentence(cand: Any) -> str:
             f"{tuned:.3f} against {default:.3f}: {verdict}, {cand.post_gain.signed()}.")  # fmt: skip
 
 
-def _gate_sentences(ranked: Sequence[Any], chosen: Any, common: Sequence[str]) -> list[str]:
-    """One sentence per gated single model whose ungated rival is also a candidate."""
+def _gate_sentences(ranked: Sequence[Any], chosen: Any, common: Sequence[str], said: set) -> list[str]:
+    """One sentence per gated single model whose ungated rival is also a candidate (unless
+    the pair was already compared: ``said``)."""
     singles = {c.name: c for c in ranked if len(c.member_names) == 1}
     out = []
     for name, gated in singles.items():
         plain = singles.get(name[: -len(GATE_SUFFIX)]) if name.endswith(GATE_SUFFIX) else None
-        if plain is None:
+        if plain is None or (name, plain.name) in said:
             continue
         gain = paired_difference(gated.honest, plain.honest, common)
         verdict = "beyond the noise" if gain.above_zero else "within the noise, so the gate does not earn its place"
@@ -138,7 +139,7 @@ def decide(cands: Sequence[Any], common: Sequence[str]) -> tuple[list[Any], list
     scores = {c.name: c.honest.subset(common).score() for c in cands}
     ranked = sorted(cands, key=lambda c: -scores[c.name])  # stable: ties keep the order
     n = len(common)
-    chosen, reasons = ranked[0], []
+    chosen, reasons, said = ranked[0], [], set()
     reasons.append(f"{chosen.name} ranks first out of sample: {scores[chosen.name]:.3f} on the {n} case-days every "
                    "candidate covers, each scored with settings not tuned on it.")  # fmt: skip
     while True:
@@ -146,6 +147,7 @@ def decide(cands: Sequence[Any], common: Sequence[str]) -> tuple[list[Any], list
         if not simpler:
             break
         rival = simpler[0]  # the best simpler one
+        said.add((chosen.name, rival.name))
         gain = paired_difference(chosen.honest, rival.honest, common)
         what = "blend" if len(chosen.member_names) > len(rival.member_names) else "gated model"
         if gain.above_zero:
@@ -156,7 +158,7 @@ def decide(cands: Sequence[Any], common: Sequence[str]) -> tuple[list[Any], list
                        f"{gain.signed()}, is within the noise of {n} case-days (the 95% interval holds 0), "
                        f"so {rival.name} is preferred.")  # fmt: skip
         chosen = rival
-    reasons += _gate_sentences(ranked, chosen, common)
+    reasons += _gate_sentences(ranked, chosen, common, said)
     others = [c for c in ranked if c is not chosen]
     if others:
         gap = paired_difference(chosen.honest, others[0].honest, common)
