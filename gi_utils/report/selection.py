@@ -233,25 +233,27 @@ def select(runs: list[Run], *, blend_step: float = 0.25, max_members: int = 3) -
     for cand in cands:
         cand.finals = tuple(finals.get(model_name(member[0])) for member in cand.members)
     common = [cd for cd in cands[0].case_days if all(cd in set(c.case_days) for c in cands[1:])]
-    starts, memos = {}, {}
+    starts = {}
     for cand in cands:
         start = starts[cand.name] = PostProcess(**{**cand.default.to_dict(), "size_ref": cand.source.img_size})
-        memo = memos[cand.name] = {}
+        memo: dict = {}
         cand.searched = search_postprocess(cand.source.source, cand.case_days, start, memo=memo)
         folds = _folds_of(cand)
         if len(folds) >= 2 or len({case_of(cd) for cd in cand.case_days}) >= 2:
             cand.fit = cross_fit(cand.source.source, folds if len(folds) >= 2 else cand.case_days, start, memo=memo)
         cand.keep_tuned, cand.post_gain = keep_searched(cand.fit)
-        held = cand.fit.tuned if cand.fit and cand.keep_tuned else cand.fit.default if cand.fit else None
-        cand.honest = held or cand.searched.default_terms  # no fit: the default, which nothing tuned
+        if cand.fit is None:  # nothing to hold out: the default, which nothing tuned, is out of sample anyway
+            cand.honest = cand.searched.default_terms
+        else:
+            cand.honest = cand.fit.tuned if cand.keep_tuned else cand.fit.default
     cands, reasons = decide(cands, common)
     cands[0].reasons = reasons
     for cand in cands:
-        _fill_row(cand, cands[0], common, starts[cand.name], memos[cand.name])
+        _fill_row(cand, cands[0], common, starts[cand.name])
     return pd.DataFrame([c.row for c in cands]), cands
 
 
-def _fill_row(cand: Candidate, chosen: Candidate, common: list[str], start: PostProcess, memo: dict) -> None:
+def _fill_row(cand: Candidate, chosen: Candidate, common: list[str], start: PostProcess) -> None:
     """The table row and the figures of one candidate."""
     nan = Interval(math.nan, math.nan, math.nan)
     fit = cand.fit
