@@ -177,7 +177,8 @@ class TrainingRun:
             remove_stale_temps(self.out_dir)  # left by a run killed while writing a file
             atomic_write_json(self.out_dir / "config.json", cfg.to_dict())
         with acc.main_process_first():
-            self.data = load_train_data(cfg, acc.num_processes)
+            self.data = load_train_data(cfg, acc.num_processes, acc.device, acc.process_index)
+        acc.print(f"training data path: {self.data.data_path}", flush=True)
         if acc.is_main_process:
             atomic_write_json(self.out_dir / "split.json", self.data.split)
         self.net = build_model(cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
@@ -192,11 +193,12 @@ class TrainingRun:
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
         model = torch.compile(self.net) if cfg.compile else self.net
-        loaders = [self.data.train_loader] + ([self.data.val_loader] if self.validated else [])
+        on_device = self.data.data_path == "device"  # batches made on the device: nothing to prepare
+        loaders = ([] if on_device else [self.data.train_loader]) + ([self.data.val_loader] if self.validated else [])
         model, self.optimizer, *prepared = acc.prepare(model, optimizer, *loaders)
         self.model = model
-        self.train_loader = prepared[0]
-        self.val_loader = prepared[1] if self.validated else None
+        self.train_loader = self.data.train_loader if on_device else prepared.pop(0)
+        self.val_loader = prepared[0] if self.validated else None
         self.batches_per_epoch = len(self.train_loader)  # per process
         steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         schedule = WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
