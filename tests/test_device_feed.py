@@ -35,6 +35,7 @@ from gi_utils.training import (
     resolve_data_path,
     train,
 )
+from gi_utils.training import loaders as loaders_mod
 from gi_utils.training import session as session_mod
 
 torch.set_num_threads(1)
@@ -319,3 +320,23 @@ def test_training_on_the_device_path_runs_and_resumes(synth, tmp_path, tiny_conf
     np.testing.assert_array_equal(full["train_loss"].to_numpy(), resumed["train_loss"].to_numpy())
     a, b = load_state(tmp_path / "full" / "last.pt"), load_state(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_run_resumes_only_on_the_path_it_started_on(synth, tmp_path, tiny_config, monkeypatch):
+    """data_path="auto" may resolve otherwise on another machine: last.pt records the path
+    and a resumption on the other one is refused, naming both."""
+    cfg = tiny_config(synth, tmp_path / "run", epochs=2, max_steps_per_epoch=2, save_every_steps=1, amp="no")
+    real = session_mod.TrainingRun._on_step
+
+    def interrupt(self, loss_sum, n_batches):
+        real(self, loss_sum, n_batches)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loaders_mod, "resolve_data_path", lambda *a, **k: "device")  # as on a GPU
+    monkeypatch.setattr(session_mod.TrainingRun, "_on_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    assert load_state(tmp_path / "run" / "last.pt")["data_path"] == "device"
+    with pytest.raises(ValueError, match="trained on data_path='device'.*resolved data_path='auto' to 'workers'"):
+        train(cfg)

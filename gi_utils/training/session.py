@@ -215,6 +215,11 @@ class TrainingRun:
         s = self.saved
         if s is None:
             return
+        path = s.get("data_path", "workers")  # the batches differ between the paths: resume on the same one
+        if path != self.data.data_path:
+            raise ValueError(f"{self.last_path} was trained on data_path={path!r}, this run resolved "
+                             f"data_path={self.cfg.data_path!r} to {self.data.data_path!r}: pass data_path={path!r}, "
+                             "or resume=False to start over")  # fmt: skip
         self.net.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
@@ -238,6 +243,7 @@ class TrainingRun:
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
+                "data_path": self.data.data_path,
             }  # fmt: skip
             check_room_for(self.last_path, state, "the training state")
             save_state(self.last_path, state)
