@@ -87,6 +87,19 @@ def test_without_augmentation_the_device_batches_equal_the_worker_batches(meta, 
     assert sum(float(m.sum()) for _, m in b) > 0  # organs are in the batches
 
 
+@pytest.mark.parametrize("dtype", ["float16", "uint8"])
+def test_host_storage_gathers_the_same_batches(meta, dtype):
+    """A cache too large for the GPU stays in (pinned) host memory: batches gathered there
+    and copied equal those of the resident copy."""
+    cache = VolumeCache(meta, S, None, progress=False, dtype=dtype)
+    on, off = (DeviceBatches(meta, cache, (-2, 0, 2), "cpu", resident=r) for r in (True, False))
+    index = np.array([5, 0, len(meta) - 1, 17, 5])
+    (ia, pa), (ib, pb) = on.gather(index), off.gather(index)
+    assert ib.shape == (5, 3, S, S) and pb.shape == (5, S, S)
+    assert torch.equal(ia, ib) and torch.equal(pa, pb)
+    assert not torch.equal(ia[0], ia[1])
+
+
 # --------------------------------------------------------------------------- statistics
 def _albumentations_params(n: int) -> dict[str, list]:
     """Applied parameters of the worker path's pipeline (seeded per sample as there)."""

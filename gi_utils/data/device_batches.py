@@ -40,7 +40,11 @@ class DeviceBatches:
         meta: the training rows (sorted by case/day/slice here, like SliceDataset's ``.meta``).
         cache: a :class:`VolumeCache` holding these ids (same img_size and mode).
         slice_offsets: 2.5D channel offsets, e.g. ``(-2, 0, 2)``.
-        device: where the tensors live (``"cpu"`` works too: the tests use it).
+        device: where batches are made (``"cpu"`` works too: the tests use it).
+        resident: keep the slices on ``device``; ``False`` (a cache larger than the GPU's
+            memory) keeps them in host memory, pinned when ``device`` is CUDA, gathers
+            each batch there into a pinned buffer in the stored dtype (uint8 or float16)
+            and copies it asynchronously; conversion and augmentation stay on the device.
 
     Raises:
         KeyError: an id of ``meta`` not in ``cache`` (named).
@@ -48,16 +52,24 @@ class DeviceBatches:
     """
 
     def __init__(
-        self, meta: pd.DataFrame, cache: VolumeCache, slice_offsets: tuple[int, ...], device: torch.device | str
+        self,
+        meta: pd.DataFrame,
+        cache: VolumeCache,
+        slice_offsets: tuple[int, ...],
+        device: torch.device | str,
+        resident: bool = True,
     ) -> None:
         self.meta = sort_slices(meta)
-        self.device = torch.device(device)
+        self.device, self.resident = torch.device(device), bool(resident)
+        self.pinned = not self.resident and self.device.type == "cuda"
+        home = self.device if self.resident else torch.device("cpu")
         self.img_size, self.slice_offsets = cache.img_size, tuple(int(o) for o in slice_offsets)
         rows = cache.rows(self.meta["id"])
         self.uint8 = cache.dtype == "uint8"
         n, s = len(rows), cache.img_size
-        self.images = torch.empty((n, s, s), dtype=torch.uint8 if self.uint8 else torch.float16, device=self.device)
-        self.packed = torch.empty((n, s, s), dtype=torch.uint8, device=self.device)
+        dtype = torch.uint8 if self.uint8 else torch.float16
+        self.images = torch.empty((n, s, s), dtype=dtype, device=home, pin_memory=self.pinned)
+        self.packed = torch.empty((n, s, s), dtype=torch.uint8, device=home, pin_memory=self.pinned)
         for lo in range(0, n, _CHUNK):
             part = rows[lo : lo + _CHUNK]
             self.images[lo : lo + len(part)] = torch.from_numpy(np.ascontiguousarray(cache.images[part]))
@@ -66,7 +78,7 @@ class DeviceBatches:
             else:
                 masks = scan_packed_masks(self.meta.iloc[lo : lo + len(part)], s, cache.mode)
             self.packed[lo : lo + len(part)] = torch.from_numpy(masks)
-        self.nbr = torch.from_numpy(neighbour_rows(self.meta["case_day"], self.slice_offsets)).to(self.device)
+        self.nbr = torch.from_numpy(neighbour_rows(self.meta["case_day"], self.slice_offsets)).to(home)
         self.nbytes = device_nbytes(cache, n)
 
     def __len__(self) -> int:
@@ -78,10 +90,21 @@ class DeviceBatches:
         Returns:
             ``(images float32 (N, C, S, S), packed uint8 (N, S, S))`` on the device.
         """
-        index = torch.as_tensor(np.asarray(index), dtype=torch.long).to(self.device)
-        raw = self.images[self.nbr[index]]  # (N, C, S, S)
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long).to(self.images.device)
+        rows = self.nbr[index]  # (N, C)
+        if self.resident:
+            raw, packed = self.images[rows], self.packed[index]
+        else:  # gathered on the host in the stored dtype, then one asynchronous copy each
+            raw = self._host_gather(self.images, rows.flatten()).unflatten(0, rows.shape)
+            packed = self._host_gather(self.packed, index)
         images = (raw.float() / 255).half().float() if self.uint8 else raw.float()
-        return images, self.packed[index]
+        return images, packed
+
+    def _host_gather(self, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``src[index]`` into a (pinned, on CUDA) buffer, copied to the device without waiting."""
+        buf = torch.empty((len(index), *src.shape[1:]), dtype=src.dtype, pin_memory=self.pinned)
+        torch.index_select(src, 0, index, out=buf)
+        return buf.to(self.device, non_blocking=self.pinned)
 
     @staticmethod
     def unpack(packed: torch.Tensor) -> torch.Tensor:

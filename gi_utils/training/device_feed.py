@@ -22,7 +22,7 @@ from gi_utils.data.device_batches import DeviceBatches, device_nbytes
 from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.training.sampler import EpochSampler
 
-__all__ = ["DATA_PATHS", "DEVICE_SHARE", "DeviceLoader", "batch_generator", "resolve_data_path"]
+__all__ = ["DATA_PATHS", "DEVICE_SHARE", "DeviceLoader", "batch_generator", "fits_on_device", "resolve_data_path"]
 
 #: ``TrainConfig.data_path`` values: auto | device (data and augmentation on the device) |
 #: workers (DataLoader workers, albumentations per sample).
@@ -46,8 +46,18 @@ def resolve_data_path(
         return data_path
     if volumetric or cache is None or device.type != "cuda":
         return "workers"
+    return "device" if fits_on_device(cache, n_slices, device) else "workers"
+
+
+def fits_on_device(cache: VolumeCache, n_slices: int, device: torch.device) -> bool:
+    """True when ``n_slices`` of ``cache`` take at most :data:`DEVICE_SHARE` of the free
+    memory of a CUDA ``device`` (always on a CPU: there the host memory is the device's).
+    On the device path, slices that do not fit stay in pinned host memory
+    (:class:`DeviceBatches` with ``resident=False``)."""
+    if device.type != "cuda":
+        return True
     free, _ = torch.cuda.mem_get_info(device)
-    return "device" if device_nbytes(cache, n_slices) <= DEVICE_SHARE * free else "workers"
+    return device_nbytes(cache, n_slices) <= DEVICE_SHARE * free
 
 
 def batch_generator(seed: int, epoch: int, batch: int, device: torch.device) -> torch.Generator:

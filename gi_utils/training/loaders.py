@@ -23,7 +23,7 @@ from gi_utils.data.shm import batch_nbytes, check_shared_memory
 from gi_utils.data.volumes import PatchDataset, VolumeDataset
 from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.device_feed import DeviceLoader, resolve_data_path
+from gi_utils.training.device_feed import DeviceLoader, fits_on_device, resolve_data_path
 from gi_utils.training.sampler import EpochSampler, SeededSamples
 
 __all__ = ["TrainData", "load_train_data"]
@@ -119,7 +119,8 @@ def load_train_data(
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
     if data_path == "device":
         augment = GpuAugment(cfg.img_size, cfg.augment_kwargs) if cfg.augment else None
-        on_device = DeviceBatches(train_meta, cache, cfg.slice_offsets, device)
+        resident = fits_on_device(cache, len(train_ds), device)  # else: pinned host memory, asynchronous copies
+        on_device = DeviceBatches(train_meta, cache, cfg.slice_offsets, device, resident=resident)
         train_loader = DeviceLoader(on_device, sampler, cfg.batch_size, augment, cfg.seed, rank, num_processes)
     else:
         if cfg.num_workers:  # processes on one machine share /dev/shm: fail with a message, not a bus error
