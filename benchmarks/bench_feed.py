@@ -5,7 +5,9 @@ batch, training steps fed three ways.
   albumentations per sample in DataLoader workers (2, and every core when there are more),
   pinned batches copied to the device;
 * device: the device path (``data_path="device"``): the cache's slices on the device,
-  batches gathered and augmented there (kornia), no workers;
+  batches gathered and augmented there (kornia), no workers; on CUDA also
+  ``device_pinned``, the same with the slices in pinned host memory (a cache larger than
+  the GPU) and each uint8 batch copied asynchronously;
 * limit: the same steps on one batch already on the device, no data work at all.
 
 Prints samples/s of each, device/limit and device/workers, the peak memory (GPU memory on
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=None, help="img_size (320 on CUDA, 64 on a CPU)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (16 64 on CUDA, 4 on a CPU)")
     ap.add_argument("--seconds", type=float, default=None, help="timed seconds per configuration")
-    ap.add_argument("--budget", type=float, default=400.0, help="start no configuration after this many seconds")
+    ap.add_argument("--budget", type=float, default=300.0, help="start no configuration after this many seconds")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = SliceDataset(meta, size, (-2, 0, 2), build_transforms(size, True), cache=cache)
         empty = ds.meta["empty"].to_numpy()
         on_device = DeviceBatches(meta, cache, (-2, 0, 2), device)
+        in_host = DeviceBatches(meta, cache, (-2, 0, 2), device, resident=False) if device.type == "cuda" else None
         print(f"{len(meta)} slices; on the device {on_device.nbytes / 2**20:.0f} MiB", flush=True)
         step = Stepper(device, amp)
         for batch in batches:
@@ -184,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
                 return iter(loader)
 
             got["device"] = measure(step, cycle(device_epoch), batch, seconds, max_steps, watch=True)
+            if device.type == "cuda":  # a cache larger than the GPU: pinned host memory, asynchronous copies
+                pinned = DeviceLoader(in_host, EpochSampler(empty, SEED), batch, GpuAugment(size), SEED)
+
+                def pinned_epoch(epoch: int, loader=pinned):
+                    loader.set_epoch(epoch)
+                    return iter(loader)
+
+                got["device_pinned"] = measure(step, cycle(pinned_epoch), batch, seconds, max_steps, watch=True)
             one = next(iter(loader))
             got["limit"] = measure(step, cycle(lambda _e, one=one: [one] * 64), batch, seconds, max_steps)
             unit = "GPU MiB" if device.type == "cuda" else "MiB RSS"

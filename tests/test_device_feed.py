@@ -257,11 +257,23 @@ def test_dropout_leaves_the_masks():
     assert ((out == 0) & (images != 0)).flatten(1).any(1).all()  # holes filled with 0 in every image
 
 
+def test_a_number_reads_as_in_albumentations():
+    """Affine: a number is a fixed value; the limits: a number v is (-v, v)."""
+    aug = GpuAugment(S, {"Affine": {"scale": 1.2, "rotate": 10, "translate_percent": 0.0},
+                         "GridDistortion": {"distort_limit": 0.2}, "RandomBrightnessContrast": {"contrast_limit": 0.3}})  # fmt: skip
+    assert (aug.scale, aug.rotate, aug.translate) == ((1.2, 1.2), (10.0, 10.0), (0.0, 0.0))
+    assert aug.distort == (-0.2, 0.2) and aug.contrast == (-0.3, 0.3) and aug.brightness == (-0.1, 0.1)
+    prm = aug.draw(8, torch.Generator().manual_seed(0))
+    assert torch.equal(prm["rotate"], torch.full((8,), 10.0)) and torch.allclose(prm["scale"], torch.tensor(1.2))
+
+
 def test_unknown_transform_or_argument_is_named():
     with pytest.raises(KeyError, match="'Flip'.*valid names"):
         GpuAugment(S, {"Flip": {"p": 0.1}})
     with pytest.raises(ValueError, match=r"GridDistortion: argument\(s\) \['interpolation'\]"):
         GpuAugment(S, {"GridDistortion": {"interpolation": 0}})
+    with pytest.raises(ValueError, match=r"Affine: scale=\{'x': 1.0\}: the device pipeline takes a number or a"):
+        GpuAugment(S, {"Affine": {"scale": {"x": 1.0}}})
     with pytest.raises(ValueError, match="augment_kwargs \\(data_path='device'\\).*GridDistortion"):
         TrainConfig(data_path="device", augment_kwargs={"GridDistortion": {"interpolation": 0}})
 

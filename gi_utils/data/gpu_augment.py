@@ -7,7 +7,8 @@ masks moved by nearest neighbour and never dropped out. The mapping from the
 albumentations names and arguments (:data:`GPU_ARGS`; ``augment_kwargs`` keeps them):
 
 * ``HorizontalFlip(p)``: ``torch.flip`` of the last axis (exact).
-* ``Affine(scale, translate_percent, rotate, p)``: scale drawn per axis (albumentations'
+* ``Affine(scale, translate_percent, rotate, p)`` (a number is a fixed value, a pair a
+  range, as in albumentations; the per-axis dicts are not taken): scale drawn per axis (albumentations'
   ``keep_ratio=False``), shift per axis as a fraction of the side truncated to whole
   pixels (as albumentations does), rotation in degrees, about the image centre; the matrix is kornia's ``get_affine_matrix2d``. Only a constant
   zero border (``border_mode=BORDER_CONSTANT``, ``fill=0``, ``fill_mask=0``) is supported.
@@ -17,7 +18,8 @@ albumentations names and arguments (:data:`GPU_ARGS`; ``augment_kwargs`` keeps t
 * ``ElasticTransform(alpha, sigma, approximate, p)``: a Gaussian noise field per axis,
   divided by its largest magnitude, blurred by kornia's ``gaussian_blur2d`` (17x17 when
   ``approximate``, as albumentations) and multiplied by ``alpha`` pixels.
-* ``RandomBrightnessContrast(brightness_limit, contrast_limit, p)``:
+* ``RandomBrightnessContrast(brightness_limit, contrast_limit, p)`` (a number ``v`` is
+  ``(-v, v)``, as for ``distort_limit``):
   ``clip(x * (1 + c) + b, 0, 1)``, ``c``, ``b`` uniform in the limits.
 * ``CoarseDropout(num_holes_range, hole_height_range, hole_width_range, fill, p)``:
   rectangles set to ``fill`` on the image only (pixel sizes, or fractions of the side).
@@ -54,11 +56,14 @@ GPU_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _range(value: Any, around: float = 0.0) -> tuple[float, float]:
-    """An albumentations range: a pair, or a number ``v`` meaning ``(around - v, around + v)``."""
-    if isinstance(value, (list, tuple)):
+def _range(value: Any, around: float | None = 0.0, name: str = "") -> tuple[float, float]:
+    """An albumentations range: a pair, or a number ``v`` meaning ``(around - v, around + v)``
+    (``around=None``: the fixed value ``(v, v)``, as ``Affine`` reads a number)."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
         return float(value[0]), float(value[1])
-    return around - float(value), around + float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),) * 2 if around is None else (around - float(value), around + float(value))
+    raise ValueError(f"{name}={value!r}: the device pipeline takes a number or a (low, high) pair")
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -101,22 +106,27 @@ class GpuAugment:
                              "fill_mask=0")  # fmt: skip
         self.size = int(img_size)
         self.p = {name: float(kwargs.get("p", 0.5)) for name, kwargs in specs.items()}
-        self.scale = _range(aff["scale"], 1.0)
-        self.translate = _range(aff["translate_percent"])
-        self.rotate = _range(aff["rotate"])
+        self.scale = _range(aff["scale"], None, "Affine: scale")
+        self.translate = _range(aff["translate_percent"], None, "Affine: translate_percent")
+        self.rotate = _range(aff["rotate"], None, "Affine: rotate")
         grid = specs["GridDistortion"]
-        self.num_steps, self.distort = int(grid["num_steps"]), _range(grid["distort_limit"])
+        self.num_steps = int(grid["num_steps"])
+        self.distort = _range(grid["distort_limit"], 0.0, "GridDistortion: distort_limit")
         el = specs["ElasticTransform"]
         self.alpha, self.sigma = float(el["alpha"]), float(el["sigma"])
         k = 17 if el.get("approximate", False) else 2 * math.ceil(4 * self.sigma) + 1
         self.kernel = min(k, 2 * (self.size // 2) - 1)
         bc = specs["RandomBrightnessContrast"]
-        self.brightness, self.contrast = _range(bc["brightness_limit"]), _range(bc["contrast_limit"])
+        self.brightness = _range(bc["brightness_limit"], 0.0, "RandomBrightnessContrast: brightness_limit")
+        self.contrast = _range(bc["contrast_limit"], 0.0, "RandomBrightnessContrast: contrast_limit")
         drop = specs["CoarseDropout"]
         self.holes = tuple(int(v) for v in drop["num_holes_range"])
         self.hole_h = self._pixels(drop["hole_height_range"])
         self.hole_w = self._pixels(drop["hole_width_range"])
-        self.fill = float(drop.get("fill", 0))
+        self.fill = drop.get("fill", 0)
+        if not isinstance(self.fill, (int, float)) or isinstance(self.fill, bool):
+            raise ValueError(f"CoarseDropout: fill={self.fill!r}: the device pipeline fills holes with a number")
+        self.fill = float(self.fill)
 
     def _pixels(self, rng: Any) -> tuple[int, int]:
         lo, hi = rng
