@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=None, help="img_size (320 on CUDA, 64 on a CPU)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (16 64 on CUDA, 4 on a CPU)")
     ap.add_argument("--seconds", type=float, default=None, help="timed seconds per configuration")
-    ap.add_argument("--budget", type=float, default=300.0, help="start no configuration after this many seconds")
+    ap.add_argument("--budget", type=float, default=300.0, help="start no further batch size after this many seconds")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -54,7 +54,7 @@ class TrainData:
     train_ds: Any
     val_ds: Any
     sampler: EpochSampler
-    train_loader: DataLoader
+    train_loader: DataLoader | DeviceLoader
     val_loader: DataLoader | None
     val_volumes: dict[str, np.ndarray]
     split: dict[str, Any]
