@@ -173,6 +173,39 @@ def test_augmentation_statistics_match_the_worker_path():
         assert abs(a.mean() - d.mean()) < 4.5 * np.sqrt(a.var() / len(a) + d.var() / len(d)), key
 
 
+def _rms_displacement(out: np.ndarray, border: int = 6) -> float:
+    """RMS distance a ramp image (channel 0 = x, 1 = y, scaled to [0, 1]) was moved by,
+    away from the border: the source coordinate of each pixel read back from its value."""
+    yy, xx = np.mgrid[:S, :S]
+    dx, dy = out[..., 0] * (S - 1) - xx, out[..., 1] * (S - 1) - yy
+    inner = (slice(border, -border),) * 2
+    return float(np.sqrt((dx[inner] ** 2 + dy[inner] ** 2).mean()))
+
+
+@pytest.mark.parametrize("name", ["ElasticTransform", "GridDistortion"])
+def test_distortions_move_pixels_as_far_as_the_worker_path(name):
+    """(b) the distortions, estimated from images: 200 warps of a coordinate ramp per path,
+    the per-image RMS displacement has the same distribution."""
+    spec = dict(default_train_specs(S))
+    yy, xx = np.mgrid[:S, :S]
+    ramp = np.stack([xx / (S - 1), yy / (S - 1), np.zeros((S, S))], -1).astype(np.float32)
+    compose = A.Compose([make_transform(name, {**spec[name], "p": 1.0})])
+    alb = []
+    for i in range(200):
+        seq = np.random.SeedSequence((1, i))
+        compose.set_random_state(np.random.default_rng(seq), random.Random(i))
+        alb.append(_rms_displacement(compose(image=ramp)["image"]))
+    aug = GpuAugment(S, {**NO_AUGMENT, name: {"p": 1.0}})
+    x = torch.from_numpy(ramp).permute(2, 0, 1)[None].repeat(200, 1, 1, 1)
+    out, _, _ = aug(x, torch.zeros(200, S, S, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    dev = [_rms_displacement(o.permute(1, 2, 0).numpy()) for o in out]
+    a, d = np.asarray(alb), np.asarray(dev)
+    assert min(a.mean(), d.mean()) > 0.5  # both move pixels
+    assert abs(a.mean() - d.mean()) < 4.5 * np.sqrt(a.var() / len(a) + d.var() / len(d)), \
+        f"{name}: RMS displacement {a.mean():.3f} px (worker) vs {d.mean():.3f} px (device)"  # fmt: skip
+    assert ks_2samp(a, d).pvalue > 1e-3, name
+
+
 def test_brightness_contrast_is_applied_as_drawn():
     """The recorded parameters are the applied ones: a constant image v becomes
     clip(v * contrast + brightness) exactly where the transform was drawn."""
@@ -187,8 +220,9 @@ def test_brightness_contrast_is_applied_as_drawn():
 
 # --------------------------------------------------------------------------- geometry
 def _organs(n: int, s: int = 96) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
-    """Three disjoint organs per image (ellipses at random places) painted 0.3 / 0.6 / 0.9
-    on a 0.1 background; packed masks (bit c = organ c)."""
+    """Three disjoint organs per image (ellipses at random places, a later one not over
+    an earlier one) painted 0.3 / 0.6 / 0.9 on a 0.1 background; packed masks (bit c =
+    organ c)."""
     values = (0.3, 0.6, 0.9)
     g = torch.Generator().manual_seed(1)
     yy, xx = torch.meshgrid(torch.arange(s).float(), torch.arange(s).float(), indexing="ij")
@@ -197,8 +231,8 @@ def _organs(n: int, s: int = 96) -> tuple[torch.Tensor, torch.Tensor, tuple[floa
     for i in range(n):
         for c, (cy, cx) in enumerate(centres):
             jit = (torch.rand(4, generator=g) - 0.5) * 0.1
-            inside = (((yy - (cy + jit[0]) * s) / (s * (0.12 + jit[2]))) ** 2
-                      + ((xx - (cx + jit[1]) * s) / (s * (0.15 + jit[3]))) ** 2) <= 1  # fmt: skip
+            inside = ((((yy - (cy + jit[0]) * s) / (s * (0.12 + jit[2]))) ** 2
+                      + ((xx - (cx + jit[1]) * s) / (s * (0.15 + jit[3]))) ** 2) <= 1) & (packed[i] == 0)  # fmt: skip
             images[i][:, inside] = values[c]
             packed[i][inside] |= 1 << c
     return images, packed, values

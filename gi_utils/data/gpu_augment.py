@@ -12,9 +12,10 @@ albumentations names and arguments (:data:`GPU_ARGS`; ``augment_kwargs`` keeps t
   ``keep_ratio=False``), shift per axis as a fraction of the side truncated to whole
   pixels (as albumentations does), rotation in degrees, about the image centre; the matrix is kornia's ``get_affine_matrix2d``. Only a constant
   zero border (``border_mode=BORDER_CONSTANT``, ``fill=0``, ``fill_mask=0``) is supported.
-* ``GridDistortion(num_steps, distort_limit, p)``: the same separable piecewise-linear
-  grid (``num_steps`` cells per axis, each stretched by ``1 + U(-limit, limit)``, the
-  whole renormalised to the side); the knots are joined continuously.
+* ``GridDistortion(num_steps, distort_limit, p)``: the same separable grid, built as
+  albumentations builds it (``num_steps`` cells per axis, each stretched by
+  ``1 + U(-limit, limit)``, normalised to the side, a ``linspace`` per cell), linear
+  between whole pixels where elastic distortion moves a coordinate off them.
 * ``ElasticTransform(alpha, sigma, approximate, p)``: a Gaussian noise field per axis,
   divided by its largest magnitude, blurred by kornia's ``gaussian_blur2d`` (17x17 when
   ``approximate``, as albumentations) and multiplied by ``alpha`` pixels.
@@ -167,23 +168,34 @@ class GpuAugment:
         return out
 
     # ---------------------------------------------------------------- geometry
-    def _grid_map(self, u: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """Grid distortion along one axis: edge coordinates ``u`` (n, ...) in [0, S] ->
-        source coordinates; ``steps`` (n, num_steps + 1) stretch factors."""
+    def _grid_table(self, steps: torch.Tensor) -> torch.Tensor:
+        """Grid distortion along one axis as albumentations builds it: ``steps`` (m, k + 1)
+        stretch factors -> (m, S) source coordinate of each pixel (the last step scaled to
+        the last cell, the steps normalised to the side, each cell a ``linspace``)."""
         s, k = self.size, self.num_steps
         cell = s // k
-        widths = torch.full((k + 1,), float(cell), device=u.device)
-        widths[-1] = s - k * cell
-        out_knots = torch.cat([widths.new_zeros(1), widths.cumsum(0)])  # (k + 2,)
-        stretched = widths * steps  # (n, k + 1)
-        in_knots = torch.cat([stretched.new_zeros(len(steps), 1), stretched.cumsum(1)], 1)
-        in_knots = in_knots * (s / in_knots[:, -1:])
-        flat = u.reshape(len(u), -1)
-        i = torch.clamp(torch.bucketize(flat, out_knots[1:-1].contiguous(), right=True), 0, k)
-        lo_o, hi_o = out_knots[i], out_knots[i + 1]
-        lo_i, hi_i = in_knots.gather(1, i), in_knots.gather(1, i + 1)
-        frac = (flat - lo_o) / torch.clamp(hi_o - lo_o, min=1e-6)
-        return (lo_i + frac * (hi_i - lo_i)).reshape(u.shape)
+        steps = steps.clone()
+        steps[:, -1] *= (min(s, (k + 1) * cell) - k * cell) / cell
+        steps = steps * ((s / math.floor(s / k)) / steps.sum(1, keepdim=True))
+        i = torch.arange(s, device=steps.device)
+        idx = torch.clamp(i // cell, max=k)
+        start = idx * cell
+        n = torch.clamp(start + cell, max=s) - start
+        frac = (i - start) / torch.clamp(n - 1, min=1)
+        inc = cell * steps  # (m, k + 1)
+        prev = inc.cumsum(1) - inc
+        return prev[:, idx] + frac * inc[:, idx]
+
+    def _grid_map(self, u: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """The table of :meth:`_grid_table` at pixel coordinates ``u`` (m, S, S), linear
+        between pixels (exact at whole pixels, where albumentations evaluates it)."""
+        s = self.size
+        table = self._grid_table(steps)
+        flat = u.reshape(len(u), -1).clamp(0, s - 1)
+        lo = flat.floor().long()
+        hi = torch.clamp(lo + 1, max=s - 1)
+        w = flat - lo
+        return (table.gather(1, lo) * (1 - w) + table.gather(1, hi) * w).reshape(u.shape)
 
     def _sampling_grid(self, prm: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         """(n, S, S, 2) normalised source coordinates: elastic, then grid, then affine."""
@@ -201,8 +213,8 @@ class GpuAugment:
         x, y = x.clamp(0, s - 1), y.clamp(0, s - 1)
         g = prm["grid"]
         if g.any():
-            x[g] = self._grid_map(x[g] + 0.5, prm["grid_steps"][g, 0]) - 0.5
-            y[g] = self._grid_map(y[g] + 0.5, prm["grid_steps"][g, 1]) - 0.5
+            x[g] = self._grid_map(x[g], prm["grid_steps"][g, 0])
+            y[g] = self._grid_map(y[g], prm["grid_steps"][g, 1])
             x, y = x.clamp(0, s - 1), y.clamp(0, s - 1)
         a = prm["affine"]
         if a.any():
