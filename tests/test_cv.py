@@ -12,7 +12,7 @@ import pytest
 import gi_utils.pipeline.cv as cv_mod
 from gi_utils.constants import CLASSES, SUBMISSION_COLUMNS
 from gi_utils.data import build_metadata, encode_rle, make_holdout, read_solution, solution_path
-from gi_utils.evaluation import OOFCollection, OOFSet, score_submission
+from gi_utils.evaluation import OOFCollection, OOFSet, case_of, score_submission
 from gi_utils.inference import make_submission
 from gi_utils.pipeline import cross_validate, parse_folds, submission_plan
 from gi_utils.report import BEST_CONFIG_NAME, find_runs, select, write_best_config
@@ -84,12 +84,15 @@ def test_selection_writes_a_best_configuration_that_04_uses(cv_runs):
     table, cands = select(find_runs(runs))
     assert set(table["Model"]) == {"unet_resnet18_64px", "fpn_resnet18_64px", "fpn_resnet18_64px + unet_resnet18_64px"}
     unet = table.set_index("Model").loc["unet_resnet18_64px"]
-    assert unet["Folds"] == 2 and not np.isnan(unet["Held-out tuned"])  # two folds: tuned on one, scored on the other
-    for row in table.itertuples():
-        assert row._7 >= row._6 - 1e-12  # the search never ends below where it started (OOF tuned >= default)
+    assert unet["Folds"] == 2 and unet["Held out on"] == "2 folds" and unet["Held-out tuned"]  # tuned on one, scored on the other
+    for cand, (_, row) in zip(cands, table.iterrows(), strict=True):
+        assert cand.searched.score >= cand.searched.default_score - 1e-12  # the search never ends below where it started
+        one_case = len({case_of(cd) for cd in cand.case_days}) < 2  # one fold of one case: nothing to hold out
+        assert bool(row["Held-out tuned"]) != one_case and (cand.fit is None) == one_case
+        assert cand.post == cand.default or (cand.keep_tuned and cand.post_gain.low > 0)
     write_best_config(runs / BEST_CONFIG_NAME, cands[0])
     plan = submission_plan(runs)
-    assert plan.source.startswith("best configuration") and plan.post == cands[0].searched.post
+    assert plan.source.startswith("best configuration") and plan.post == cands[0].post  # searched, or the default
     assert [str(p) for p in plan.model_paths] == [str(p) for p in cands[0].model_paths]
     explicit = submission_plan(runs, runs="fpn_resnet18_64px_fold0", thresholds=0.3)
     assert explicit.source == "the models' own settings" and explicit.post.thresholds == (0.3,) * 3
@@ -163,7 +166,7 @@ def test_final_model_on_all_cases_has_no_validation_score(data, tmp_path):
     write_best_config(tmp_path / "out" / BEST_CONFIG_NAME, cands[0])
     plan = submission_plan(runs, out_root=tmp_path / "out")
     assert [p.parent.name for p in plan.model_paths] == ["unet_resnet18_64px_foldall"]
-    assert plan.post == cands[0].searched.post and plan.weights == [1.0]
+    assert plan.post == cands[0].post and plan.weights == [1.0]
 
 
 def test_runs_and_best_configuration_move_together_or_apart(cv_runs, tmp_path):
@@ -180,4 +183,4 @@ def test_runs_and_best_configuration_move_together_or_apart(cv_runs, tmp_path):
     shutil.rmtree(tmp_path / "out03")  # the models are not beside it any more: found by run name
     plan = submission_plan([moved], best_config=str(tmp_path / "input" / "my-choice" / BEST_CONFIG_NAME))
     assert [p.parent for p in plan.model_paths] == [moved / r for r in cands[0].run_names]
-    assert plan.post == cands[0].searched.post
+    assert plan.post == cands[0].post

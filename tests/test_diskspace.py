@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_kaggle_tree
 
+from conftest import write_kaggle_tree
 from gi_utils import atomic
 from gi_utils.atomic import NotEnoughSpaceError
 from gi_utils.checkpoint import state_nbytes

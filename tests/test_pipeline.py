@@ -91,6 +91,8 @@ def test_demo_notebooks_done_before_are_skipped_after_a_crash(tmp_path, monkeypa
 def platform(tmp_path, monkeypatch):
     """An empty platform root (no mounts), no data anywhere, a recording generator."""
     monkeypatch.setenv("GI_PLATFORM_ROOT", str(tmp_path / "root"))
+    monkeypatch.setattr(pipeline, "in_checkout", lambda: False)  # an installed wheel: data/ of the cwd
+    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GI_DATA_DIR", raising=False)
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     monkeypatch.setattr(pipeline, "resolve_data_dir", lambda given=None: (_ for _ in ()).throw(
@@ -114,8 +116,7 @@ def test_no_data_on_a_platform_is_an_error_not_synthetic_training(platform, monk
     assert calls == []
     pipeline.ensure_data("synthetic")
     assert len(calls) == 1
-    if where == "colab":
-        assert calls[0][0] == root / "content" / "data"  # the runtime's disk, not Drive
+    assert calls[0][0] == (root / "content" if where == "colab" else root.parent) / "data"  # Colab: not Drive
 
 
 def test_no_data_locally_still_writes_the_synthetic_dataset(platform):

@@ -31,7 +31,12 @@ import pandas as pd
 import pytest
 from standin.image import Session, new_session
 
-from gi_utils.constants import COLAB_DATA_DIRNAME, KAGGLE_COMPETITION, KAGGLE_INPUT_REL, KAGGLE_WORKING_REL
+from gi_utils.constants import (
+    COLAB_DATA_DIRNAME,
+    KAGGLE_COMPETITION,
+    KAGGLE_INPUT_REL,
+    KAGGLE_WORKING_REL,
+)
 from gi_utils.data import build_metadata
 from gi_utils.inference import validate_submission
 from gi_utils.paths import REPO_ROOT

@@ -13,8 +13,12 @@ Hausdorff term of every (volume, class) are kept, the connected components of a 
 labelled once per threshold, and the statistics of a mask already seen are reused (most
 gate and tail values leave most volumes unchanged).
 
-:func:`cross_validated_search` guards against fitting noise: it tunes on the volumes of all
-folds but one and scores the held-out fold with the result, for each fold in turn.
+:func:`cross_fit` guards against fitting noise: it tunes on the volumes of all folds but
+one and scores the held-out fold with the result, for each fold in turn, and keeps the
+per case-day terms of both the tuned and the starting settings (:class:`ScoreTerms`, for
+bootstrap intervals); with fewer than two folds the case-days are split in two halves by
+case (:func:`~gi_utils.evaluation.bootstrap.case_halves`). :func:`cross_validated_search`
+gives its mean scores over the folds.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from gi_utils.constants import CLASSES, DICE_WEIGHT, HAUSDORFF_WEIGHT, NUM_CLASSES
+from gi_utils.evaluation.bootstrap import ScoreTerms, case_halves
 from gi_utils.evaluation.hausdorff import pair_stats, voxel_coords
 from gi_utils.inference.postprocessing import (
     PostProcess,
@@ -36,8 +41,8 @@ from gi_utils.inference.postprocessing import (
     strip_tails,
 )
 
-__all__ = ["SEARCH_GRID", "MIN_GAIN", "SearchResult", "VolumeSource", "search_postprocess", "cross_validated_search",
-           "score_with"]  # fmt: skip
+__all__ = ["SEARCH_GRID", "MIN_GAIN", "SearchResult", "CrossFit", "VolumeSource", "search_postprocess",
+           "cross_validated_search", "cross_fit", "score_with", "score_terms"]  # fmt: skip
 
 #: Values tried per setting (``min_size`` in pixels at the volumes' resolution).
 SEARCH_GRID: dict[str, tuple] = {
@@ -73,6 +78,7 @@ class SearchResult:
             on the volumes searched.
         trace: per class and setting, ``{value: score}`` of the first pass (for plots).
         evaluations: masks scored (cache hits not counted).
+        terms, default_terms: the per case-day terms of ``score`` and ``default_score``.
     """
 
     post: PostProcess
@@ -80,6 +86,8 @@ class SearchResult:
     default_score: float
     trace: dict[str, dict[str, dict[float, float]]] = field(default_factory=dict)
     evaluations: int = 0
+    terms: ScoreTerms | None = None
+    default_terms: ScoreTerms | None = None
 
 
 def _mix(dice_sum: float, n_scored: float, hd: np.ndarray) -> float:
@@ -93,6 +101,7 @@ class _Stats:
     """Per (volume, class): Dice sum, scored pairs and Hausdorff term; the score from them."""
 
     def __init__(self, case_days: Sequence[str]) -> None:
+        self.case_days = tuple(case_days)
         self.index = {cd: i for i, cd in enumerate(case_days)}
         n = len(case_days)
         self.dice = np.zeros((n, NUM_CLASSES))
@@ -101,6 +110,10 @@ class _Stats:
 
     def score(self) -> float:
         return _mix(float(self.dice.sum()), float(self.count.sum()), self.hd.ravel())
+
+    def terms(self) -> ScoreTerms:
+        """A copy of the per case-day terms."""
+        return ScoreTerms(self.case_days, self.dice.copy(), self.count.copy(), self.hd.copy())
 
     def score_with(self, c: int, dice: np.ndarray, count: np.ndarray, hd: np.ndarray) -> float:
         """The score if class ``c`` had these per-volume values."""
@@ -206,7 +219,7 @@ def search_postprocess(
             d, n, h, new = _stats_of(cache, _settings(post, c, sizes[cd]), memo, (cd, c))
             stats.dice[i, c], stats.count[i, c], stats.hd[i, c] = d, n, h
             evaluations += new
-    default_score = stats.score()
+    default_score, default_terms = stats.score(), stats.terms()
     use_head = has_head if use_head is None else use_head
     order = [name for name in _ORDER if name != "gate_head" or use_head]
     trace: dict[str, dict[str, dict[float, float]]] = {cls: {} for cls in CLASSES}
@@ -237,11 +250,17 @@ def search_postprocess(
         if not changed:
             break
     post = PostProcess(**{**post.to_dict(), "source": "search"})
-    return SearchResult(post, stats.score(), default_score, trace, evaluations)
+    return SearchResult(post, stats.score(), default_score, trace, evaluations, stats.terms(), default_terms)
 
 
 def score_with(volumes: VolumeSource, case_days: Sequence[str], post: PostProcess, memo: dict | None = None) -> float:
     """The competition score of ``post`` on the volumes ``case_days`` (the search's arithmetic)."""
+    return score_terms(volumes, case_days, post, memo).score()
+
+
+def score_terms(volumes: VolumeSource, case_days: Sequence[str], post: PostProcess,
+                memo: dict | None = None) -> ScoreTerms:  # fmt: skip
+    """The per case-day terms of the score of ``post`` on the volumes ``case_days``."""
     memo = {} if memo is None else memo
     stats = _Stats(case_days)
     truths = memo.setdefault("truth", {})
@@ -253,7 +272,7 @@ def score_with(volumes: VolumeSource, case_days: Sequence[str], post: PostProces
             cache = _VolumeCache(probs, truths[cd][c], gate, c)
             d, n, h, _ = _stats_of(cache, _settings(post, c, probs.shape[1:3]), memo, (cd, c))
             stats.dice[i, c], stats.count[i, c], stats.hd[i, c] = d, n, h
-    return stats.score()
+    return stats.terms()
 
 
 def _truth_missing(truths: Mapping[str, Any], case_days: Sequence[str]) -> bool:
@@ -261,10 +280,60 @@ def _truth_missing(truths: Mapping[str, Any], case_days: Sequence[str]) -> bool:
     return any(cd not in truths for cd in case_days)
 
 
+@dataclass
+class CrossFit:
+    """What :func:`cross_fit` found.
+
+    Attributes:
+        folds: fold (or half) -> its case-days.
+        by: ``"folds"`` (the models' own folds) or ``"case halves"`` (two halves by case).
+        posts: fold -> the settings tuned on all the others.
+        tuned: per case-day terms, each case-day under the settings tuned without its fold.
+        default: the same case-days under the starting settings.
+    """
+
+    folds: dict[int, list[str]]
+    by: str
+    posts: dict[int, PostProcess]
+    tuned: ScoreTerms
+    default: ScoreTerms
+
+
+def cross_fit(volumes: VolumeSource, folds: Mapping[int, Sequence[str]] | Sequence[str],
+              start: PostProcess | None = None, **kwargs) -> CrossFit:  # fmt: skip
+    """Tune on all folds but one, score the held-out fold, for each fold.
+
+    Args:
+        volumes: a :data:`VolumeSource`.
+        folds: fold -> its case-days; with fewer than two folds (or a plain list of
+            case-days) the case-days are split in two halves by case and each half is
+            scored with the settings tuned on the other (cross-fitting).
+        start: the starting (default) settings.
+        kwargs: options of :func:`search_postprocess` (``memo`` shared by every search).
+
+    Raises:
+        ValueError: fewer than two folds and fewer than two cases (names the counts).
+    """
+    if isinstance(folds, Mapping) and len(folds) >= 2:
+        folds, by = {int(k): list(v) for k, v in sorted(folds.items())}, "folds"
+    else:
+        every = [cd for cds in folds.values() for cd in cds] if isinstance(folds, Mapping) else list(folds)
+        folds, by = case_halves(every), "case halves"
+    memo = kwargs.pop("memo", {})
+    start = start or PostProcess()
+    posts, tuned, default = {}, [], []
+    for k, held in folds.items():
+        rest = [cd for j, cds in folds.items() if j != k for cd in cds]
+        posts[k] = search_postprocess(volumes, rest, start, memo=memo, **kwargs).post
+        tuned.append(score_terms(volumes, held, posts[k], memo))
+        default.append(score_terms(volumes, held, start, memo))
+    return CrossFit(folds, by, posts, ScoreTerms.concat(tuned), ScoreTerms.concat(default))
+
+
 def cross_validated_search(
     volumes: VolumeSource, folds: Mapping[int, Sequence[str]], start: PostProcess | None = None, **kwargs
 ) -> dict[str, float]:
-    """Tune on all folds but one, score the held-out fold, for each fold.
+    """Tune on all folds but one, score the held-out fold, for each fold (:func:`cross_fit`).
 
     Args:
         folds: fold -> its case-days (at least two folds).
@@ -276,14 +345,12 @@ def cross_validated_search(
     """
     if len(folds) < 2:
         raise ValueError(f"cross_validated_search needs at least 2 folds, got {sorted(folds)}")
-    memo = kwargs.pop("memo", {})
+    fit = cross_fit(volumes, folds, start, **kwargs)
     out: dict[str, float] = {}
     tuned, default = [], []
-    for k, held in sorted(folds.items()):
-        rest = [cd for j, cds in sorted(folds.items()) if j != k for cd in cds]
-        res = search_postprocess(volumes, rest, start, memo=memo, **kwargs)
-        tuned.append(score_with(volumes, held, res.post, memo))
-        default.append(score_with(volumes, held, start or PostProcess(), memo))
+    for k, held in fit.folds.items():
+        tuned.append(fit.tuned.subset(held).score())
+        default.append(fit.default.subset(held).score())
         out[f"fold_{k}"] = tuned[-1]
     out["tuned_held_out"] = float(np.mean(tuned))
     out["default_held_out"] = float(np.mean(default))

@@ -27,7 +27,7 @@ from gi_utils.pipeline.docs import publish_docs
 from gi_utils.pipeline.kaggle import KAGGLE_DIR, build_kaggle_bundle
 from gi_utils.pipeline.notebook_files import execute_in_place, sync_setup_cells
 from gi_utils.pipeline.series import DEMO_ARCHS, demo
-from gi_utils.report.compare import table_markdown
+from gi_utils.report.decisions import choice_markdown
 from gi_utils.report.runs import find_runs
 from gi_utils.report.selection import BEST_CONFIG_NAME, select, write_best_config
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         runs_root = default_runs_dir(args.runs_dir)
         table, cands = select(find_runs(runs_root))
         write_best_config(runs_root / BEST_CONFIG_NAME, cands[0])
-        print(table_markdown(table), end="")
+        print(choice_markdown(table, cands), end="")
         print(f"best: {cands[0].name} (weights {'/'.join(f'{w:g}' for w in cands[0].weights)}); "
               f"wrote {runs_root / BEST_CONFIG_NAME}")
         return 0

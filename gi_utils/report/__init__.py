@@ -4,12 +4,13 @@ comparison of models on the same validation slices."""
 # Every public name of the stage, exported here only: each module's ``__all__``.
 from gi_utils.report.atlas import *
 from gi_utils.report.compare import *
+from gi_utils.report.decisions import *
 from gi_utils.report.eda import *
 from gi_utils.report.holdout import *
 from gi_utils.report.plotting import *
 from gi_utils.report.runs import *
 from gi_utils.report.selection import *
-from gi_utils.report import atlas, compare, eda, holdout, plotting, runs, selection
+from gi_utils.report import atlas, compare, decisions, eda, holdout, plotting, runs, selection
 
-__all__ = [*atlas.__all__, *compare.__all__, *eda.__all__, *holdout.__all__, *plotting.__all__,
+__all__ = [*atlas.__all__, *compare.__all__, *decisions.__all__, *eda.__all__, *holdout.__all__, *plotting.__all__,
     *runs.__all__, *selection.__all__]

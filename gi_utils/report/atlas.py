@@ -176,7 +176,7 @@ def atlas_report(candidates: list[Any], runs_root: str | os.PathLike, data_dir: 
     out = []
     chosen = [c for c in candidates if len(c.members) == 1] + [c for c in candidates[:1] if len(c.members) > 1]
     for cand in chosen:
-        post = cand.searched.post if cand.searched else cand.default
+        post = cand.post
         table = error_atlas(cand.source, post)
         name = cand.name.replace(" + ", "+")
         path = Path(runs_root) / "atlas" / f"{name}.csv"

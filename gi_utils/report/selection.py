@@ -2,13 +2,19 @@
 
 :func:`select` groups the finished runs by configuration (the folds of one architecture
 form one model), builds every single model and every blend of two or more (weights on a
-grid, chosen on the OOF score), searches each one's post-processing on its OOF volumes
-and ranks them on the case-days all of them cover. The table has, per model: the fold
-scores (mean and spread), the OOF score with the models' own settings and with the
-searched ones, the searched settings scored on folds they were not tuned on (where the
-model has two folds or more), false-positive slices, and the chosen settings. The best
-configuration (members, weights, post-processing, figures) is written as JSON
-(:func:`write_best_config`); ``04_submission`` uses it by default. A configuration that
+grid, chosen on the OOF score), searches each one's post-processing on its OOF volumes,
+scores the search out of sample (:func:`~gi_utils.evaluation.cross_fit`: tuned on the other
+folds, or on the other half of the cases where a model or blend has one fold), and
+chooses by the rules of :mod:`gi_utils.report.decisions` (the simpler option unless the
+other's out-of-sample gain is beyond the bootstrap noise). The table has, per candidate:
+the fold scores (mean and spread), the OOF score with the models' own settings and with
+the searched ones (in-sample), the same two out of sample, the gain of the search and
+whether it is kept, the out-of-sample score with the submitted settings on the case-days
+all candidates cover and its difference to the chosen one, false-positive slices, and the
+searched settings; every score with its 95% bootstrap interval over case-days
+(``0.905 [0.893, 0.915]``). The chosen configuration (members, weights, post-processing,
+figures, reasons) is written as JSON (:func:`write_best_config`); ``04_submission`` uses
+it by default. A configuration that
 also has a whole-data run (fold -1, ``cv --final``) submits that run's model with the
 post-processing searched on its folds' out-of-fold predictions (:func:`final_runs`).
 """
@@ -26,15 +32,24 @@ import numpy as np
 import pandas as pd
 
 from gi_utils.atomic import atomic_write_json, read_json
+from gi_utils.evaluation.bootstrap import (
+    Interval,
+    ScoreTerms,
+    case_of,
+    paired_difference,
+    score_interval,
+)
 from gi_utils.evaluation.ensemble import Blend, weight_grid
 from gi_utils.evaluation.oof import OOFCollection, OOFSet, false_positive_slices
 from gi_utils.evaluation.search import (
+    CrossFit,
     SearchResult,
-    cross_validated_search,
+    cross_fit,
     score_with,
     search_postprocess,
 )
 from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.report.decisions import decide, keep_searched
 from gi_utils.report.runs import Run, model_stem
 
 __all__ = ["BEST_CONFIG_NAME", "Candidate", "model_name", "group_runs", "final_runs", "select", "write_best_config",
@@ -119,6 +134,32 @@ class Candidate:
     row: dict[str, Any] = field(default_factory=dict)
     #: Per member, the whole-data run submitted instead of its folds (None: the folds).
     finals: tuple[Run | None, ...] = ()
+    #: The search scored out of sample (None: one case, nothing to hold out).
+    fit: CrossFit | None = None
+    #: Whether the searched settings are submitted, and their out-of-sample gain.
+    keep_tuned: bool = False
+    post_gain: Interval | None = None
+    #: Out-of-sample terms under the settings it would submit (ranking and comparisons).
+    honest: ScoreTerms | None = None
+    #: Figures as ``[value, low, high]`` (for JSON), and why it was chosen (first candidate).
+    figures: dict[str, list[float]] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        """The model name of each member."""
+        return tuple(model_name(member[0]) for member in self.members)
+
+    @property
+    def post(self) -> PostProcess:
+        """The post-processing it submits: the searched one where it beat the default out
+        of sample (:attr:`keep_tuned`), else the models' own."""
+        return self.searched.post if self.keep_tuned and self.searched else self.default
+
+    @property
+    def submitted_finals(self) -> list[str]:
+        """The whole-data runs it submits instead of folds."""
+        return [r.name for r in self.finals if r is not None]
 
     @property
     def case_days(self) -> list[str]:
@@ -173,11 +214,13 @@ def _candidates(groups: dict[str, list[Run]], blend_step: float, max_members: in
 
 
 def select(runs: list[Run], *, blend_step: float = 0.25, max_members: int = 3) -> tuple[pd.DataFrame, list[Candidate]]:
-    """Evaluate every model and blend of ``runs`` (see the module docstring).
+    """Evaluate every model and blend of ``runs`` and choose one (see the module docstring).
 
     Returns:
-        ``(table, candidates)``: one row per candidate and the candidates, both best first
-        (ranked on the case-days all candidates cover, with their searched settings).
+        ``(table, candidates)``: one row per candidate and the candidates, the chosen one
+        first (:func:`~gi_utils.report.decisions.decide`), then the others ranked by their
+        out-of-sample score on the case-days all candidates cover. The first candidate
+        carries the reasons of the choice (:func:`~gi_utils.report.decisions.explain_choice`).
 
     Raises:
         ValueError: no run has an out-of-fold set.
@@ -190,29 +233,53 @@ def select(runs: list[Run], *, blend_step: float = 0.25, max_members: int = 3) -
     for cand in cands:
         cand.finals = tuple(finals.get(model_name(member[0])) for member in cand.members)
     common = [cd for cd in cands[0].case_days if all(cd in set(c.case_days) for c in cands[1:])]
+    starts = {}
     for cand in cands:
-        start = PostProcess(**{**cand.default.to_dict(), "size_ref": cand.source.img_size})
+        start = starts[cand.name] = PostProcess(**{**cand.default.to_dict(), "size_ref": cand.source.img_size})
         memo: dict = {}
         cand.searched = search_postprocess(cand.source.source, cand.case_days, start, memo=memo)
         folds = _folds_of(cand)
-        row = {
-            "Model": cand.name, "Weights": "/".join(f"{w:g}" for w in cand.weights),
-            "Folds": len(cand.members[0]) if len(cand.members) == 1 else "",
-            "Fold score": _mean_std(_fold_scores(cand.members[0])) if len(cand.members) == 1 else "",
-            "OOF case-days": len(cand.case_days),
-            "OOF default": cand.searched.default_score, "OOF tuned": cand.searched.score,
-        }  # fmt: skip
-        if len(folds) >= 2:
-            cv = cross_validated_search(cand.source.source, folds, start, memo=memo)
-            row.update({"Held-out default": cv["default_held_out"], "Held-out tuned": cv["tuned_held_out"]})
-        row["Common default"] = score_with(cand.source.source, common, start, memo)
-        row["Common tuned"] = score_with(cand.source.source, common, cand.searched.post, memo)
-        fp0, fp1 = (false_positive_slices(cand.source, p, cand.case_days)["fp_slices"]
-                    for p in (start, cand.searched.post))  # fmt: skip
-        row.update({"FP slices default": fp0, "FP slices tuned": fp1, "Settings": _describe(cand.searched.post)})
-        cand.row = row
-    cands = sorted(cands, key=lambda c: -c.row["Common tuned"])  # stable: ties keep the order
+        if len(folds) >= 2 or len({case_of(cd) for cd in cand.case_days}) >= 2:
+            cand.fit = cross_fit(cand.source.source, folds if len(folds) >= 2 else cand.case_days, start, memo=memo)
+        cand.keep_tuned, cand.post_gain = keep_searched(cand.fit)
+        if cand.fit is None:  # nothing to hold out: the default, which nothing tuned, is out of sample anyway
+            cand.honest = cand.searched.default_terms
+        else:
+            cand.honest = cand.fit.tuned if cand.keep_tuned else cand.fit.default
+    cands, reasons = decide(cands, common)
+    cands[0].reasons = reasons
+    for cand in cands:
+        _fill_row(cand, cands[0], common, starts[cand.name])
     return pd.DataFrame([c.row for c in cands]), cands
+
+
+def _fill_row(cand: Candidate, chosen: Candidate, common: list[str], start: PostProcess) -> None:
+    """The table row and the figures of one candidate."""
+    nan = Interval(math.nan, math.nan, math.nan)
+    fit = cand.fit
+    figures = {
+        "oof_default": score_interval(cand.searched.default_terms), "oof_tuned": score_interval(cand.searched.terms),
+        "held_out_default": score_interval(fit.default) if fit else nan,
+        "held_out_tuned": score_interval(fit.tuned) if fit else nan, "tuned_gain": cand.post_gain or nan,
+        "common": score_interval(cand.honest.subset(common)),
+        "vs_chosen": nan if cand is chosen else paired_difference(cand.honest, chosen.honest, common),
+    }  # fmt: skip
+    held_on = "" if fit is None else f"{len(fit.folds)} folds" if fit.by == "folds" else "case halves"
+    fp0, fp1 = (false_positive_slices(cand.source, p, cand.case_days)["fp_slices"]
+                for p in (start, cand.searched.post))  # fmt: skip
+    cand.row = {
+        "Model": cand.name, "Weights": "/".join(f"{w:g}" for w in cand.weights),
+        "Folds": len(cand.members[0]) if len(cand.members) == 1 else "",
+        "Fold score": _mean_std(_fold_scores(cand.members[0])) if len(cand.members) == 1 else "",
+        "OOF case-days": len(cand.case_days),
+        "OOF default": str(figures["oof_default"]), "OOF tuned": str(figures["oof_tuned"]),
+        "Held out on": held_on, "Held-out default": str(figures["held_out_default"]),
+        "Held-out tuned": str(figures["held_out_tuned"]), "Tuned gain": figures["tuned_gain"].signed(),
+        "Post": "tuned" if cand.keep_tuned else "default", "Common": str(figures["common"]),
+        "Δ vs chosen": figures["vs_chosen"].signed(), "FP slices default": fp0, "FP slices tuned": fp1,
+        "Settings": _describe(cand.searched.post),
+    }  # fmt: skip
+    cand.figures = {k: v.to_list() for k, v in figures.items()}
 
 
 def _folds_of(cand: Candidate) -> dict[int, list[str]]:
@@ -244,15 +311,22 @@ def _describe(post: PostProcess) -> str:
 
 def write_best_config(path: str | os.PathLike, best: Candidate, extra: dict[str, Any] | None = None) -> Path:
     """The chosen configuration as JSON: model paths (relative to the file) with their run
-    folders' names and weights, post-processing, figures. Nothing in it is absolute, so
-    the file and the runs can move (an attached Kaggle dataset, another notebook)."""
+    folders' names and weights, the post-processing it submits (``post``: the searched
+    settings where they beat the default out of sample, else the models' own; both are
+    kept, as ``searched_post`` and ``default_post``), the table's figures (``scores``;
+    ``figures``: ``[value, low, high]``) and the reasons of the choice (``reasons``, one
+    sentence per decision). Nothing in it is absolute, so the file and the runs can move
+    (an attached Kaggle dataset, another notebook)."""
     here = Path(path).parent
     record = {
         "name": best.name, "model_paths": [os.path.relpath(p, here) for p in best.model_paths],
         "runs": best.run_names, "weights": best.path_weights,
         "whole_data": [r.name for r in best.finals if r is not None],
-        "post": best.searched.post.to_dict() if best.searched else best.default.to_dict(),
-        "default_post": best.default.to_dict(), "scores": {k: v for k, v in best.row.items() if k != "Model"},
+        "post": best.post.to_dict(), "default_post": best.default.to_dict(),
+        "searched_post": best.searched.post.to_dict() if best.searched else None,
+        "post_kept": "searched" if best.keep_tuned else "default",
+        "scores": {k: v for k, v in best.row.items() if k != "Model"}, "figures": best.figures,
+        "reasons": list(best.reasons),
         **(extra or {}),
     }  # fmt: skip
     return atomic_write_json(path, record)
