@@ -251,7 +251,7 @@ _3D = ("--arch", "segresnet3d", "--patch-depth", "16", "--batch-size", "2", "--a
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), _3D], ids=["2.5d", "3d"])
+@pytest.mark.parametrize("extra", [(), _3D, ("--data-path", "device")], ids=["2.5d", "3d", "2.5d-device"])
 def test_sigkill_then_resume_equals_uninterrupted_run(synth_dir, tmp_path, extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     full, cut = tmp_path / "full", tmp_path / "cut"

@@ -7,8 +7,10 @@ datasets, and the check that the workers' shared memory fits."""
 from gi_utils.data.augment import *
 from gi_utils.data.cache import *
 from gi_utils.data.dataset import *
+from gi_utils.data.device_batches import *
 from gi_utils.data.errors import *
 from gi_utils.data.folds import *
+from gi_utils.data.gpu_augment import *
 from gi_utils.data.holdout import *
 from gi_utils.data.images import *
 from gi_utils.data.labels import *
@@ -19,10 +21,10 @@ from gi_utils.data.preprocess import *
 from gi_utils.data.rle import *
 from gi_utils.data.shm import *
 from gi_utils.data.volumes import *
-from gi_utils.data import (augment, cache, dataset, errors, folds, holdout, images,
+from gi_utils.data import (augment, cache, dataset, device_batches, errors, folds, gpu_augment, holdout, images,
     labels, layout, masks, names, preprocess, rle, shm, volumes)
 
-__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *errors.__all__,
-    *folds.__all__, *holdout.__all__, *images.__all__, *labels.__all__, *layout.__all__,
+__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *device_batches.__all__, *errors.__all__,
+    *folds.__all__, *gpu_augment.__all__, *holdout.__all__, *images.__all__, *labels.__all__, *layout.__all__,
     *masks.__all__, *names.__all__, *preprocess.__all__, *rle.__all__, *shm.__all__,
     *volumes.__all__]

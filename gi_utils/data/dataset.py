@@ -24,7 +24,28 @@ from gi_utils.data.layout import has_masks, sort_slices
 from gi_utils.data.masks import fit_packed_mask, pack_masks, unpack_masks
 from gi_utils.data.preprocess import check_mode, intensity_clip, preprocess_slice
 
-__all__ = ["SliceDataset"]
+__all__ = ["SliceDataset", "neighbour_rows"]
+
+
+def neighbour_rows(case_days: pd.Series | np.ndarray, slice_offsets: tuple[int, ...]) -> np.ndarray:
+    """The 2.5D neighbour table of slices sorted by case, day and slice.
+
+    Args:
+        case_days: (N,) the scan of each row; the rows of a scan are consecutive, in
+            slice order (as ``sort_slices`` leaves them).
+        slice_offsets: the channel offsets, e.g. ``(-2, 0, 2)``.
+
+    Returns:
+        int64 (N, C): row ``i + slice_offsets[k]``, clamped to the first/last row of
+        row ``i``'s scan (a scan of one slice repeats it).
+    """
+    scan_codes, _ = pd.factorize(np.asarray(case_days), sort=False)
+    start = np.r_[0, np.flatnonzero(np.diff(scan_codes)) + 1]
+    depth = np.diff(np.r_[start, len(scan_codes)])
+    first, d = start[scan_codes], depth[scan_codes]
+    pos = np.arange(len(scan_codes)) - first
+    offs = np.asarray(slice_offsets, dtype=np.int64)
+    return (first[:, None] + np.clip(pos[:, None] + offs[None, :], 0, (d - 1)[:, None])).astype(np.int64)
 
 
 class SliceDataset(Dataset):
@@ -87,12 +108,7 @@ class SliceDataset(Dataset):
         scan_codes, scan_names = pd.factorize(self.meta["case_day"], sort=False)
         self._scan = scan_codes
         self._scan_names = list(scan_names)
-        start = np.r_[0, np.flatnonzero(np.diff(scan_codes)) + 1]
-        depth = np.diff(np.r_[start, len(scan_codes)])
-        first, d = start[scan_codes], depth[scan_codes]
-        pos = np.arange(len(scan_codes)) - first
-        offs = np.asarray(self.slice_offsets)
-        self._nbr = first[:, None] + np.clip(pos[:, None] + offs[None, :], 0, (d - 1)[:, None])
+        self._nbr = neighbour_rows(self.meta["case_day"], self.slice_offsets)
         self._paths = self.meta["path"].tolist()
         self._hw = self.meta[["height", "width"]].to_numpy()
         self._clips: dict[int, float] = {}

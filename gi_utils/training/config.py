@@ -21,11 +21,13 @@ from accelerate.utils import is_tensorboard_available, is_wandb_available
 from gi_utils.constants import CLASSES
 from gi_utils.data.augment import build_transforms
 from gi_utils.data.cache import CACHE_DTYPES
+from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.preprocess import RESIZE_MODES
 from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
 from gi_utils.models.registry import arch_names, check_encoder, check_img_size
 from gi_utils.models.volumetric import is_volumetric, volume_stride
+from gi_utils.training.device_feed import DATA_PATHS
 from gi_utils.training.scaling import LR_SCALING
 
 __all__ = ["CACHE_MODES", "LOGGERS", "TrainConfig"]
@@ -81,6 +83,8 @@ class TrainConfig:
     cache_dtype: str = _f("float16", "float16 (exact) | uint8 (half the disk: for 320 px and more on Kaggle)")
     cache_masks: bool = _f(True, "keep the masks in the cache; False: decode them from train.csv per sample")
     num_workers: int = _f(0, "DataLoader worker processes (2 on Kaggle/Colab)")
+    data_path: str = _f("auto", "auto | device (the cache on the GPU, kornia augmentation in batches there) | "
+                        "workers (DataLoader workers, albumentations); auto: device on CUDA when it fits")
     # optimisation
     epochs: int = _f(10, "epochs")
     batch_size: int = _f(16, "samples per step and process")
@@ -134,6 +138,10 @@ class TrainConfig:
         _check_choice("scale_lr", self.scale_lr, LR_SCALING)
         _check_choice("log_with", self.log_with, LOGGERS)
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
+        _check_choice("data_path", self.data_path, DATA_PATHS)
+        if self.data_path == "device" and (self.cache == "none" or is_volumetric(self.arch)):
+            raise ValueError(f"data_path='device' needs a cache (cache='memory' or 'disk') and a 2.5D model; "
+                             f"got cache={self.cache!r}, arch={self.arch!r}")  # fmt: skip
         _check_logger(self.log_with, self.log_project)
         check_img_size(self.img_size)
         if self.n_folds < 2:
@@ -185,6 +193,11 @@ class TrainConfig:
             except (KeyError, ValueError, TypeError) as err:
                 msg = err.args[0] if err.args else str(err)
                 raise ValueError(f"augment_kwargs: {msg}") from None
+        if self.augment_kwargs and self.data_path == "device":
+            try:  # and one the device augmentation cannot honour
+                GpuAugment(self.img_size, self.augment_kwargs)
+            except (KeyError, ValueError) as err:
+                raise ValueError(f"augment_kwargs (data_path='device'): {err.args[0]}") from None
 
     @property
     def volumetric(self) -> bool:

@@ -15,12 +15,15 @@ from torch.utils.data import DataLoader, Dataset
 from gi_utils.data.augment import build_transforms, build_transforms_3d
 from gi_utils.data.cache import VolumeCache
 from gi_utils.data.dataset import SliceDataset
+from gi_utils.data.device_batches import DeviceBatches
 from gi_utils.data.folds import assign_folds, split_fold
+from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.layout import build_metadata
 from gi_utils.data.shm import batch_nbytes, check_shared_memory
 from gi_utils.data.volumes import PatchDataset, VolumeDataset
-from gi_utils.device import cuda_wanted
+from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
+from gi_utils.training.device_feed import DeviceLoader, fits_on_device, resolve_data_path
 from gi_utils.training.sampler import EpochSampler, SeededSamples
 
 __all__ = ["TrainData", "load_train_data"]
@@ -51,17 +54,23 @@ class TrainData:
     train_ds: Any
     val_ds: Any
     sampler: EpochSampler
-    train_loader: DataLoader
+    train_loader: DataLoader | DeviceLoader
     val_loader: DataLoader | None
     val_volumes: dict[str, np.ndarray]
     split: dict[str, Any]
+    data_path: str = "workers"
 
 
-def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
+def load_train_data(
+    cfg: TrainConfig, num_processes: int = 1, device: torch.device | None = None, rank: int = 0
+) -> TrainData:
     """Metadata, folds, cache, datasets and loaders for ``cfg`` (see :class:`TrainConfig`).
 
     ``cfg.data_dir`` must be resolved already (:func:`gi_utils.training.train` does it once
     where a run starts); folds are read from, or made once in, ``cfg.folds_dir``.
+    ``cfg.data_path`` is resolved here (:func:`resolve_data_path`, on ``device``: by
+    default CUDA when ``cfg.device`` wants it); on the device path ``train_loader`` is a
+    :class:`DeviceLoader` for process ``rank`` (validation keeps its DataLoader).
     """
     if cfg.data_dir is None:
         raise ValueError("load_train_data: cfg.data_dir is not resolved; train() resolves it")
@@ -100,13 +109,26 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
             f"(batch_size={cfg.batch_size} x {num_processes} processes); lower batch_size"
         )
     pin = cuda_wanted(cfg.device)
+    device = device if device is not None else default_device(cfg.device)
+    data_path = resolve_data_path(cfg.data_path, device, cache, len(train_ds), cfg.volumetric)
+    if data_path == "device" and cfg.data_path == "auto" and cfg.augment and cfg.augment_kwargs:
+        try:  # auto: overrides the device augmentation cannot honour keep the worker path
+            GpuAugment(cfg.img_size, cfg.augment_kwargs)
+        except (KeyError, ValueError):
+            data_path = "workers"
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
-    if cfg.num_workers:  # processes on one machine share /dev/shm: fail with a message, not a bus error
-        check_shared_memory(cfg.num_workers * num_processes, batch_nbytes(train_ds[0]) * cfg.batch_size)
-    train_loader = DataLoader(
-        SeededSamples(train_ds, cfg.seed), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.seed), **loader_kw,
-    )  # fmt: skip
+    if data_path == "device":
+        augment = GpuAugment(cfg.img_size, cfg.augment_kwargs) if cfg.augment else None
+        resident = fits_on_device(cache, len(train_ds), device)  # else: pinned host memory, asynchronous copies
+        on_device = DeviceBatches(train_meta, cache, cfg.slice_offsets, device, resident=resident)
+        train_loader = DeviceLoader(on_device, sampler, cfg.batch_size, augment, cfg.seed, rank, num_processes)
+    else:
+        if cfg.num_workers:  # processes on one machine share /dev/shm: fail with a message, not a bus error
+            check_shared_memory(cfg.num_workers * num_processes, batch_nbytes(train_ds[0]) * cfg.batch_size)
+        train_loader = DataLoader(
+            SeededSamples(train_ds, cfg.seed), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+            generator=torch.Generator().manual_seed(cfg.seed), **loader_kw,
+        )  # fmt: skip
     val_ds = val_loader = None
     volumes: dict[str, np.ndarray] = {}
     if len(val_meta) and cfg.volumetric:  # whole scans, one per batch (sliding windows)
@@ -128,4 +150,4 @@ def load_train_data(cfg: TrainConfig, num_processes: int = 1) -> TrainData:
         "train_case_days": sorted(train_meta["case_day"].unique().tolist()),
         "val_case_days": list(volumes),
     }  # fmt: skip
-    return TrainData(train_ds, val_ds, sampler, train_loader, val_loader, volumes, split)
+    return TrainData(train_ds, val_ds, sampler, train_loader, val_loader, volumes, split, data_path)

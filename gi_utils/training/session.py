@@ -177,7 +177,8 @@ class TrainingRun:
             remove_stale_temps(self.out_dir)  # left by a run killed while writing a file
             atomic_write_json(self.out_dir / "config.json", cfg.to_dict())
         with acc.main_process_first():
-            self.data = load_train_data(cfg, acc.num_processes)
+            self.data = load_train_data(cfg, acc.num_processes, acc.device, acc.process_index)
+        acc.print(f"training data path: {self.data.data_path}", flush=True)
         if acc.is_main_process:
             atomic_write_json(self.out_dir / "split.json", self.data.split)
         self.net = build_model(cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
@@ -192,11 +193,12 @@ class TrainingRun:
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
         model = torch.compile(self.net) if cfg.compile else self.net
-        loaders = [self.data.train_loader] + ([self.data.val_loader] if self.validated else [])
+        on_device = self.data.data_path == "device"  # batches made on the device: nothing to prepare
+        loaders = ([] if on_device else [self.data.train_loader]) + ([self.data.val_loader] if self.validated else [])
         model, self.optimizer, *prepared = acc.prepare(model, optimizer, *loaders)
         self.model = model
-        self.train_loader = prepared[0]
-        self.val_loader = prepared[1] if self.validated else None
+        self.train_loader = self.data.train_loader if on_device else prepared.pop(0)
+        self.val_loader = prepared[0] if self.validated else None
         self.batches_per_epoch = len(self.train_loader)  # per process
         steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         schedule = WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
@@ -213,6 +215,11 @@ class TrainingRun:
         s = self.saved
         if s is None:
             return
+        path = s.get("data_path", "workers")  # the batches differ between the paths: resume on the same one
+        if path != self.data.data_path:
+            raise ValueError(f"{self.last_path} was trained on data_path={path!r}, this run resolved "
+                             f"data_path={self.cfg.data_path!r} to {self.data.data_path!r}: pass data_path={path!r}, "
+                             "or resume=False to start over")  # fmt: skip
         self.net.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
@@ -236,6 +243,7 @@ class TrainingRun:
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
+                "data_path": self.data.data_path,
             }  # fmt: skip
             check_room_for(self.last_path, state, "the training state")
             save_state(self.last_path, state)

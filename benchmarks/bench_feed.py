@@ -1,0 +1,216 @@
+"""How fast the training feed keeps the model busy (issue 21): the same model, size and
+batch, training steps fed three ways.
+
+* workers: the worker path (``data_path="workers"``): SliceDataset on the disk cache,
+  albumentations per sample in DataLoader workers (2, and every core when there are more),
+  pinned batches copied to the device;
+* device: the device path (``data_path="device"``): the cache's slices on the device,
+  batches gathered and augmented there (kornia), no workers; on CUDA also
+  ``device_pinned``, the same with the slices in pinned host memory (a cache larger than
+  the GPU) and each uint8 batch copied asynchronously;
+* limit: the same steps on one batch already on the device, no data work at all.
+
+Prints samples/s of each, device/limit and device/workers, the peak memory (GPU memory on
+CUDA, this process's RSS on a CPU) and, on CUDA, the GPU utilisation sampled during the
+device runs (``torch.cuda.utilization``, when pynvml is there). UNet/ResNet-34 with the
+mixed precision ``amp="auto"`` picks and channels_last, AdamW, bce_dice.
+
+Sizes: on CUDA 320 px, batches 16 and 64; on a CPU, and with ``--smoke``, 64 px and a
+batch of 4 on a tiny synthetic set. Each configuration runs at most ``--seconds`` (after a
+warm-up) and the whole script stops starting new ones after ``--budget`` seconds, so a
+GPU run ends in under 8 minutes.
+
+Usage: ``python benchmarks/bench_feed.py [--smoke] [--size 320] [--batches 16 64]``
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import _common  # noqa: E402,F401 - sets the offline environment variables first
+import torch  # noqa: E402
+from _common import peak_rss_mb, result  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from gi_utils.data import (  # noqa: E402
+    DeviceBatches,
+    GpuAugment,
+    SliceDataset,
+    VolumeCache,
+    build_metadata,
+    build_transforms,
+)
+from gi_utils.device import autocast_dtype, resolve_amp  # noqa: E402
+from gi_utils.losses import build_loss  # noqa: E402
+from gi_utils.models import build_model  # noqa: E402
+from gi_utils.synthetic import generate_dataset  # noqa: E402
+from gi_utils.training import DeviceLoader, EpochSampler, SeededSamples  # noqa: E402
+
+SEED = 0
+
+
+def cycle(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of epoch 0, 1, 2, ... of ``make_epoch(epoch)`` without end."""
+    epoch = 0
+    while True:
+        yield from make_epoch(epoch)
+        epoch += 1
+
+
+class Stepper:
+    """Training steps of one model: forward, loss, backward, AdamW (autocast as amp says)."""
+
+    def __init__(self, device: torch.device, amp: str) -> None:
+        self.device, self.dtype = device, autocast_dtype(amp)
+        self.model = build_model("unet", "resnet34", 3, 3, weights=None).to(device, memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.loss = build_loss("bce_dice")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        masks = masks.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.model(images)
+        loss = self.loss(logits.float(), masks)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(step: Stepper, batches: Iterator, batch: int, seconds: float, max_steps: int,
+            warmup: int = 3, watch: bool = False) -> dict[str, float]:  # fmt: skip
+    """samples/s of ``step`` over ``batches`` (after ``warmup`` steps), peak memory, and
+    the GPU utilisation sampled every 0.2 s when ``watch``."""
+    dev = step.device
+    for _ in range(warmup):
+        step(*next(batches))
+    sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    util: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            try:
+                util.append(float(torch.cuda.utilization(dev)))
+            except Exception:  # no pynvml / no NVML: not measured
+                return
+
+    watcher = threading.Thread(target=sample, daemon=True) if watch and dev.type == "cuda" else None
+    if watcher:
+        watcher.start()
+    t0, n = time.perf_counter(), 0
+    while n < max_steps and time.perf_counter() - t0 < seconds:
+        step(*next(batches))
+        n += 1
+        if n % 8 == 0:
+            sync(dev)
+    sync(dev)
+    took = time.perf_counter() - t0
+    stop.set()
+    if watcher:
+        watcher.join()
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_rss_mb()
+    return {"samples_s": n * batch / took, "steps": n, "peak_mb": peak,
+            "util": sum(util) / len(util) if util else float("nan")}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (what runs on a CPU)")
+    ap.add_argument("--size", type=int, default=None, help="img_size (320 on CUDA, 64 on a CPU)")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (16 64 on CUDA, 4 on a CPU)")
+    ap.add_argument("--seconds", type=float, default=None, help="timed seconds per configuration")
+    ap.add_argument("--budget", type=float, default=300.0, help="start no further batch size after this many seconds")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    small = args.smoke or device.type != "cuda"
+    size = args.size or (64 if small else 320)
+    batches = args.batches or ([4] if small else [16, 64])
+    seconds = args.seconds or (3.0 if small else 25.0)
+    max_steps = 6 if args.smoke else 10_000
+    amp = resolve_amp("auto", cuda=device.type == "cuda")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = sorted({min(2, cores), cores})
+    print(f"device {device}, amp {amp!r}, {size} px, batches {batches}, worker counts {workers}, "
+          f"{seconds:.0f} s per configuration", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        n_cases, depth = (2, 12) if small else (8, 48)
+        data = generate_dataset(Path(tmp) / "data", n_cases, 0, SEED, slices_per_scan=depth,
+                                size=(size + 16, size))  # fmt: skip
+        meta = build_metadata(data)
+        cache = VolumeCache(meta, size, Path(tmp) / "cache", progress=False, dtype="uint8", with_masks=False)
+        ds = SliceDataset(meta, size, (-2, 0, 2), build_transforms(size, True), cache=cache)
+        empty = ds.meta["empty"].to_numpy()
+        on_device = DeviceBatches(meta, cache, (-2, 0, 2), device)
+        in_host = DeviceBatches(meta, cache, (-2, 0, 2), device, resident=False) if device.type == "cuda" else None
+        print(f"{len(meta)} slices; on the device {on_device.nbytes / 2**20:.0f} MiB", flush=True)
+        step = Stepper(device, amp)
+        for batch in batches:
+            if time.perf_counter() - t_start > args.budget:
+                print(f"budget of {args.budget:.0f} s spent: batch {batch} left out", flush=True)
+                break
+            got: dict[str, dict[str, float]] = {}
+            for w in workers:  # one DataLoader, iterated once per epoch, as the training loop does
+                sampler = EpochSampler(empty, SEED)
+                dl = DataLoader(SeededSamples(ds, SEED), batch_size=batch, sampler=sampler, drop_last=True,
+                                num_workers=w, pin_memory=device.type == "cuda")  # fmt: skip
+
+                def worker_epoch(epoch: int, sampler=sampler, dl=dl):
+                    sampler.set_epoch(epoch)
+                    return iter(dl)
+
+                got[f"workers{w}"] = measure(step, cycle(worker_epoch), batch, seconds, max_steps)
+            loader = DeviceLoader(on_device, EpochSampler(empty, SEED), batch, GpuAugment(size), SEED)
+
+            def device_epoch(epoch: int, loader=loader):
+                loader.set_epoch(epoch)
+                return iter(loader)
+
+            got["device"] = measure(step, cycle(device_epoch), batch, seconds, max_steps, watch=True)
+            if device.type == "cuda":  # a cache larger than the GPU: pinned host memory, asynchronous copies
+                pinned = DeviceLoader(in_host, EpochSampler(empty, SEED), batch, GpuAugment(size), SEED)
+
+                def pinned_epoch(epoch: int, loader=pinned):
+                    loader.set_epoch(epoch)
+                    return iter(loader)
+
+                got["device_pinned"] = measure(step, cycle(pinned_epoch), batch, seconds, max_steps, watch=True)
+            one = next(iter(loader))
+            got["limit"] = measure(step, cycle(lambda _e, one=one: [one] * 64), batch, seconds, max_steps)
+            unit = "GPU MiB" if device.type == "cuda" else "MiB RSS"
+            for name, r in got.items():
+                util = "" if r["util"] != r["util"] else f", GPU utilisation {r['util']:.0f}%"
+                print(f"  batch {batch} {name}: {r['samples_s']:.1f} samples/s ({r['steps']:.0f} steps; "
+                      f"peak {r['peak_mb']:.0f} {unit}{util})", flush=True)  # fmt: skip
+            best_workers = max(v["samples_s"] for k, v in got.items() if k.startswith("workers"))
+            result(f"feed_device_b{batch}", got["device"]["samples_s"], "samples/s", "report")
+            result(f"feed_device_over_limit_b{batch}", got["device"]["samples_s"] / got["limit"]["samples_s"], "x",
+                   ">= 0.8 on a GPU")  # fmt: skip
+            result(f"feed_device_over_workers_b{batch}", got["device"]["samples_s"] / best_workers, "x",
+                   "> 1 on a GPU")  # fmt: skip
+    print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

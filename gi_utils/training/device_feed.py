@@ -1,0 +1,117 @@
+"""The training feed on the device (``TrainConfig.data_path``): the slices copied to the
+device once, batches gathered there in the order of the :class:`EpochSampler` and
+augmented there in batches (:class:`~gi_utils.data.gpu_augment.GpuAugment`), with no
+DataLoader workers: the CPU loader is no longer the limit of a GPU run.
+
+Randomness: the augmentation of global batch ``b`` of ``epoch`` draws from a
+``torch.Generator`` on the device seeded from ``(seed, epoch, b)`` only, so a run resumed
+at ``(epoch, b)`` sees the batches of an uninterrupted one on the same device. Several
+processes take the global batches in turn (process ``r`` of ``n``: ``r, r + n, ...``),
+as accelerate shards a DataLoader's batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from gi_utils.data.cache import VolumeCache
+from gi_utils.data.device_batches import DeviceBatches, device_nbytes
+from gi_utils.data.gpu_augment import GpuAugment
+from gi_utils.training.sampler import EpochSampler
+
+__all__ = ["DATA_PATHS", "DEVICE_SHARE", "DeviceLoader", "batch_generator", "fits_on_device", "resolve_data_path"]
+
+#: ``TrainConfig.data_path`` values: auto | device (data and augmentation on the device) |
+#: workers (DataLoader workers, albumentations per sample).
+DATA_PATHS: tuple[str, ...] = ("auto", "device", "workers")
+#: ``auto`` puts the data on a GPU when it takes at most this share of its free memory
+#: (the rest is the model's, the activations' and the optimizer's).
+DEVICE_SHARE: float = 0.5
+
+
+def resolve_data_path(
+    data_path: str, device: torch.device, cache: VolumeCache | None, n_slices: int, volumetric: bool = False
+) -> str:
+    """``"device"`` or ``"workers"`` for a run.
+
+    ``auto``: the device path on CUDA when the slices' bytes (:func:`device_nbytes`) are at
+    most :data:`DEVICE_SHARE` of the GPU's free memory; the worker path otherwise, on a
+    CPU, without a cache and for 3-D models. An explicit value is kept (the config
+    refuses ``device`` without a cache or for 3-D models).
+    """
+    if data_path != "auto":
+        return data_path
+    if volumetric or cache is None or device.type != "cuda":
+        return "workers"
+    return "device" if fits_on_device(cache, n_slices, device) else "workers"
+
+
+def fits_on_device(cache: VolumeCache, n_slices: int, device: torch.device) -> bool:
+    """True when ``n_slices`` of ``cache`` take at most :data:`DEVICE_SHARE` of the free
+    memory of a CUDA ``device`` (always on a CPU: there the host memory is the device's).
+    On the device path, slices that do not fit stay in pinned host memory
+    (:class:`DeviceBatches` with ``resident=False``)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return device_nbytes(cache, n_slices) <= DEVICE_SHARE * free
+
+
+def batch_generator(seed: int, epoch: int, batch: int, device: torch.device) -> torch.Generator:
+    """The generator of global batch ``batch`` of ``epoch``: seeded from the three only."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(batch)]).generate_state(2, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
+
+
+class DeviceLoader:
+    """Batches ``(images float32 (N, C, S, S), masks float32 (N, 3, S, S))`` on the device,
+    a drop-in for the training DataLoader (``set_epoch``, ``len``, iteration).
+
+    Args:
+        data: the training slices on the device.
+        sampler: the run's sampler (its ``epoch`` and ``skip`` are honoured as the
+            DataLoader honours them; its numbers are rows of ``data.meta``).
+        batch_size: samples per batch and process.
+        augment: the device augmentation, or ``None``.
+        seed: the run's seed.
+        rank, world: this process and the number of processes.
+    """
+
+    def __init__(
+        self,
+        data: DeviceBatches,
+        sampler: EpochSampler,
+        batch_size: int,
+        augment: GpuAugment | None,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.data, self.sampler, self.batch_size = data, sampler, int(batch_size)
+        self.augment, self.seed, self.rank, self.world = augment, int(seed), int(rank), int(world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return (len(self.sampler) // self.batch_size) // self.world
+
+    def batch(self, epoch: int, b: int, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global batch ``b`` of ``epoch`` made of the rows ``index``."""
+        images, packed = self.data.gather(index)
+        if self.augment is not None:
+            gen = batch_generator(self.seed, epoch, b, self.data.device)
+            images, packed, _ = self.augment(images, packed, gen)
+        return images, self.data.unpack(packed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, skip, bs = self.sampler.epoch, self.sampler.skip, self.batch_size
+        if skip % bs:
+            raise ValueError(f"DeviceLoader: sampler.skip={skip} is not a whole number of batches of {bs}")
+        order = self.sampler.indices(epoch)[skip:]
+        first = skip // bs
+        for k in range(self.rank, len(self) * self.world, self.world):
+            yield self.batch(epoch, first + k, order[k * bs : (k + 1) * bs])
