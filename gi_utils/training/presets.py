@@ -100,7 +100,7 @@ ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 TABLE_FIELDS: tuple[str, ...] = (
     "arch", "encoder", "weights", "model_kwargs", "img_size", "epochs", "max_steps_per_epoch",
     "batch_size", "lr", "slice_offsets", "loss", "sample_empty_fraction", "min_size", "amp",
-    "ema_decay", "channels_last", "cache", "cache_dtype", "cache_masks", "num_workers", "n_folds", "patch_depth",
+    "ema_decay", "channels_last", "cache", "cache_dtype", "cache_masks", "num_workers", "data_path", "n_folds", "patch_depth",
 )  # fmt: skip
 
 
