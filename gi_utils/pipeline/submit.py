@@ -10,7 +10,7 @@ from pathlib import Path
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.models.io import read_model_config
 from gi_utils.paths import kaggle_input_dir
-from gi_utils.report.runs import ensemble_paths
+from gi_utils.report.runs import as_roots, ensemble_paths
 from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 
 __all__ = ["SubmissionPlan", "find_best_config", "submission_plan"]
@@ -55,7 +55,7 @@ def submission_plan(
         runs_root: a folder of run folders, or a list of them (read only).
         out_root: where 03 wrote its files, if elsewhere than the runs folders.
     """
-    roots = [Path(r) for r in runs_root] if isinstance(runs_root, list | tuple) else [Path(runs_root)]
+    roots = as_roots(runs_root)
     config_path = None if (runs or model_paths) else find_best_config(roots, best_config,
                                                                        Path(out_root) if out_root else None)
     if config_path is not None:

@@ -18,7 +18,7 @@ from gi_utils.atomic import read_json
 from gi_utils.models.registry import model_label
 from gi_utils.paths import resolve_data_dir
 
-__all__ = ["Run", "model_stem", "run_name", "load_run", "find_runs", "ensemble_paths", "data_dir_of"]
+__all__ = ["Run", "model_stem", "run_name", "load_run", "as_roots", "find_runs", "ensemble_paths", "data_dir_of"]
 
 
 def model_stem(arch: str, encoder: str, img_size: int, gate: bool = False) -> str:
@@ -70,6 +70,11 @@ def load_run(path: str | os.PathLike) -> Run:
     )
 
 
+def as_roots(runs_dir: str | os.PathLike | list | tuple) -> list[Path]:
+    """One folder of run folders, or a list of them, as a list of paths."""
+    return [Path(r) for r in runs_dir] if isinstance(runs_dir, list | tuple) else [Path(runs_dir)]
+
+
 def find_runs(runs_dir: str | os.PathLike | list, names: list[str] | tuple[str, ...] | str = ()) -> list[Run]:
     """Load the named run folders of ``runs_dir``, or every finished one when none is named.
 
@@ -82,7 +87,7 @@ def find_runs(runs_dir: str | os.PathLike | list, names: list[str] | tuple[str, 
         FileNotFoundError: a named run is missing or unfinished, or no run is found.
         ValueError: two folders hold runs of the same name (names both).
     """
-    roots = [Path(r) for r in runs_dir] if isinstance(runs_dir, list | tuple) else [Path(runs_dir)]
+    roots = as_roots(runs_dir)
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     found: dict[str, Path] = {}
@@ -91,11 +96,8 @@ def find_runs(runs_dir: str | os.PathLike | list, names: list[str] | tuple[str, 
             if path.name in found:
                 raise ValueError(f"two runs named {path.name}: {found[path.name]} and {path}")
             found[path.name] = path
-    if names:
-        missing = [n for n in names if n not in found]
-        if missing:  # load_run names what is missing in the (first) folder
-            return [load_run(found.get(n, roots[0] / n)) for n in names]
-        return [load_run(found[n]) for n in names]
+    if names:  # a name not found: load_run says what is missing in the (first) folder
+        return [load_run(found.get(n, roots[0] / n)) for n in names]
     if not found:
         raise FileNotFoundError(f"no finished run (a folder with metrics.json) under {', '.join(map(str, roots))}")
     return [load_run(found[n]) for n in sorted(found)]
