@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from standin.image import Session, new_session
 
@@ -160,7 +161,9 @@ def test_colab_journey_resumes_from_drive_after_a_recycled_runtime(kaggle_image,
     try:
         _wait_for(run_dir / "last.pt", proc)  # the first epoch is done and saved, on Drive
         assert proc.poll() is None, "the run finished before it could be cut off"
-    finally:
+    finally:  # a recycled runtime: every process is gone, the kernel too (Jupyter starts it in a session of its own)
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert (run_dir / "last.pt").is_file() and len(pd.read_csv(run_dir / "history.csv")) == 1
