@@ -4,6 +4,7 @@ committed whole with one setup cell, and the setup cell's install order."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,13 @@ def test_notebooks_are_committed_executed_or_stripped():
         assert not any("sys.path" in c.source for c in code), path.name
         assert not any("/kaggle/input/uw-madison" in c.source for c in code), path.name
         assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, path.name
+
+
+def test_committed_outputs_name_no_temporary_folder():
+    """`make notebooks` runs them in a temporary runs folder; the saved outputs call it `runs`."""
+    for path in notebook_paths():
+        text = "".join(str(c.get("outputs", "")) for c in nbformat.read(path, as_version=4).cells)
+        assert not re.search(r"/tmp/|gi_nb_runs_|gi_test_runs_", text), f"{path.name}: an output names a temporary folder"
 
 
 def test_every_notebook_starts_with_the_one_setup_cell():

@@ -100,10 +100,26 @@ def sync_setup_cells(folder: str | os.PathLike = NOTEBOOKS_DIR) -> list[Path]:
     return changed
 
 
+#: How the temporary runs folder of :func:`execute_in_place` reads in the saved outputs: the
+#: default runs folder, where a user who runs the notebooks finds the same files.
+RUNS_SHOWN = "runs"
+
+
+def _without_path(node: Any, path: str, shown: str) -> Any:
+    """``node`` (a notebook, or any part of one) with every ``path`` in its strings written as ``shown``."""
+    if isinstance(node, str):
+        return node.replace(path, shown)
+    if isinstance(node, list):
+        return [_without_path(v, path, shown) for v in node]
+    if isinstance(node, dict):
+        return type(node)({k: _without_path(v, path, shown) for k, v in node.items()})
+    return node
+
+
 def execute_in_place(paths: list[Path] | None = None, timeout: int = 1800) -> list[Path]:
     """Execute notebooks (default: all, in order) with their default parameters and save
     them executed. They share one temporary runs folder, as under nbval, so 03 and 04 see
-    the run that 02 made and nothing else; ``preset="auto"`` is ``smoke`` (``$GI_PRESET``),
+    the run that 02 made and nothing else; the saved outputs name it :data:`RUNS_SHOWN`; ``preset="auto"`` is ``smoke`` (``$GI_PRESET``),
     as in the tests, whatever the machine."""
     paths = paths or notebook_paths()
     old = os.environ.get(RUNS_DIR_ENV)
@@ -116,7 +132,7 @@ def execute_in_place(paths: list[Path] | None = None, timeout: int = 1800) -> li
                 nb = nbformat.read(path, as_version=4)
                 NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                resources={"metadata": {"path": str(Path(path).parent)}}).execute()  # fmt: skip
-                nbformat.write(nb, path)
+                nbformat.write(_without_path(nb, runs, RUNS_SHOWN), path)
                 print("executed", path.name, flush=True)
         finally:
             if old is None:
