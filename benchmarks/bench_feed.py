@@ -10,17 +10,22 @@ batch, training steps fed three ways.
   the GPU) and each uint8 batch copied asynchronously;
 * limit: the same steps on one batch already on the device, no data work at all.
 
+Two models: UNet/ResNet-34 (2.5D slices) and the 3-D SegResNet (patches of the ``gpu``
+preset's depth and batch: ``PatchDataset`` with MONAI per patch in the workers, or
+``DevicePatches`` cut on the device with ``GpuAugment3d``).
+
 Prints samples/s of each, device/limit and device/workers, the peak memory (GPU memory on
 CUDA, this process's RSS on a CPU) and, on CUDA, the GPU utilisation sampled during the
-device runs (``torch.cuda.utilization``, when pynvml is there). UNet/ResNet-34 with the
-mixed precision ``amp="auto"`` picks and channels_last, AdamW, bce_dice.
+device runs (``torch.cuda.utilization``, when pynvml is there). The mixed precision
+``amp="auto"`` picks, channels_last, AdamW, bce_dice.
 
-Sizes: on CUDA 320 px, batches 16 and 64; on a CPU, and with ``--smoke``, 64 px and a
-batch of 4 on a tiny synthetic set. Each configuration runs at most ``--seconds`` (after a
+Sizes: on CUDA 320 px, batches 16 and 64 (2.5D) and the ``gpu`` preset's (3-D: 2 patches
+of 32 slices); on a CPU, and with ``--smoke``, 64 px, a batch of 4 (2.5D) and the
+``smoke`` preset's (3-D: 2 patches of 16 slices) on a tiny synthetic set. Each configuration runs at most ``--seconds`` (after a
 warm-up) and the whole script stops starting new ones after ``--budget`` seconds, so a
 GPU run ends in under 8 minutes.
 
-Usage: ``python benchmarks/bench_feed.py [--smoke] [--size 320] [--batches 16 64]``
+Usage: ``python benchmarks/bench_feed.py [--smoke] [--size 320] [--batches 16 64] [--models unet segresnet3d]``
 """
 
 from __future__ import annotations
@@ -38,23 +43,28 @@ import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import _common  # noqa: E402,F401 - sets the offline environment variables first
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import peak_rss_mb, result  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from gi_utils.data import (  # noqa: E402
     DeviceBatches,
+    DevicePatches,
     GpuAugment,
+    GpuAugment3d,
+    PatchDataset,
     SliceDataset,
     VolumeCache,
     build_metadata,
     build_transforms,
+    build_transforms_3d,
 )
 from gi_utils.device import autocast_dtype, resolve_amp  # noqa: E402
 from gi_utils.losses import build_loss  # noqa: E402
-from gi_utils.models import build_model  # noqa: E402
+from gi_utils.models import build_model, channels_last_format, is_volumetric  # noqa: E402
 from gi_utils.synthetic import generate_dataset  # noqa: E402
-from gi_utils.training import DeviceLoader, EpochSampler, SeededSamples  # noqa: E402
+from gi_utils.training import ARCH_PRESETS, DeviceLoader, EpochSampler, SeededSamples  # noqa: E402
 
 SEED = 0
 
@@ -68,17 +78,20 @@ def cycle(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 class Stepper:
-    """Training steps of one model: forward, loss, backward, AdamW (autocast as amp says)."""
+    """Training steps of one model: forward, loss, backward, AdamW (autocast as amp says;
+    ``arch`` 2.5D with a ResNet-34 encoder and 3 channels, or 3-D with 1)."""
 
-    def __init__(self, device: torch.device, amp: str) -> None:
-        self.device, self.dtype = device, autocast_dtype(amp)
-        self.model = build_model("unet", "resnet34", 3, 3, weights=None).to(device, memory_format=torch.channels_last)
+    def __init__(self, arch: str, device: torch.device, amp: str, model_kwargs: dict) -> None:
+        self.device, self.dtype, self.layout = device, autocast_dtype(amp), channels_last_format(arch)
+        channels = 1 if is_volumetric(arch) else 3
+        self.model = build_model(arch, "resnet34", channels, 3, weights=None, **model_kwargs)
+        self.model = self.model.to(device, memory_format=self.layout)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.loss = build_loss("bce_dice")
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         masks = masks.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits = self.model(images)
@@ -133,81 +146,118 @@ def measure(step: Stepper, batches: Iterator, batch: int, seconds: float, max_st
             "util": sum(util) / len(util) if util else float("nan")}  # fmt: skip
 
 
+def feeds(arch: str, meta, cache: VolumeCache, size: int, device: torch.device, depth: int):
+    """(worker dataset, its sampler's empty flags, data on the device, data in pinned host
+    memory or ``None`` off CUDA, device augmentation) of one model."""
+    if is_volumetric(arch):
+        ds = PatchDataset(meta, cache, depth, build_transforms_3d())
+
+        def place(resident: bool):
+            return DevicePatches(ds, cache, device, SEED, resident=resident)
+
+        empty, augment = np.zeros(len(ds), bool), GpuAugment3d()
+    else:
+        ds = SliceDataset(meta, size, (-2, 0, 2), build_transforms(size, True), cache=cache)
+
+        def place(resident: bool):
+            return DeviceBatches(meta, cache, (-2, 0, 2), device, resident=resident)
+
+        empty, augment = ds.meta["empty"].to_numpy(), GpuAugment(size)
+    return ds, empty, place(True), place(False) if device.type == "cuda" else None, augment
+
+
+def run_batch(step: Stepper, fed, batch: int, workers: list[int], seconds: float, max_steps: int):
+    """samples/s etc. of each feed at ``batch``: workers (each count), device, device_pinned
+    (CUDA), limit."""
+    ds, empty, on_device, in_host, augment = fed
+    pin = step.device.type == "cuda"
+    got: dict[str, dict[str, float]] = {}
+    for w in workers:  # one DataLoader, iterated once per epoch, as the training loop does
+        sampler = EpochSampler(empty, SEED)
+        dl = DataLoader(SeededSamples(ds, SEED), batch_size=batch, sampler=sampler, drop_last=True,
+                        num_workers=w, pin_memory=pin)  # fmt: skip
+
+        def worker_epoch(epoch: int, sampler=sampler, dl=dl):
+            sampler.set_epoch(epoch)
+            return iter(dl)
+
+        got[f"workers{w}"] = measure(step, cycle(worker_epoch), batch, seconds, max_steps)
+    for name, data in (("device", on_device), ("device_pinned", in_host)):
+        if data is None:  # off CUDA: no pinned variant
+            continue
+        loader = DeviceLoader(data, EpochSampler(empty, SEED), batch, augment, SEED)
+
+        def device_epoch(epoch: int, loader=loader):
+            loader.set_epoch(epoch)
+            return iter(loader)
+
+        got[name] = measure(step, cycle(device_epoch), batch, seconds, max_steps, watch=True)
+    one = next(iter(DeviceLoader(on_device, EpochSampler(empty, SEED), batch, augment, SEED)))
+    got["limit"] = measure(step, cycle(lambda _e, one=one: [one] * 64), batch, seconds, max_steps)
+    return got
+
+
+def report(tag: str, batch: int, got: dict[str, dict[str, float]], cuda: bool) -> None:
+    """The lines of one model and batch, and its result lines (``tag`` "" for 2.5D, "3d_")."""
+    unit = "GPU MiB" if cuda else "MiB RSS"
+    for name, r in got.items():
+        util = "" if r["util"] != r["util"] else f", GPU utilisation {r['util']:.0f}%"
+        print(f"  batch {batch} {name}: {r['samples_s']:.1f} samples/s ({r['steps']:.0f} steps; "
+              f"peak {r['peak_mb']:.0f} {unit}{util})", flush=True)  # fmt: skip
+    best_workers = max(v["samples_s"] for k, v in got.items() if k.startswith("workers"))
+    result(f"feed_{tag}device_b{batch}", got["device"]["samples_s"], "samples/s", "report")
+    result(f"feed_{tag}device_over_limit_b{batch}", got["device"]["samples_s"] / got["limit"]["samples_s"], "x",
+           ">= 0.8 on a GPU")  # fmt: skip
+    result(f"feed_{tag}device_over_workers_b{batch}", got["device"]["samples_s"] / best_workers, "x",
+           "> 1 on a GPU")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (what runs on a CPU)")
     ap.add_argument("--size", type=int, default=None, help="img_size (320 on CUDA, 64 on a CPU)")
-    ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (16 64 on CUDA, 4 on a CPU)")
+    ap.add_argument("--batches", type=int, nargs="+", default=None,
+                    help="2.5D batch sizes (16 64 on CUDA, 4 on a CPU; 3-D: the preset's)")  # fmt: skip
+    ap.add_argument("--models", nargs="+", default=["unet", "segresnet3d"], choices=["unet", "segresnet3d"])
     ap.add_argument("--seconds", type=float, default=None, help="timed seconds per configuration")
-    ap.add_argument("--budget", type=float, default=300.0, help="start no further batch size after this many seconds")
+    ap.add_argument("--budget", type=float, default=360.0, help="start no further configuration after this many seconds")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     small = args.smoke or device.type != "cuda"
     size = args.size or (64 if small else 320)
-    batches = args.batches or ([4] if small else [16, 64])
-    seconds = args.seconds or (3.0 if small else 25.0)
+    preset_3d = ARCH_PRESETS["smoke" if small else "gpu"]["segresnet3d"]
+    plans = {"unet": (args.batches or ([4] if small else [16, 64]), {}),
+             "segresnet3d": ([preset_3d["batch_size"]], preset_3d.get("model_kwargs", {}))}  # fmt: skip
+    depth = preset_3d["patch_depth"]
+    seconds = args.seconds or (3.0 if small else 20.0)
     max_steps = 6 if args.smoke else 10_000
     amp = resolve_amp("auto", cuda=device.type == "cuda")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = sorted({min(2, cores), cores})
-    print(f"device {device}, amp {amp!r}, {size} px, batches {batches}, worker counts {workers}, "
-          f"{seconds:.0f} s per configuration", flush=True)  # fmt: skip
+    print(f"device {device}, amp {amp!r}, {size} px, models {args.models} (3-D patches of {depth} slices), "
+          f"worker counts {workers}, {seconds:.0f} s per configuration", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        n_cases, depth = (2, 12) if small else (8, 48)
-        data = generate_dataset(Path(tmp) / "data", n_cases, 0, SEED, slices_per_scan=depth,
+        n_cases, n_slices = (2, 12) if small else (8, 48)
+        data = generate_dataset(Path(tmp) / "data", n_cases, 0, SEED, slices_per_scan=n_slices,
                                 size=(size + 16, size))  # fmt: skip
         meta = build_metadata(data)
         cache = VolumeCache(meta, size, Path(tmp) / "cache", progress=False, dtype="uint8", with_masks=False)
-        ds = SliceDataset(meta, size, (-2, 0, 2), build_transforms(size, True), cache=cache)
-        empty = ds.meta["empty"].to_numpy()
-        on_device = DeviceBatches(meta, cache, (-2, 0, 2), device)
-        in_host = DeviceBatches(meta, cache, (-2, 0, 2), device, resident=False) if device.type == "cuda" else None
-        print(f"{len(meta)} slices; on the device {on_device.nbytes / 2**20:.0f} MiB", flush=True)
-        step = Stepper(device, amp)
-        for batch in batches:
-            if time.perf_counter() - t_start > args.budget:
-                print(f"budget of {args.budget:.0f} s spent: batch {batch} left out", flush=True)
-                break
-            got: dict[str, dict[str, float]] = {}
-            for w in workers:  # one DataLoader, iterated once per epoch, as the training loop does
-                sampler = EpochSampler(empty, SEED)
-                dl = DataLoader(SeededSamples(ds, SEED), batch_size=batch, sampler=sampler, drop_last=True,
-                                num_workers=w, pin_memory=device.type == "cuda")  # fmt: skip
-
-                def worker_epoch(epoch: int, sampler=sampler, dl=dl):
-                    sampler.set_epoch(epoch)
-                    return iter(dl)
-
-                got[f"workers{w}"] = measure(step, cycle(worker_epoch), batch, seconds, max_steps)
-            loader = DeviceLoader(on_device, EpochSampler(empty, SEED), batch, GpuAugment(size), SEED)
-
-            def device_epoch(epoch: int, loader=loader):
-                loader.set_epoch(epoch)
-                return iter(loader)
-
-            got["device"] = measure(step, cycle(device_epoch), batch, seconds, max_steps, watch=True)
-            if device.type == "cuda":  # a cache larger than the GPU: pinned host memory, asynchronous copies
-                pinned = DeviceLoader(in_host, EpochSampler(empty, SEED), batch, GpuAugment(size), SEED)
-
-                def pinned_epoch(epoch: int, loader=pinned):
-                    loader.set_epoch(epoch)
-                    return iter(loader)
-
-                got["device_pinned"] = measure(step, cycle(pinned_epoch), batch, seconds, max_steps, watch=True)
-            one = next(iter(loader))
-            got["limit"] = measure(step, cycle(lambda _e, one=one: [one] * 64), batch, seconds, max_steps)
-            unit = "GPU MiB" if device.type == "cuda" else "MiB RSS"
-            for name, r in got.items():
-                util = "" if r["util"] != r["util"] else f", GPU utilisation {r['util']:.0f}%"
-                print(f"  batch {batch} {name}: {r['samples_s']:.1f} samples/s ({r['steps']:.0f} steps; "
-                      f"peak {r['peak_mb']:.0f} {unit}{util})", flush=True)  # fmt: skip
-            best_workers = max(v["samples_s"] for k, v in got.items() if k.startswith("workers"))
-            result(f"feed_device_b{batch}", got["device"]["samples_s"], "samples/s", "report")
-            result(f"feed_device_over_limit_b{batch}", got["device"]["samples_s"] / got["limit"]["samples_s"], "x",
-                   ">= 0.8 on a GPU")  # fmt: skip
-            result(f"feed_device_over_workers_b{batch}", got["device"]["samples_s"] / best_workers, "x",
-                   "> 1 on a GPU")  # fmt: skip
+        for arch in args.models:
+            batches, model_kwargs = plans[arch]
+            fed = feeds(arch, meta, cache, size, device, depth)
+            print(f"{arch}: {len(meta)} slices, {len(fed[0])} samples an epoch; on the device "
+                  f"{fed[2].nbytes / 2**20:.0f} MiB", flush=True)  # fmt: skip
+            step = Stepper(arch, device, amp, model_kwargs)
+            for batch in batches:
+                if time.perf_counter() - t_start > args.budget:
+                    print(f"budget of {args.budget:.0f} s spent: {arch} batch {batch} left out", flush=True)
+                    break
+                got = run_batch(step, fed, batch, workers, seconds, max_steps)
+                report("3d_" if is_volumetric(arch) else "", batch, got, device.type == "cuda")
+            del step, fed
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0
 

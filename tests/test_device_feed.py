@@ -341,7 +341,6 @@ def test_auto_chooses_the_device_only_on_cuda_when_it_fits(meta, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * need, 10 * need))
     assert resolve_data_path("auto", cuda, cache, n) == "device"
     assert resolve_data_path("auto", cuda, None, n) == "workers"
-    assert resolve_data_path("auto", cuda, cache, n, volumetric=True) == "workers"
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * need - 1, 10 * need))
     assert resolve_data_path("auto", cuda, cache, n) == "workers"
 
@@ -355,11 +354,14 @@ def test_config_names_a_bad_data_path():
 
 
 # --------------------------------------------------------------------------- training
-def test_training_on_the_device_path_runs_and_resumes(synth, tmp_path, tiny_config, monkeypatch, capsys):
+@pytest.mark.parametrize("model", [{}, {"arch": "segresnet3d", "img_size": 32, "patch_depth": 8, "batch_size": 2}],
+                         ids=["2.5d", "3d"])  # fmt: skip
+def test_training_on_the_device_path_runs_and_resumes(synth, tmp_path, tiny_config, monkeypatch, capsys, model):
     """A run on the device path (the CPU here) trains; one interrupted in the middle of its
-    second epoch and resumed ends with the losses and weights of an uninterrupted run."""
+    second epoch and resumed ends with the losses and weights of an uninterrupted run (a
+    2.5D UNet, and a 3-D SegResNet whose patches are cut on the device)."""
     data = synth
-    kw = {"data_path": "device", "epochs": 2, "max_steps_per_epoch": 3, "save_every_steps": 1, "amp": "no"}
+    kw = {"data_path": "device", "epochs": 2, "max_steps_per_epoch": 3, "save_every_steps": 1, "amp": "no", **model}
     full = train(tiny_config(data, tmp_path / "full", **kw))
     assert "training data path: device" in capsys.readouterr().out
     assert np.isfinite(full["train_loss"]).all() and len(full) == 2

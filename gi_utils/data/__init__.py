@@ -8,9 +8,11 @@ from gi_utils.data.augment import *
 from gi_utils.data.cache import *
 from gi_utils.data.dataset import *
 from gi_utils.data.device_batches import *
+from gi_utils.data.device_patches import *
 from gi_utils.data.errors import *
 from gi_utils.data.folds import *
 from gi_utils.data.gpu_augment import *
+from gi_utils.data.gpu_augment_3d import *
 from gi_utils.data.holdout import *
 from gi_utils.data.images import *
 from gi_utils.data.labels import *
@@ -21,10 +23,10 @@ from gi_utils.data.preprocess import *
 from gi_utils.data.rle import *
 from gi_utils.data.shm import *
 from gi_utils.data.volumes import *
-from gi_utils.data import (augment, cache, dataset, device_batches, errors, folds, gpu_augment, holdout, images,
-    labels, layout, masks, names, preprocess, rle, shm, volumes)
+from gi_utils.data import (augment, cache, dataset, device_batches, device_patches, errors, folds, gpu_augment,
+    gpu_augment_3d, holdout, images, labels, layout, masks, names, preprocess, rle, shm, volumes)
 
-__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *device_batches.__all__, *errors.__all__,
-    *folds.__all__, *gpu_augment.__all__, *holdout.__all__, *images.__all__, *labels.__all__, *layout.__all__,
-    *masks.__all__, *names.__all__, *preprocess.__all__, *rle.__all__, *shm.__all__,
-    *volumes.__all__]
+__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *device_batches.__all__, *device_patches.__all__,
+    *errors.__all__, *folds.__all__, *gpu_augment.__all__, *gpu_augment_3d.__all__, *holdout.__all__,
+    *images.__all__, *labels.__all__, *layout.__all__, *masks.__all__, *names.__all__, *preprocess.__all__,
+    *rle.__all__, *shm.__all__, *volumes.__all__]

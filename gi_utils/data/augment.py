@@ -29,7 +29,8 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-__all__ = ["ALBU_1_4_NAMES", "build_transforms", "build_transforms_3d", "default_train_specs", "make_transform"]
+__all__ = ["ALBU_1_4_NAMES", "build_transforms", "build_transforms_3d", "default_3d_specs", "default_train_specs",
+           "make_transform", "specs_3d"]
 
 #: Per transform, 2.x argument name -> its albumentations 1.4 name, used when the installed
 #: transform does not take the 2.x name.
@@ -127,19 +128,56 @@ def build_transforms(
     return A.Compose(transforms, strict=True, seed=seed)
 
 
-def build_transforms_3d(train: bool = True) -> Compose | None:
+def default_3d_specs() -> dict[str, dict[str, float]]:
+    """(MONAI transform name -> its probability ``p`` and range) of the 3-D training
+    augmentation, in order: left-right flip; an in-plane affine (rotation about the slice
+    axis of up to ``rotate`` radians, in-plane scale ``1 +- scale`` per axis, the slice
+    axis kept); intensity ``x * (1 + f)``, ``|f| <= factor``; intensity ``x + o``,
+    ``|o| <= offset``. Both data paths read it: the worker path
+    (:func:`build_transforms_3d`) and the device path
+    (:class:`~gi_utils.data.gpu_augment_3d.GpuAugment3d`)."""
+    return {
+        "RandFlipd": {"p": 0.5},
+        "RandAffined": {"p": 0.5, "rotate": 0.26, "scale": 0.1},
+        "RandScaleIntensityd": {"p": 0.5, "factor": 0.1},
+        "RandShiftIntensityd": {"p": 0.5, "offset": 0.05},
+    }
+
+
+def specs_3d(overrides: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+    """:func:`default_3d_specs` updated by ``overrides`` (``{"RandFlipd": {"p": 0.0}}``).
+
+    Raises:
+        KeyError: a transform name not in the pipeline (the valid names listed).
+        ValueError: an argument the step does not take (the step and its arguments named).
+    """
+    specs = default_3d_specs()
+    for name, given in (overrides or {}).items():
+        if name not in specs:
+            raise KeyError(f"override for unknown 3-D transform {name!r}; valid names: {list(specs)}")
+        wrong = [k for k in given if k not in specs[name]]
+        if wrong:
+            raise ValueError(f"{name}: no argument(s) {wrong}; it takes {list(specs[name])}")
+        specs[name] = {**specs[name], **given}
+    return specs
+
+
+def build_transforms_3d(train: bool = True, overrides: dict[str, dict[str, float]] | None = None) -> Compose | None:
     """The 3-D training augmentation (MONAI dictionary transforms on ``image`` (1, D, S, S)
-    and ``mask`` (3, D, S, S)): left-right flip, an in-plane affine (rotate 15 degrees,
-    scale 0.9-1.1, the slice axis kept), intensity scale and shift. Masks follow with
-    nearest neighbour. ``train=False`` returns ``None``. The caller seeds it per sample
-    with ``set_random_state(seed=...)``."""
+    and ``mask`` (3, D, S, S)) of :func:`default_3d_specs` (updated by ``overrides``, see
+    :func:`specs_3d`): left-right flip, an in-plane affine (rotate 15 degrees, scale
+    0.9-1.1, the slice axis kept), intensity scale and shift. Masks follow with nearest
+    neighbour. ``train=False`` returns ``None``. The caller seeds it per sample with
+    ``set_random_state(seed=...)``."""
     if not train:
         return None
-    keys = ("image", "mask")
+    keys, sp = ("image", "mask"), specs_3d(overrides)
+    aff = sp["RandAffined"]
     return Compose([
-        RandFlipd(keys, prob=0.5, spatial_axis=2),
-        RandAffined(keys, prob=0.5, rotate_range=(0.26, 0.0, 0.0), scale_range=(0.0, 0.1, 0.1),
-                    mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandScaleIntensityd("image", factors=0.1, prob=0.5),
-        RandShiftIntensityd("image", offsets=0.05, prob=0.5),
+        RandFlipd(keys, prob=sp["RandFlipd"]["p"], spatial_axis=2),
+        RandAffined(keys, prob=aff["p"], rotate_range=(aff["rotate"], 0.0, 0.0),
+                    scale_range=(0.0, aff["scale"], aff["scale"]), mode=("bilinear", "nearest"),
+                    padding_mode="zeros"),
+        RandScaleIntensityd("image", factors=sp["RandScaleIntensityd"]["factor"], prob=sp["RandScaleIntensityd"]["p"]),
+        RandShiftIntensityd("image", offsets=sp["RandShiftIntensityd"]["offset"], prob=sp["RandShiftIntensityd"]["p"]),
     ])  # fmt: skip

@@ -84,19 +84,26 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.meta)
 
-    def gather(self, index: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The samples ``index`` (rows of ``.meta``) without augmentation.
+    def raw(self, index: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples ``index`` (rows of ``.meta``) as stored: ``(images uint8 or float16
+        (N, C, S, S), packed uint8 (N, S, S))`` on the device."""
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long).to(self.images.device)
+        rows = self.nbr[index]  # (N, C)
+        if self.resident:
+            return self.images[rows], self.packed[index]
+        # gathered on the host in the stored dtype, then one asynchronous copy each
+        raw = self._host_gather(self.images, rows.flatten()).unflatten(0, rows.shape)
+        return raw, self._host_gather(self.packed, index)
+
+    def gather(self, index: torch.Tensor | np.ndarray, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples ``index`` (rows of ``.meta``) without augmentation (``epoch`` is not
+        used: a slice does not depend on it; a 3-D patch's position does,
+        :class:`~gi_utils.data.device_patches.DevicePatches`).
 
         Returns:
             ``(images float32 (N, C, S, S), packed uint8 (N, S, S))`` on the device.
         """
-        index = torch.as_tensor(np.asarray(index), dtype=torch.long).to(self.images.device)
-        rows = self.nbr[index]  # (N, C)
-        if self.resident:
-            raw, packed = self.images[rows], self.packed[index]
-        else:  # gathered on the host in the stored dtype, then one asynchronous copy each
-            raw = self._host_gather(self.images, rows.flatten()).unflatten(0, rows.shape)
-            packed = self._host_gather(self.packed, index)
+        raw, packed = self.raw(index)
         images = (raw.float() / 255).half().float() if self.uint8 else raw.float()
         return images, packed
 

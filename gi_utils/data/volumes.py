@@ -114,13 +114,18 @@ class PatchDataset(Dataset):
             return int(np.clip(centre - p // 2, 0, room))
         return int(rng.integers(0, room + 1))
 
+    def position(self, key: tuple[int, ...], i: int) -> tuple[int, np.random.SeedSequence]:
+        """First slice of patch ``i`` drawn with the seed ``key`` (``(seed, epoch, i)``), and
+        the seed sequence its augmentation continues from (the device path,
+        :class:`~gi_utils.data.device_patches.DevicePatches`, cuts the same patches)."""
+        seq = np.random.SeedSequence([*key, int(i)])
+        return self.start_of(int(i) // self.per_volume, np.random.default_rng(seq)), seq
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} patches")
         v = int(i) // self.per_volume
-        seq = np.random.SeedSequence([*self.key, int(i)])
-        rng = np.random.default_rng(seq)
-        a = self.start_of(v, rng)
+        a, seq = self.position(self.key, i)
         b = min(a + self.patch_depth, self.scans.scans[v][2])
         image = np.zeros((1, self.patch_depth, self.img_size, self.img_size), np.float32)
         mask = np.zeros((3, self.patch_depth, self.img_size, self.img_size), np.float32)

@@ -139,9 +139,8 @@ class TrainConfig:
         _check_choice("log_with", self.log_with, LOGGERS)
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         _check_choice("data_path", self.data_path, DATA_PATHS)
-        if self.data_path == "device" and (self.cache == "none" or is_volumetric(self.arch)):
-            raise ValueError(f"data_path='device' needs a cache (cache='memory' or 'disk') and a 2.5D model; "
-                             f"got cache={self.cache!r}, arch={self.arch!r}")  # fmt: skip
+        if self.data_path == "device" and self.cache == "none":
+            raise ValueError("data_path='device' needs a cache (cache='memory' or 'disk'); got cache='none'")
         _check_logger(self.log_with, self.log_project)
         check_img_size(self.img_size)
         if self.n_folds < 2:

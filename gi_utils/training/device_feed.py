@@ -1,7 +1,10 @@
 """The training feed on the device (``TrainConfig.data_path``): the slices copied to the
 device once, batches gathered there in the order of the :class:`EpochSampler` and
 augmented there in batches (:class:`~gi_utils.data.gpu_augment.GpuAugment`), with no
-DataLoader workers: the CPU loader is no longer the limit of a GPU run.
+DataLoader workers: the CPU loader is no longer the limit of a GPU run. For a 3-D model
+the patches are cut there from the resident scans
+(:class:`~gi_utils.data.device_patches.DevicePatches`, the positions of the worker path)
+and augmented there (:class:`~gi_utils.data.gpu_augment_3d.GpuAugment3d`).
 
 Randomness: the augmentation of global batch ``b`` of ``epoch`` draws from a
 ``torch.Generator`` on the device seeded from ``(seed, epoch, b)`` only, so a run resumed
@@ -19,7 +22,9 @@ import torch
 
 from gi_utils.data.cache import VolumeCache
 from gi_utils.data.device_batches import DeviceBatches, device_nbytes
+from gi_utils.data.device_patches import DevicePatches
 from gi_utils.data.gpu_augment import GpuAugment
+from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.training.sampler import EpochSampler
 
 __all__ = ["DATA_PATHS", "DEVICE_SHARE", "DeviceLoader", "batch_generator", "fits_on_device", "resolve_data_path"]
@@ -32,19 +37,17 @@ DATA_PATHS: tuple[str, ...] = ("auto", "device", "workers")
 DEVICE_SHARE: float = 0.5
 
 
-def resolve_data_path(
-    data_path: str, device: torch.device, cache: VolumeCache | None, n_slices: int, volumetric: bool = False
-) -> str:
-    """``"device"`` or ``"workers"`` for a run.
+def resolve_data_path(data_path: str, device: torch.device, cache: VolumeCache | None, n_slices: int) -> str:
+    """``"device"`` or ``"workers"`` for a run (2.5D or 3-D: ``n_slices`` training slices).
 
     ``auto``: the device path on CUDA when the slices' bytes (:func:`device_nbytes`) are at
     most :data:`DEVICE_SHARE` of the GPU's free memory; the worker path otherwise, on a
-    CPU, without a cache and for 3-D models. An explicit value is kept (the config
-    refuses ``device`` without a cache or for 3-D models).
+    CPU and without a cache. An explicit value is kept (the config refuses ``device``
+    without a cache).
     """
     if data_path != "auto":
         return data_path
-    if volumetric or cache is None or device.type != "cuda":
+    if cache is None or device.type != "cuda":
         return "workers"
     return "device" if fits_on_device(cache, n_slices, device) else "workers"
 
@@ -67,11 +70,12 @@ def batch_generator(seed: int, epoch: int, batch: int, device: torch.device) -> 
 
 
 class DeviceLoader:
-    """Batches ``(images float32 (N, C, S, S), masks float32 (N, 3, S, S))`` on the device,
-    a drop-in for the training DataLoader (``set_epoch``, ``len``, iteration).
+    """Batches ``(images float32 (N, C, S, S), masks float32 (N, 3, S, S))`` on the device
+    (3-D: ``(N, 1, P, S, S)`` and ``(N, 3, P, S, S)``), a drop-in for the training
+    DataLoader (``set_epoch``, ``len``, iteration).
 
     Args:
-        data: the training slices on the device.
+        data: the training slices (or 3-D patches) on the device.
         sampler: the run's sampler (its ``epoch`` and ``skip`` are honoured as the
             DataLoader honours them; its numbers are rows of ``data.meta``).
         batch_size: samples per batch and process.
@@ -82,10 +86,10 @@ class DeviceLoader:
 
     def __init__(
         self,
-        data: DeviceBatches,
+        data: DeviceBatches | DevicePatches,
         sampler: EpochSampler,
         batch_size: int,
-        augment: GpuAugment | None,
+        augment: GpuAugment | GpuAugment3d | None,
         seed: int,
         rank: int = 0,
         world: int = 1,
@@ -101,7 +105,7 @@ class DeviceLoader:
 
     def batch(self, epoch: int, b: int, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Global batch ``b`` of ``epoch`` made of the rows ``index``."""
-        images, packed = self.data.gather(index)
+        images, packed = self.data.gather(index, epoch)
         if self.augment is not None:
             gen = batch_generator(self.seed, epoch, b, self.data.device)
             images, packed, _ = self.augment(images, packed, gen)

@@ -16,8 +16,10 @@ from gi_utils.data.augment import build_transforms, build_transforms_3d
 from gi_utils.data.cache import VolumeCache
 from gi_utils.data.dataset import SliceDataset
 from gi_utils.data.device_batches import DeviceBatches
+from gi_utils.data.device_patches import DevicePatches
 from gi_utils.data.folds import assign_folds, split_fold
 from gi_utils.data.gpu_augment import GpuAugment
+from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.data.layout import build_metadata
 from gi_utils.data.shm import batch_nbytes, check_shared_memory
 from gi_utils.data.volumes import PatchDataset, VolumeDataset
@@ -110,7 +112,7 @@ def load_train_data(
         )
     pin = cuda_wanted(cfg.device)
     device = device if device is not None else default_device(cfg.device)
-    data_path = resolve_data_path(cfg.data_path, device, cache, len(train_ds), cfg.volumetric)
+    data_path = resolve_data_path(cfg.data_path, device, cache, len(train_ds.meta))
     if data_path == "device" and cfg.data_path == "auto" and cfg.augment and cfg.augment_kwargs:
         try:  # auto: overrides the device augmentation cannot honour keep the worker path
             GpuAugment(cfg.img_size, cfg.augment_kwargs)
@@ -118,9 +120,13 @@ def load_train_data(
             data_path = "workers"
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
     if data_path == "device":
-        augment = GpuAugment(cfg.img_size, cfg.augment_kwargs) if cfg.augment else None
-        resident = fits_on_device(cache, len(train_ds), device)  # else: pinned host memory, asynchronous copies
-        on_device = DeviceBatches(train_meta, cache, cfg.slice_offsets, device, resident=resident)
+        resident = fits_on_device(cache, len(train_ds.meta), device)  # else: pinned host memory, asynchronous copies
+        if cfg.volumetric:  # the worker path's patches, cut on the device
+            augment = GpuAugment3d() if cfg.augment else None
+            on_device = DevicePatches(train_ds, cache, device, cfg.seed, resident=resident)
+        else:
+            augment = GpuAugment(cfg.img_size, cfg.augment_kwargs) if cfg.augment else None
+            on_device = DeviceBatches(train_meta, cache, cfg.slice_offsets, device, resident=resident)
         train_loader = DeviceLoader(on_device, sampler, cfg.batch_size, augment, cfg.seed, rank, num_processes)
     else:
         if cfg.num_workers:  # processes on one machine share /dev/shm: fail with a message, not a bus error

@@ -1,0 +1,81 @@
+"""3-D training patches cut on the device: the training scans' cached slices copied once
+(:class:`~gi_utils.data.device_batches.DeviceBatches`, one channel a slice), and each
+batch of patches gathered there by index, with no loader workers.
+
+Where each patch lands is drawn on the host exactly as the worker path draws it
+(:meth:`PatchDataset.position <gi_utils.data.volumes.PatchDataset.position>`, seeded by
+``(seed, epoch, i)``: a few microseconds a patch), so the patches are those of
+:class:`~gi_utils.data.volumes.PatchDataset` on the same cache, with the same values:
+images float32 of the cache's float16 values, masks in class order, a scan shorter than
+the patch padded at its end with zeros. (uint8 storage becomes ``x / 255`` in float32,
+as :func:`~gi_utils.data.cache.cached_as` reads it for the patches, without the float16
+step of the 2.5D slices.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gi_utils.data.cache import VolumeCache
+from gi_utils.data.device_batches import DeviceBatches
+from gi_utils.data.volumes import PatchDataset
+
+__all__ = ["DevicePatches"]
+
+
+class DevicePatches:
+    """The slices of ``patches``' scans on ``device``; :meth:`gather` cuts a batch of patches.
+
+    Args:
+        patches: the worker path's dataset (its scans, patch depth, patches per scan and
+            sampling of positions are used; its transform is not).
+        cache: the :class:`VolumeCache` it reads.
+        device: where batches are made (``"cpu"`` works too: the tests use it).
+        seed: the run's seed (positions are drawn with ``(seed, epoch, i)``).
+        resident: keep the slices on ``device``, or in (pinned, on CUDA) host memory with
+            asynchronous copies of each batch's slices, as :class:`DeviceBatches` does.
+    """
+
+    def __init__(
+        self, patches: PatchDataset, cache: VolumeCache, device: torch.device | str, seed: int, resident: bool = True
+    ) -> None:
+        self.patches, self.seed = patches, int(seed)
+        self.slices = DeviceBatches(patches.meta, cache, (0,), device, resident=resident)
+        self.meta, self.device, self.depth = self.slices.meta, self.slices.device, patches.patch_depth
+        scans = patches.scans
+        self.first = np.asarray(scans.first_row, dtype=np.int64)  # row of .meta where each scan starts
+        self.length = np.asarray([d for _, _, d in scans.scans], dtype=np.int64)
+        self.nbytes = self.slices.nbytes
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def rows(self, index: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``.meta`` of the patches ``index`` of ``epoch``: ``(rows int64 (N, P),
+        inside bool (N, P))``; a slice past its scan's end is ``inside=False`` (its row
+        is the scan's first, later zeroed)."""
+        index = np.asarray(index, dtype=np.int64)
+        v = index // self.patches.per_volume
+        start = np.asarray([self.patches.position((self.seed, epoch, int(i)), int(i))[0] for i in index], np.int64)
+        at = start[:, None] + np.arange(self.depth)[None]
+        inside = at < self.length[v][:, None]
+        return self.first[v][:, None] + np.where(inside, at, 0), inside
+
+    def gather(self, index: torch.Tensor | np.ndarray, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patches ``index`` of ``epoch`` without augmentation.
+
+        Returns:
+            ``(images float32 (N, 1, P, S, S), packed uint8 (N, P, S, S))`` on the device.
+        """
+        rows, inside = self.rows(np.asarray(index), epoch)
+        n, p = rows.shape
+        raw, packed = self.slices.raw(rows.reshape(-1))
+        images = raw.float() / 255 if self.slices.uint8 else raw.float()  # as PatchDataset (no float16 step)
+        s = self.slices.img_size
+        keep = torch.from_numpy(inside).to(images.device)
+        images = torch.where(keep[:, :, None, None], images.reshape(n, p, s, s), 0.0)[:, None]
+        packed = torch.where(keep[:, :, None, None], packed.reshape(n, p, s, s), 0)
+        return images, packed
+
+    unpack = staticmethod(DeviceBatches.unpack)  # (N, P, S, S) -> float32 (N, 3, P, S, S)
