@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import directed_hausdorff
 
+import gi_utils.evaluation.device_hausdorff as device_hausdorff
 import gi_utils.evaluation.hausdorff as hausdorff
 from gi_utils.constants import CLASSES
 from gi_utils.evaluation import (
@@ -240,14 +241,22 @@ def test_fast_hausdorff_equals_brute_force_pruning_always_on(pair):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(volume_pairs(), st.integers(1, 40))
-def test_torch_hausdorff_in_small_chunks(pair, chunk):
-    """Chunks of a few query-by-target pairs (rows and columns split) give the same
-    squared distance as one step, and it is the brute force's."""
+@given(volume_pairs(max_shape=(10, 20, 20)), st.integers(1, 40))
+def test_torch_hausdorff_in_small_chunks_and_pruned(pair, chunk):
+    """Chunks of a few query-by-target pairs (rows and columns split) and the dilation
+    pruning on for a handful of query voxels give the squared distance of one unpruned
+    step, and it is the brute force's."""
     a, b = (torch.from_numpy(x) for x in pair)
     assume(bool(a.any() and b.any()))
-    sq, scale = max_sq_distance(a, b, chunk=chunk)
-    assert (sq, scale) == max_sq_distance(a, b)
+    whole = max_sq_distance(a, b)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device_hausdorff, "_PRUNE_MIN", 2)
+        mp.setattr(device_hausdorff, "_SAMPLE", 2)
+        assert max_sq_distance(a, b, chunk=chunk) == whole
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device_hausdorff, "_PRUNE_MIN", 10**9)
+        sq, scale = max_sq_distance(a, b, chunk=chunk)
+    assert (sq, scale) == whole
     assert_same(math.sqrt(sq) / scale / SQRT3, brute_hausdorff(*pair))
 
 
