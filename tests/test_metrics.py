@@ -9,10 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import directed_hausdorff
 
+import gi_utils.evaluation.device_hausdorff as device_hausdorff
 import gi_utils.evaluation.hausdorff as hausdorff
 from gi_utils.constants import CLASSES
 from gi_utils.evaluation import (
@@ -22,10 +23,26 @@ from gi_utils.evaluation import (
     dice_per_slice,
     dice_score,
     hausdorff_3d,
+    max_sq_distance,
     volumes_from_slices,
 )
 
 SQRT3 = math.sqrt(3.0)
+#: The exact methods: the k-d tree, and torch on the CPU (and on a GPU when there is one).
+EXACT = ["fast", "torch"] + (["torch-cuda"] if torch.cuda.is_available() else [])
+
+
+def hd(a: np.ndarray, b: np.ndarray, method: str = "fast") -> float:
+    """:func:`hausdorff_3d` by one of :data:`EXACT` (``"torch-cuda"``: torch on the GPU)."""
+    if method == "torch-cuda":
+        return hausdorff_3d(a, b, method="torch", device="cuda")
+    return hausdorff_3d(a, b, method=method)
+
+
+def assert_exact(a: np.ndarray, b: np.ndarray, expected: float, tol: float = 1e-9) -> None:
+    """Every exact method gives ``expected`` (the brute force) for the pair."""
+    for method in EXACT:
+        assert_same(hd(a, b, method), expected, tol)
 
 
 def brute_hausdorff(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,41 +114,45 @@ def test_batch_dice_hand_worked():
 
 
 # ------------------------------------------------------------------------ Hausdorff
-def test_hausdorff_two_single_voxels():
+@pytest.mark.parametrize("method", EXACT)
+def test_hausdorff_two_single_voxels(method):
     a, b = np.zeros((4, 10, 20), bool), np.zeros((4, 10, 20), bool)
     a[0, 0, 0] = True
     b[2, 5, 10] = True  # (2/4, 5/10, 10/20) away: sqrt(3 * 0.25) / sqrt(3) = 0.5
-    assert hausdorff_3d(a, b) == pytest.approx(0.5, abs=1e-12)
+    assert hd(a, b, method) == pytest.approx(0.5, abs=1e-12)
     assert hausdorff_3d(a, b, method="reference") == pytest.approx(0.5, abs=1e-12)
 
 
-def test_hausdorff_is_symmetric_max():
+@pytest.mark.parametrize("method", EXACT)
+def test_hausdorff_is_symmetric_max(method):
     a, b = np.zeros((4, 1, 1), bool), np.zeros((4, 1, 1), bool)
     a[0], b[0], b[3] = True, True, True  # h(a, b) = 0, h(b, a) = 3/4
-    assert hausdorff_3d(a, b) == pytest.approx(0.75 / SQRT3, abs=1e-12)
-    assert hausdorff_3d(b, a) == pytest.approx(0.75 / SQRT3, abs=1e-12)
-    assert hausdorff_3d(a, a) == 0.0
+    assert hd(a, b, method) == pytest.approx(0.75 / SQRT3, abs=1e-12)
+    assert hd(b, a, method) == pytest.approx(0.75 / SQRT3, abs=1e-12)
+    assert hd(a, a, method) == 0.0
 
 
-def test_hausdorff_empty_rules():
+@pytest.mark.parametrize("method", EXACT)
+def test_hausdorff_empty_rules(method):
     nothing, something = np.zeros((2, 3, 4), bool), np.zeros((2, 3, 4), bool)
     something[1, 2, 3] = True
-    assert math.isnan(hausdorff_3d(nothing, nothing))
-    assert hausdorff_3d(nothing, something) == 1.0
-    assert hausdorff_3d(something, nothing) == 1.0
+    assert math.isnan(hd(nothing, nothing, method))
+    assert hd(nothing, something, method) == 1.0
+    assert hd(something, nothing, method) == 1.0
     assert math.isnan(hausdorff_3d(nothing, nothing, method="reference"))
     assert hausdorff_3d(something, nothing, method="reference") == 1.0
 
 
-def test_hausdorff_blob_in_hollow_shell_interior_point_is_farthest():
+@pytest.mark.parametrize("method", EXACT)
+def test_hausdorff_blob_in_hollow_shell_interior_point_is_farthest(method):
     # A solid 14^3 cube against its hollow shell: the centre voxels (6 or 7 on each axis)
     # are 6 voxels from the nearest face, i.e. 6/14 in unit-cube coordinates.
     # 12^3 = 1728 interior voxels, so the block pruning is exercised.
     solid = np.ones((14, 14, 14), bool)
     shell = solid.copy()
     shell[1:-1, 1:-1, 1:-1] = False
-    assert hausdorff_3d(solid, shell) == pytest.approx(6 / 14 / SQRT3, abs=1e-12)
-    assert hausdorff_3d(shell, solid) == pytest.approx(6 / 14 / SQRT3, abs=1e-12)
+    assert hd(solid, shell, method) == pytest.approx(6 / 14 / SQRT3, abs=1e-12)
+    assert hd(shell, solid, method) == pytest.approx(6 / 14 / SQRT3, abs=1e-12)
 
 
 def test_hausdorff_bad_arguments():
@@ -206,7 +227,7 @@ def volume_pairs(draw, max_shape=(8, 12, 12)):
 @given(volume_pairs())
 def test_fast_hausdorff_equals_brute_force(pair):
     a, b = pair
-    assert_same(hausdorff_3d(a, b), brute_hausdorff(a, b))
+    assert_exact(a, b, brute_hausdorff(a, b))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -217,6 +238,34 @@ def test_fast_hausdorff_equals_brute_force_pruning_always_on(pair):
         mp.setattr(hausdorff, "_PRUNE_MIN", 2)
         mp.setattr(hausdorff, "_SAMPLE", 2)
         assert_same(hausdorff_3d(a, b), brute_hausdorff(a, b))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(volume_pairs(max_shape=(10, 20, 20)), st.integers(1, 40))
+def test_torch_hausdorff_in_small_chunks_and_pruned(pair, chunk):
+    """Chunks of a few query-by-target pairs (rows and columns split) and the dilation
+    pruning on for a handful of query voxels give the squared distance of one unpruned
+    step, and it is the brute force's."""
+    a, b = (torch.from_numpy(x) for x in pair)
+    assume(bool(a.any() and b.any()))
+    whole = max_sq_distance(a, b)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device_hausdorff, "_PRUNE_MIN", 2)
+        mp.setattr(device_hausdorff, "_SAMPLE", 2)
+        assert max_sq_distance(a, b, chunk=chunk) == whole
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device_hausdorff, "_PRUNE_MIN", 10**9)
+        sq, scale = max_sq_distance(a, b, chunk=chunk)
+    assert (sq, scale) == whole
+    assert_same(math.sqrt(sq) / scale / SQRT3, brute_hausdorff(*pair))
+
+
+def test_torch_hausdorff_bad_arguments():
+    with pytest.raises(ValueError, match=r"pred \(1, 1, 1\) and true \(1, 1, 2\)"):
+        hausdorff_3d(np.ones((1, 1, 1)), np.ones((1, 1, 2)), method="torch")
+    big = torch.ones((1, 1, 1), dtype=torch.bool).expand(2000, 1000, 1000)
+    with pytest.raises(ValueError, match=r"volume \(2000, 1000, 1000\) is too large"):
+        max_sq_distance(big, big)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -231,14 +280,14 @@ def test_fast_hausdorff_dense_against_sparse(shape, p_dense, p_sparse, seed):
     # centre is nearer than the best lower bound, which the pruning must not drop.
     rng = np.random.default_rng(seed)
     a, b = rng.random(shape) < p_dense, rng.random(shape) < p_sparse
-    assert_same(hausdorff_3d(a, b), brute_hausdorff(a, b))
+    assert_exact(a, b, brute_hausdorff(a, b))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(volume_pairs(max_shape=(16, 28, 28)))
 def test_fast_hausdorff_equals_brute_force_with_pruning(pair):
     a, b = pair  # large enough that the block pruning (>= 512 query voxels) runs
-    assert_same(hausdorff_3d(a, b), brute_hausdorff(a, b))
+    assert_exact(a, b, brute_hausdorff(a, b))
     assert_same(hausdorff_3d(a, b, method="reference"), brute_hausdorff(a, b))
 
 
@@ -254,9 +303,9 @@ def test_fast_hausdorff_anisotropic_80x310x360():
     pred[70, 300, 10] = True  # a stray voxel far away
     for _ in range(200):
         pred[tuple(int(rng.integers(0, n)) for n in shape)] ^= True
-    assert_same(hausdorff_3d(pred, true), brute_hausdorff(pred, true))
+    assert_exact(pred, true, brute_hausdorff(pred, true))
     pred[60:] = False  # no stray voxels left: a close prediction
-    assert_same(hausdorff_3d(pred, true), brute_hausdorff(pred, true))
+    assert_exact(pred, true, brute_hausdorff(pred, true))
 
 
 @settings(max_examples=40, deadline=None)
@@ -287,11 +336,14 @@ def test_competition_score_fast_equals_reference(data):
         warnings.simplefilter("error")  # no "mean of empty slice" warnings
         fast = competition_score(pred, true, empty=empty, hausdorff_mode=mode)
         ref = competition_score(pred, true, empty=empty, hausdorff_mode=mode, method="reference")
-    for key in ("score", "dice", "hausdorff"):
-        assert_same(getattr(fast, key), getattr(ref, key))
-    np.testing.assert_allclose(
-        fast.table[["dice", "hausdorff"]], ref.table[["dice", "hausdorff"]], atol=1e-9
-    )
+        on_device = [competition_score(pred, true, empty=empty, hausdorff_mode=mode, method="torch",
+                                       device=d) for d in ["cpu"] + ["cuda"] * ("torch-cuda" in EXACT)]  # fmt: skip
+    for res in [fast, *on_device]:
+        for key in ("score", "dice", "hausdorff"):
+            assert_same(getattr(res, key), getattr(ref, key))
+        np.testing.assert_allclose(
+            res.table[["dice", "hausdorff"]], ref.table[["dice", "hausdorff"]], atol=1e-9
+        )
     for name, d in fast.slice_dice.items():
         pred_v, true_v = pred[int(name.split("_")[1])], true[int(name.split("_")[1])]
         loop = [

@@ -14,7 +14,10 @@ bounding box of ``A | B``. Interior voxels of ``A`` stay candidates (a blob insi
 hollow shell is farthest from it at its centre); blocks of 4^3, then 2^3 voxels are
 dropped only when the 1-Lipschitz bound proves they cannot hold the maximum.
 ``method="reference"`` is the brute force (:func:`scipy.spatial.distance.directed_hausdorff`
-on all foreground voxels), kept for tests and the benchmark.
+on all foreground voxels), kept for tests and the benchmark. ``method="torch"``
+(:func:`hausdorff_torch`) is the same exact distance computed in torch on a device (the
+GPU during validation, :mod:`gi_utils.evaluation.device_hausdorff`), equal to the k-d
+tree's to rounding.
 
 The voxel-coordinate helpers here (:func:`voxel_coords`, :func:`pair_stats`) also
 give the per-slice Dice of a volume pair in the same pass; :mod:`gi_utils.evaluation.metric`
@@ -27,13 +30,18 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import directed_hausdorff
 
-__all__ = ["METHODS", "check_option", "voxel_coords", "pair_stats", "hausdorff_3d", "HausdorffPoint", "hausdorff_point"]
+from gi_utils.evaluation.device_hausdorff import device_mask, max_sq_distance
 
-#: ``"fast"``: exact boundary k-d tree; ``"reference"``: brute force.
-METHODS: tuple[str, ...] = ("fast", "reference")
+__all__ = ["METHODS", "check_option", "voxel_coords", "pair_stats", "hausdorff_3d", "hausdorff_torch",
+           "HausdorffPoint", "hausdorff_point"]
+
+#: ``"fast"``: exact boundary k-d tree; ``"reference"``: brute force; ``"torch"``: exact,
+#: brute force over the boundary in torch on a device (:func:`hausdorff_torch`).
+METHODS: tuple[str, ...] = ("fast", "reference", "torch")
 _SQRT3 = math.sqrt(3.0)
 _BLOCKS = (4, 2)  # edges of the pruning blocks, in voxels, coarse to fine
 _PRUNE_MIN = 512  # below this many query voxels, query them all
@@ -161,7 +169,9 @@ def pair_stats(
     return dice, h / _SQRT3
 
 
-def hausdorff_3d(pred: np.ndarray, true: np.ndarray, method: str = "fast") -> float:
+def hausdorff_3d(
+    pred: np.ndarray, true: np.ndarray, method: str = "fast", device: torch.device | str | None = None
+) -> float:
     """Normalised symmetric 3-D Hausdorff distance between two ``(D, H, W)`` masks.
 
     Voxel ``(z, y, x)`` is mapped to ``(z / D, y / H, x / W)``; the symmetric Hausdorff
@@ -171,7 +181,9 @@ def hausdorff_3d(pred: np.ndarray, true: np.ndarray, method: str = "fast") -> fl
         pred: bool ``(D, H, W)`` (nonzero = foreground).
         true: mask of the same shape.
         method: ``"fast"`` (exact, boundary k-d tree) or ``"reference"`` (brute force
-            :func:`scipy.spatial.distance.directed_hausdorff` on all foreground voxels).
+            :func:`scipy.spatial.distance.directed_hausdorff` on all foreground voxels) or
+            ``"torch"`` (exact, :func:`hausdorff_torch` on ``device``).
+        device: where ``method="torch"`` computes (default: the CPU).
 
     Returns:
         Distance in ``[0, 1)``; NaN when both masks are empty; 1.0 when exactly one is.
@@ -180,6 +192,8 @@ def hausdorff_3d(pred: np.ndarray, true: np.ndarray, method: str = "fast") -> fl
     pred, true = (np.asarray(x).astype(bool, copy=False) for x in (pred, true))
     if pred.shape != true.shape or pred.ndim != 3:
         raise ValueError(f"pred {pred.shape} and true {true.shape} must be equal (D, H, W) shapes")
+    if method == "torch":
+        return hausdorff_torch(pred, true, device)
     if method == "fast":
         (ca,), (cb,) = voxel_coords(pred[..., None]), voxel_coords(true[..., None])
         return pair_stats(ca, cb, pred.shape, math.nan)[1]
@@ -188,6 +202,22 @@ def hausdorff_3d(pred: np.ndarray, true: np.ndarray, method: str = "fast") -> fl
     if len(a) == 0 or len(b) == 0:
         return math.nan if len(a) == len(b) else 1.0
     return max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0]) / _SQRT3
+
+
+def hausdorff_torch(pred, true, device: torch.device | str | None = None) -> float:
+    """:func:`hausdorff_3d` of two ``(D, H, W)`` masks (arrays or tensors) computed in torch
+    on ``device`` (default: where ``pred`` is), exact
+    (:func:`~gi_utils.evaluation.device_hausdorff.max_sq_distance`); NaN when both are empty,
+    1.0 when exactly one is."""
+    a = device_mask(pred, device)
+    b = device_mask(true, a.device)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"pred {tuple(a.shape)} and true {tuple(b.shape)} must be equal (D, H, W) shapes")
+    na, nb = int(a.any()), int(b.any())
+    if not (na and nb):
+        return math.nan if na == nb else 1.0
+    sq, scale = max_sq_distance(a, b)
+    return math.sqrt(sq) / scale / _SQRT3
 
 
 class HausdorffPoint(NamedTuple):

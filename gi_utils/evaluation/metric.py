@@ -16,7 +16,8 @@
 The Hausdorff part (:func:`hausdorff_3d`, exact via a k-d tree of boundary voxels with
 block pruning, or ``method="reference"``: brute force) lives in :mod:`gi_utils.evaluation.hausdorff`
 (the package re-exports it). ``method="reference"`` also computes the Dice with a per-slice
-loop; it is kept for tests and the benchmark.
+loop; it is kept for tests and the benchmark. ``method="torch"`` computes the same exact
+Hausdorff in torch on ``device`` (validation on a GPU uses it; the Dice stays the fast one).
 
 Functions are pure; :class:`CompetitionMetric` only stores settings.
 """
@@ -36,6 +37,7 @@ from gi_utils.evaluation.hausdorff import (
     METHODS,
     check_option,
     hausdorff_3d,
+    hausdorff_torch,
     pair_stats,
     voxel_coords,
 )
@@ -202,7 +204,7 @@ def _pair_volumes(pred, true) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return [(name, np.asarray(p), np.asarray(t)) for name, p, t in pairs]
 
 
-def _volume_stats(p: np.ndarray, t: np.ndarray, fill: float, mode: str, method: str):
+def _volume_stats(p: np.ndarray, t: np.ndarray, fill: float, mode: str, method: str, device=None):
     """Per-slice Dice ``(D, C)`` and Hausdorff ``(C,)`` (or ``(1,)`` in union mode)."""
     if method == "reference":
         dice = np.array(
@@ -220,18 +222,22 @@ def _volume_stats(p: np.ndarray, t: np.ndarray, fill: float, mode: str, method: 
         return dice, np.array(
             [hausdorff_3d(p[..., c], t[..., c], "reference") for c in range(p.shape[-1])]
         )
-    union = mode in ("union", "mlebench")
+    union, fast = mode in ("union", "mlebench"), method == "fast"  # else "torch": on device
     ca, cb = voxel_coords(p, union), voxel_coords(t, union)
     stats = [
-        pair_stats(a, b, p.shape[:3], fill, not union)
+        pair_stats(a, b, p.shape[:3], fill, fast and not union)
         for a, b in zip(ca[:NUM_CLASSES], cb[:NUM_CLASSES], strict=True)
     ]
     dice = np.stack([s[0] for s in stats], 1)
     if not union:
-        return dice, np.array([s[1] for s in stats])
+        if fast:
+            return dice, np.array([s[1] for s in stats])
+        return dice, np.array([hausdorff_torch(p[..., c], t[..., c], device) for c in range(p.shape[-1])])
     n_pred, n_true = ca[-1].shape[1], cb[-1].shape[1]
     if mode == "mlebench" and n_true and n_pred > MLEBENCH_OVERSIZE * n_true:
         return dice, np.array([1.0])
+    if not fast:
+        return dice, np.array([hausdorff_torch(p.any(-1), t.any(-1), device)])
     return dice, np.array([pair_stats(ca[-1], cb[-1], p.shape[:3], fill)[1]])
 
 
@@ -245,7 +251,7 @@ def _reduce(table: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 def competition_score(
-    pred, true, *, empty: str = "skip", hausdorff_mode: str = "per_class", method: str = "fast"
+    pred, true, *, empty: str = "skip", hausdorff_mode: str = "per_class", method: str = "fast", device=None
 ) -> ScoreResult:
     """Competition score of predicted against true volumes.
 
@@ -264,7 +270,8 @@ def competition_score(
         empty: rule for Dice pairs where both are empty: ``"skip"``, ``"zero"``, ``"one"``.
         hausdorff_mode: ``"per_class"`` (default), ``"union"`` or ``"mlebench"`` (see
             :data:`HAUSDORFF_MODES`).
-        method: ``"fast"`` or ``"reference"`` (brute force; slow, for checks).
+        method: ``"fast"``, ``"reference"`` (brute force; slow, for checks) or ``"torch"``
+            (the exact Hausdorff in torch on ``device``: default the CPU).
 
     Returns:
         :class:`ScoreResult`.
@@ -274,7 +281,7 @@ def competition_score(
             differ or are not ``(D, H, W, 3)`` (the message names the case_day).
         TypeError: ``pred`` and ``true`` are not both lists or both mappings.
     """
-    acc = ScoreAccumulator(empty=empty, hausdorff_mode=hausdorff_mode, method=method)
+    acc = ScoreAccumulator(empty=empty, hausdorff_mode=hausdorff_mode, method=method, device=device)
     for name, p, t in _pair_volumes(pred, true):
         acc.add(name, p, t)
     return acc.result()
@@ -285,12 +292,15 @@ class ScoreAccumulator:
     in memory at once: ``add(case_day, pred, true)`` for each volume, then ``result()``.
 
     Only the per-slice Dice ``(D, C)`` and the Hausdorff values of each volume are kept.
+    ``device``: where ``method="torch"`` computes the Hausdorff.
     """
 
-    def __init__(self, *, empty: str = "skip", hausdorff_mode: str = "per_class", method: str = "fast") -> None:
+    def __init__(
+        self, *, empty: str = "skip", hausdorff_mode: str = "per_class", method: str = "fast", device=None
+    ) -> None:
         self.fill = EMPTY_RULES[check_option("empty", empty, EMPTY_RULES)]
         self.mode = check_option("hausdorff_mode", hausdorff_mode, HAUSDORFF_MODES)
-        self.method = check_option("method", method, METHODS)
+        self.method, self.device = check_option("method", method, METHODS), device
         self.rows: list[dict] = []
         self.slice_dice: dict[str, np.ndarray] = {}
         self.volume_hd: list[float] = []
@@ -303,7 +313,7 @@ class ScoreAccumulator:
                 f"case_day {name!r}: pred {pred.shape} and true {true.shape} must be equal "
                 f"(D, H, W, {NUM_CLASSES}) shapes"
             )
-        dice, hd = _volume_stats(pred, true, self.fill, self.mode, self.method)
+        dice, hd = _volume_stats(pred, true, self.fill, self.mode, self.method, self.device)
         self.slice_dice[name] = dice
         self.volume_hd.extend(hd)
         for c, cls in enumerate(CLASSES):

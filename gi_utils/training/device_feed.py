@@ -5,6 +5,9 @@ DataLoader workers: the CPU loader is no longer the limit of a GPU run. For a 3-
 the patches are cut there from the resident scans
 (:class:`~gi_utils.data.device_patches.DevicePatches`, the positions of the worker path)
 and augmented there (:class:`~gi_utils.data.gpu_augment_3d.GpuAugment3d`).
+Validation of a 2.5D model on this path reads its slices the same way
+(:class:`DeviceValLoader`: the batches of the worker path's validation DataLoader, in the
+same order, no augmentation).
 
 Randomness: the augmentation of global batch ``b`` of ``epoch`` draws from a
 ``torch.Generator`` on the device seeded from ``(seed, epoch, b)`` only, so a run resumed
@@ -27,7 +30,8 @@ from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.training.sampler import EpochSampler
 
-__all__ = ["DATA_PATHS", "DEVICE_SHARE", "DeviceLoader", "batch_generator", "fits_on_device", "resolve_data_path"]
+__all__ = ["DATA_PATHS", "DEVICE_SHARE", "DeviceLoader", "DeviceValLoader", "batch_generator", "fits_on_device",
+           "resolve_data_path"]
 
 #: ``TrainConfig.data_path`` values: auto | device (data and augmentation on the device) |
 #: workers (DataLoader workers, albumentations per sample).
@@ -40,10 +44,10 @@ DEVICE_SHARE: float = 0.5
 def resolve_data_path(data_path: str, device: torch.device, cache: VolumeCache | None, n_slices: int) -> str:
     """``"device"`` or ``"workers"`` for a run (2.5D or 3-D: ``n_slices`` training slices).
 
-    ``auto``: the device path on CUDA when the slices' bytes (:func:`device_nbytes`) are at
-    most :data:`DEVICE_SHARE` of the GPU's free memory; the worker path otherwise, on a
-    CPU and without a cache. An explicit value is kept (the config refuses ``device``
-    without a cache).
+    ``auto``: the device path on CUDA when the bytes of the ``n_slices`` training (and 2.5D
+    validation) slices (:func:`device_nbytes`) are at most :data:`DEVICE_SHARE` of the
+    GPU's free memory; the worker path otherwise, on a CPU and without a cache. An
+    explicit value is kept (the config refuses ``device`` without a cache).
     """
     if data_path != "auto":
         return data_path
@@ -119,3 +123,30 @@ class DeviceLoader:
         first = skip // bs
         for k in range(self.rank, len(self) * self.world, self.world):
             yield self.batch(epoch, first + k, order[k * bs : (k + 1) * bs])
+
+
+class DeviceValLoader:
+    """Validation batches ``(images float32 (N, C, S, S), masks float32 (N, 3, S, S), rows
+    int64 (N,))`` gathered on the device: rows ``0, 1, ...`` of ``data.meta`` in batches of
+    ``batch_size``, the values and order of the worker path's validation DataLoader.
+
+    Process ``rank`` of ``world`` takes the batches ``rank, rank + world, ...``; every
+    process yields ``len(self)`` batches (collectives stay matched), a process past the end
+    repeating the first batch with its rows marked ``-1`` (dropped after the gather).
+    """
+
+    def __init__(self, data: DeviceBatches, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.data, self.batch_size, self.rank, self.world = data, int(batch_size), int(rank), int(world)
+        self.n_batches = -(-len(data) // self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.n_batches // self.world)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        n, bs = len(self.data), self.batch_size
+        for k in range(len(self)):
+            b = self.rank + k * self.world
+            index = torch.arange(b * bs, min(n, (b + 1) * bs)) if b < self.n_batches else torch.arange(min(n, bs))
+            images, packed = self.data.gather(index)
+            rows = index if b < self.n_batches else torch.full_like(index, -1)
+            yield images, self.data.unpack(packed), rows.to(self.data.device)

@@ -25,7 +25,12 @@ from gi_utils.data.shm import batch_nbytes, check_shared_memory
 from gi_utils.data.volumes import PatchDataset, VolumeDataset
 from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.device_feed import DeviceLoader, fits_on_device, resolve_data_path
+from gi_utils.training.device_feed import (
+    DeviceLoader,
+    DeviceValLoader,
+    fits_on_device,
+    resolve_data_path,
+)
 from gi_utils.training.sampler import EpochSampler, SeededSamples
 
 __all__ = ["TrainData", "load_train_data"]
@@ -57,7 +62,7 @@ class TrainData:
     val_ds: Any
     sampler: EpochSampler
     train_loader: DataLoader | DeviceLoader
-    val_loader: DataLoader | None
+    val_loader: DataLoader | DeviceValLoader | None
     val_volumes: dict[str, np.ndarray]
     split: dict[str, Any]
     data_path: str = "workers"
@@ -72,7 +77,10 @@ def load_train_data(
     where a run starts); folds are read from, or made once in, ``cfg.folds_dir``.
     ``cfg.data_path`` is resolved here (:func:`resolve_data_path`, on ``device``: by
     default CUDA when ``cfg.device`` wants it); on the device path ``train_loader`` is a
-    :class:`DeviceLoader` for process ``rank`` (validation keeps its DataLoader).
+    :class:`DeviceLoader` and the 2.5D ``val_loader`` a :class:`DeviceValLoader` for process
+    ``rank`` (the validation slices copied beside the training ones: resident when they
+    still fit, else in pinned host memory; a 3-D model validates whole scans through its
+    DataLoader).
     """
     if cfg.data_dir is None:
         raise ValueError("load_train_data: cfg.data_dir is not resolved; train() resolves it")
@@ -112,7 +120,8 @@ def load_train_data(
         )
     pin = cuda_wanted(cfg.device)
     device = device if device is not None else default_device(cfg.device)
-    data_path = resolve_data_path(cfg.data_path, device, cache, len(train_ds.meta))
+    n_val = 0 if cfg.volumetric else len(val_meta)  # 2.5D validation reads the same path
+    data_path = resolve_data_path(cfg.data_path, device, cache, len(train_ds.meta) + n_val)
     if data_path == "device" and cfg.data_path == "auto" and cfg.augment and cfg.augment_kwargs:
         try:  # auto: overrides the device augmentation cannot honour keep the worker path
             GpuAugment(cfg.img_size, cfg.augment_kwargs)
@@ -144,9 +153,12 @@ def load_train_data(
         # validation batches travel as float16 images / uint8 masks (the cache's own values,
         # 4x fewer bytes between loader workers and the device) and are widened on the device
         val_ds = SliceDataset(val_meta, cfg.img_size, cfg.slice_offsets, None, compact=True, **kw)
-        val_loader = DataLoader(
-            _Indexed(val_ds), batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw
-        )
+        if data_path == "device":  # the same slices and order, gathered from a copy on the device
+            resident = fits_on_device(cache, len(val_meta), device)
+            val_slices = DeviceBatches(val_meta, cache, cfg.slice_offsets, device, resident=resident)
+            val_loader = DeviceValLoader(val_slices, 2 * cfg.batch_size, rank, num_processes)
+        else:
+            val_loader = DataLoader(_Indexed(val_ds), batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw)
     if val_ds is not None:
         codes = val_ds.meta["case_day"].to_numpy()
         volumes = {str(cd): np.flatnonzero(codes == cd) for cd in pd.unique(codes)}

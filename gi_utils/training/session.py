@@ -37,6 +37,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
 from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader
 
 from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
@@ -194,11 +195,12 @@ class TrainingRun:
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
         model = torch.compile(self.net) if cfg.compile else self.net
         on_device = self.data.data_path == "device"  # batches made on the device: nothing to prepare
-        loaders = ([] if on_device else [self.data.train_loader]) + ([self.data.val_loader] if self.validated else [])
+        val_prepared = self.validated and isinstance(self.data.val_loader, DataLoader)  # a DeviceValLoader: not
+        loaders = ([] if on_device else [self.data.train_loader]) + ([self.data.val_loader] if val_prepared else [])
         model, self.optimizer, *prepared = acc.prepare(model, optimizer, *loaders)
         self.model = model
         self.train_loader = self.data.train_loader if on_device else prepared.pop(0)
-        self.val_loader = prepared[0] if self.validated else None
+        self.val_loader = prepared[0] if val_prepared else self.data.val_loader
         self.batches_per_epoch = len(self.train_loader)  # per process
         steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         schedule = WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
@@ -208,6 +210,8 @@ class TrainingRun:
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
         # 3-D validation: whole scans by sliding windows, their sum kept on the device
         self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.volumetric else None
+        # the validation Hausdorff runs on the GPU when the run has one (exact), else on the CPU
+        self.hausdorff_device = acc.device if acc.device.type == "cuda" else None
         start_trackers(acc, cfg, self._wandb_key)  # TensorBoard / W&B through accelerate's trackers
 
     def restore(self) -> None:
@@ -299,7 +303,7 @@ class TrainingRun:
             sync_buffers(self.ema.module)
         row = validate(self.acc, self.scored, self.val_loader, self.loss_fn, self.data, self.post,
                        self.out_dir / ".oof.tmp", progress=self.cfg.progress, memory_format=self.layout,
-                       sliding=self.sliding)  # fmt: skip
+                       sliding=self.sliding, hausdorff_device=self.hausdorff_device)  # fmt: skip
         return broadcast_object_list([row])[0]  # the metrics are computed on the main process
 
     # ------------------------------------------------------------------ saving
