@@ -1,13 +1,16 @@
-"""Helpers shared by the benchmark scripts: timing, peak memory, the result line."""
+"""Helpers shared by the benchmark scripts: timing, peak memory, the result line, the
+``--smoke`` flag."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,3 +45,22 @@ def result(name: str, value: float, unit: str, target: str) -> None:
     """Print the machine-readable closing line ``name: value unit (target: ...)``."""
     print(f"{name}: {value:.4g} {unit} (target: {target})", flush=True)
     sys.stdout.flush()
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """``"144x266x266"`` -> ``(144, 266, 266)`` (an argparse type)."""
+    return tuple(int(side) for side in text.split("x"))
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, smoke: dict[str, Any]
+) -> argparse.Namespace:
+    """``parser``'s arguments plus ``--smoke``: the benchmark at its smallest size, ``smoke``'s
+    values in place of the arguments (``make bench-smoke``, in CI: a check that it still
+    runs; its figures mean nothing)."""
+    sizes = ", ".join(f"{k} {v}" for k, v in smoke.items())
+    parser.add_argument("--smoke", action="store_true", help=f"smallest size ({sizes}): a check that it runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update(smoke)
+    return args

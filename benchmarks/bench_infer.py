@@ -9,7 +9,8 @@ notebooks', on the same synthetic test scans and the same model.
 * mixed precision: our prediction under bf16 autocast and channels-last against full
   precision: the share of pixels whose mask changes and the Dice between them.
 
-Run: ``.venv/bin/python benchmarks/bench_infer.py [--scans 4] [--size 256]``.
+Run: ``.venv/bin/python benchmarks/bench_infer.py [--scans 4] [--size 256] [--smoke]``
+(``--smoke``: one test scan of 16 slices at 64 px, a check that it runs).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import peak_rss_mb, result  # noqa: E402
+from _common import parse_args, peak_rss_mb, result  # noqa: E402
 
 from gi_utils.constants import CLASSES  # noqa: E402
 from gi_utils.data import (  # noqa: E402
@@ -72,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scans", type=int, default=4)
     p.add_argument("--size", type=int, default=256)
-    args = p.parse_args(argv)
+    p.add_argument("--slices", type=int, default=80, help="slices per scan")
+    args = parse_args(p, argv, {"scans": 1, "size": 64, "slices": 16})
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate_dataset(Path(tmp) / "data", 1, args.scans // 2 or 1, seed=3, slices_per_scan=80)
+        data = generate_dataset(Path(tmp) / "data", 1, args.scans // 2 or 1, seed=3, slices_per_scan=args.slices)
         model = build_model("unet", "resnet18").eval()
         path = save_model(Path(tmp) / "m" / "best.safetensors", model,
                           model_config("unet", "resnet18", img_size=args.size, slice_offsets=list(OFFSETS)))  # fmt: skip
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         make_submission([path], data, "test", None, post=post, tta=True, **fast_kw)
         t_tta = time.perf_counter() - t0
-        (m, _), = load_models([path], "cpu")
+        (m, config), = load_models([path], "cpu")
         t0 = time.perf_counter()
         ref = reference_loop(m, meta, args.size, post)
         t_ref = time.perf_counter() - t0
@@ -106,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         changed, dice = [], []
         for _, scan in iter_volumes(meta):
             vol = read_volume(scan)
-            full, _ = predict_volume([(m, {"img_size": args.size, "slice_offsets": OFFSETS})], vol)
+            full, _ = predict_volume([(m, config)], vol)
             m_cl = m.to(memory_format=torch.channels_last)
-
-
-
             x = stack_slices(preprocess_volume(vol, args.size), OFFSETS)
             low, _ = predict_probs(m_cl, x, amp="bf16", device="cpu")
             low = restore_size(np.moveaxis(low, 1, -1), vol.shape[1:])

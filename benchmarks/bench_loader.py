@@ -17,7 +17,8 @@ system: with a cache, the system time -- the DataLoader's shared-memory transpor
 float32 tensors -- dominates, which ``SliceDataset(compact=True)`` (float16 image, uint8
 mask: same values, 3x fewer bytes) cuts; that variant is timed too.
 
-Usage: ``python benchmarks/bench_loader.py [--cases N] [--slices 80] [--epochs 3]``
+Usage: ``python benchmarks/bench_loader.py [--cases N] [--slices 80] [--epochs 3] [--smoke]``
+(``--smoke``: one case of 16-slice scans, one timed epoch: a check that it runs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over 
 
 import argparse
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,8 +39,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gi_utils.constants import CLASSES
-from gi_utils.data import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_args  # noqa: E402
+
+from gi_utils.constants import CLASSES  # noqa: E402
+from gi_utils.data import (  # noqa: E402
     SliceDataset,
     VolumeCache,
     build_metadata,
@@ -161,8 +166,9 @@ def _ms(fn, reps: int) -> float:
     return (time.perf_counter() - start) / reps * 1e3
 
 
-def breakdown(meta, clips, cached: SliceDataset, transform) -> dict[str, float]:
-    """Per-sample milliseconds of each step, one process, a slice in the middle of a scan."""
+def breakdown(meta, clips, cached: SliceDataset, transform, reps: int = 50) -> dict[str, float]:
+    """Per-sample milliseconds of each step (mean of ``reps`` calls), one process, a slice in
+    the middle of a scan."""
     naive = NaiveDataset(meta, clips)
     i = len(meta) // 2
     row = naive.meta.iloc[i]
@@ -172,7 +178,6 @@ def breakdown(meta, clips, cached: SliceDataset, transform) -> dict[str, float]:
     rows = cache.rows(naive.meta["id"].iloc[cached.neighbours(i)])
     image = np.ascontiguousarray(cache.images[rows].astype(np.float32).transpose(1, 2, 0))
     packed = np.asarray(cache.packed_masks[rows[1]])
-    reps = 50
     parts = {
         "naive: decode 3 PNGs": 3 * _ms(lambda: cv2.imread(row["path"], cv2.IMREAD_UNCHANGED), reps),
         "naive: normalise + resize 3 slices": 3 * _ms(lambda: naive.fit(img16, hi), reps),
@@ -203,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slices", type=int, default=80, help="slices per scan")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per loader (best counts)")
     p.add_argument("--workdir", default=None, help="folder for data + cache (default: temp)")
-    args = p.parse_args(argv)
+    p.add_argument("--reps", type=int, default=50, help="calls timed per step of the per-sample breakdown")
+    args = parse_args(p, argv, {"cases": 1, "slices": 16, "epochs": 1, "reps": 5})
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     from gi_utils.synthetic import generate_dataset
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         assert_identical(pipelines["val naive"], pipelines["val cached compact"], "compact", True)
         res = rates(pipelines, n, args.epochs)
         cached_val = pipelines["val cached"]
-        parts = breakdown(meta, clips, cached_val, build_transforms(IMG_SIZE, train=True, seed=0))
+        parts = breakdown(meta, clips, cached_val, build_transforms(IMG_SIZE, train=True, seed=0), args.reps)
         me, kids = _peak_rss_mib()
 
     print("per-sample time, one process (ms):")

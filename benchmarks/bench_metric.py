@@ -8,19 +8,25 @@ false-positive islands, one absent organ) is scored by
 :func:`scipy.spatial.distance.directed_hausdorff`) in the same process; the values must
 agree to 1e-9.
 
-Run: ``.venv/bin/python benchmarks/bench_metric.py [--volumes 10] [--repeats 3]``.
+Run: ``.venv/bin/python benchmarks/bench_metric.py [--volumes 10] [--repeats 3] [--shape 144x266x266] [--smoke]``
+(``--smoke``: 2 volumes of 48x96x96, one run each: a check that it runs and agrees).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from gi_utils.evaluation import competition_score
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_args, shape  # noqa: E402
+
+from gi_utils.evaluation import competition_score  # noqa: E402
 
 SHAPE = (144, 266, 266)
 Blob = tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -98,17 +104,21 @@ def render(classes: list[list[Blob]], shape=SHAPE) -> np.ndarray:
     return vol
 
 
-def validation_set(n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``n`` case-days of true and predicted volumes; in the last one the stomach is absent
-    from the truth while the prediction shows a small false positive (Hausdorff 1)."""
+def validation_set(
+    n: int, seed: int = 0, shape: tuple[int, int, int] = SHAPE
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``n`` case-days of true and predicted volumes of ``shape``; in the last one the
+    stomach is absent from the truth while the prediction shows a small false positive
+    (Hausdorff 1), at (30, 100, 170) in a volume of :data:`SHAPE`."""
     rng = np.random.default_rng(seed)
     pred, true = {}, {}
+    spot = tuple(float(c * side / full) for c, side, full in zip((30, 100, 170), shape, SHAPE, strict=True))
     for i in range(n):
-        classes = organs(rng)
-        guess = imperfect(rng, classes)
+        classes = organs(rng, shape)
+        guess = imperfect(rng, classes, shape)
         if i == n - 1:
-            classes[2], guess[2] = [], [((30.0, 100.0, 170.0), (2.0, 6.0, 6.0))]
-        true[f"case{100 + i}_day0"], pred[f"case{100 + i}_day0"] = render(classes), render(guess)
+            classes[2], guess[2] = [], [(spot, (2.0, 6.0, 6.0))]
+        true[f"case{100 + i}_day0"], pred[f"case{100 + i}_day0"] = render(classes, shape), render(guess, shape)
     return pred, true
 
 
@@ -129,14 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="fast runs (best is kept)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--shape", type=shape, default=SHAPE, help="slices x height x width")
+    args = parse_args(parser, argv, {"volumes": 2, "repeats": 1, "shape": (48, 96, 96)})
     torch.set_num_threads(1)
 
     start = time.perf_counter()
-    pred, true = validation_set(args.volumes)
+    pred, true = validation_set(args.volumes, shape=args.shape)
     n_vox = sum(int(v.sum()) for v in true.values())
     print(
-        f"validation set: {args.volumes} volumes of {SHAPE} x 3 classes, "
+        f"validation set: {args.volumes} volumes of {args.shape} x 3 classes, "
         f"{n_vox / args.volumes / 1e3:.0f}k true voxels per volume, built in {time.perf_counter() - start:.1f} s"
     )
 

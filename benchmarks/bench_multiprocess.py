@@ -14,6 +14,8 @@ and the switching between processes. (Giving the 1-process run 2 threads instead
 fair baseline on a shared 2-core machine: OpenMP threads then wait on each other.) On
 GPUs each process has a device of its own and the ratio is close to the number of GPUs
 (expect about 1.7-1.9 x on Kaggle's 2 x T4 at 256-384 px; not measured here).
+
+``--smoke``: 2 timed steps of batch 4 after 1, one round, less data (a check that it runs).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ import _common  # noqa: E402,F401 - sets the offline environment variables first
 from _common import peak_rss_mb, result  # noqa: E402
 
 WARMUP, STEPS, BATCH, SIZE, ROUNDS = 2, 10, 8, 64, 2
+
+
+def use_smoke_sizes() -> None:
+    """The smallest sizes (``--smoke``), in the main process and in each worker."""
+    global WARMUP, STEPS, BATCH, ROUNDS
+    WARMUP, STEPS, BATCH, ROUNDS = 1, 2, 4, 1
 
 
 def worker(data_dir: str, out_dir: str) -> None:
@@ -78,12 +86,13 @@ def worker(data_dir: str, out_dir: str) -> None:
     Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps(record))
 
 
-def run(processes: int, data_dir: Path, out_dir: Path) -> dict:
+def run(processes: int, data_dir: Path, out_dir: Path, smoke: bool = False) -> dict:
     """Start one run; return rank 0's record plus the largest worker RSS."""
     core = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_CORE": str(core), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           str(processes), __file__, "--worker", str(data_dir), str(out_dir)]  # fmt: skip
+           str(processes), __file__, "--worker", str(data_dir), str(out_dir),
+           *(["--smoke"] if smoke else [])]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{processes}-process run failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -91,17 +100,17 @@ def run(processes: int, data_dir: Path, out_dir: Path) -> dict:
     return {**records[0], "worker_rss_mb": max(r["peak_rss_mb"] for r in records)}
 
 
-def main() -> None:
+def main(smoke: bool = False) -> None:
     from gi_utils.synthetic import generate_dataset
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_mp_") as tmp:
-        data_dir = generate_dataset(Path(tmp) / "data", n_cases=8, n_test_cases=1, seed=2,
-                                    slices_per_scan=32)  # fmt: skip
+        data_dir = generate_dataset(Path(tmp) / "data", n_cases=4 if smoke else 8, n_test_cases=1, seed=2,
+                                    slices_per_scan=16 if smoke else 32)  # fmt: skip
         best: dict[int, dict] = {}
         for k in range(ROUNDS):
             for processes in (1, 2):
-                rec = run(processes, data_dir, Path(tmp) / f"run{processes}_{k}")
+                rec = run(processes, data_dir, Path(tmp) / f"run{processes}_{k}", smoke)
                 rate = rec["samples"] / rec["seconds"]
                 print(f"  round {k + 1}, {processes} process(es): {rec['samples']} samples in "
                       f"{rec['seconds']:.2f} s = {rate:.1f} samples/s", flush=True)  # fmt: skip
@@ -131,8 +140,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--worker", nargs=2, metavar=("DATA_DIR", "OUT_DIR"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--smoke", action="store_true", help="smallest size: 2 steps, 1 round")
     args = parser.parse_args()
+    if args.smoke:
+        use_smoke_sizes()
     if args.worker:
         worker(*args.worker)
     else:
-        main()
+        main(args.smoke)

@@ -6,7 +6,9 @@ last ``make demo`` (every fold of UNet: every training case-day once), and repor
 time per 1,000 slices. Without a demo's runs it builds OOF sets of the same size from the
 synthetic truth with noisy probabilities, so it runs anywhere.
 
-Run: ``.venv/bin/python benchmarks/bench_search.py [--runs-dir runs]``.
+Run: ``.venv/bin/python benchmarks/bench_search.py [--runs-dir runs] [--cases N] [--smoke]``
+(``--cases 3``, as ``--smoke``: synthetic OOF sets at 64 px of 3 cases written for the run,
+whatever the runs).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import peak_rss_mb, result  # noqa: E402
+from _common import parse_args, peak_rss_mb, result  # noqa: E402
 
 from gi_utils.data import build_metadata, pack_masks, preprocess_mask, read_volume_mask, sort_slices  # noqa: E402
 from gi_utils.evaluation import (  # noqa: E402
@@ -34,6 +36,7 @@ from gi_utils.inference import PostProcess  # noqa: E402
 from gi_utils.paths import default_runs_dir  # noqa: E402
 from gi_utils.pipeline import ensure_data  # noqa: E402
 from gi_utils.report import find_runs, group_runs  # noqa: E402
+from gi_utils.synthetic import generate_dataset  # noqa: E402
 
 
 def _demo_collection(runs_dir: Path) -> OOFCollection | None:
@@ -47,9 +50,10 @@ def _demo_collection(runs_dir: Path) -> OOFCollection | None:
     return OOFCollection([OOFSet(r.oof_path) for r in best], best[0].name)
 
 
-def _synthetic_collection(tmp: Path, size: int = 128, folds: int = 3) -> OOFCollection:
-    """OOF sets from the truth: blurred masks plus noise, a few false blobs (seeded)."""
-    meta = sort_slices(build_metadata(ensure_data("")))
+def _synthetic_collection(tmp: Path, size: int = 128, folds: int = 3, data: Path | None = None) -> OOFCollection:
+    """OOF sets from the truth of ``data`` (``None``: the demo's synthetic dataset):
+    blurred masks plus noise, a few false blobs (seeded)."""
+    meta = sort_slices(build_metadata(data or ensure_data("")))
     rng = np.random.default_rng(0)
     case_days = list(dict.fromkeys(meta["case_day"]))
     sets = []
@@ -72,10 +76,16 @@ def _synthetic_collection(tmp: Path, size: int = 128, folds: int = 3) -> OOFColl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs-dir", default=None)
-    args = p.parse_args(argv)
+    p.add_argument("--cases", type=int, default=0,
+                   help="synthetic OOF sets at 64 px of this many cases (scans of 16 slices); 0: the demo's")
+    args = parse_args(p, argv, {"cases": 3})
     with tempfile.TemporaryDirectory() as tmp:
-        col = _demo_collection(default_runs_dir(args.runs_dir))
-        where = "the demo's OOF sets"
+        if args.cases:
+            data = generate_dataset(Path(tmp) / "data", args.cases, 0, seed=0, slices_per_scan=16, size=(80, 64))
+            col, where = _synthetic_collection(Path(tmp), 64, data=data), f"synthetic OOF sets of {args.cases} cases"
+        else:
+            col = _demo_collection(default_runs_dir(args.runs_dir))
+            where = "the demo's OOF sets"
         if col is None:
             col, where = _synthetic_collection(Path(tmp)), "synthetic OOF sets (no demo runs found)"
         n_slices = sum(len(s) for s in col.sets)

@@ -29,6 +29,8 @@ copy-on-write with their parent count once per process, so it is an upper bound)
 Run: ``make bench-scale`` (``--fractions 0.0625,0.25 --train``, extrapolated to the full
 set; ``make bench-scale FRACTIONS=0.0625,0.25,1`` also runs the full size: about 25 GB of
 disk). ``--steps loader,score,train`` repeats steps on data a run with ``--work`` kept.
+``--smoke``: every step, training included, on 4 cases of 16-slice scans, in one process
+of its own (a check that it runs: its figures and extrapolations mean nothing).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
-from _common import result  # noqa: E402
+from _common import parse_args, result  # noqa: E402
 
 from gi_utils.constants import REAL_TRAIN_SLICES  # noqa: E402
 
@@ -99,8 +101,9 @@ class _AnonPeak:
         return max(self.peak, self._sample())
 
 
-def step(name: str, data: Path, work: Path) -> dict:
-    """One step, in this process; returns its figures."""
+def step(name: str, data: Path, work: Path, smoke: bool = False) -> dict:
+    """One step, in this process; returns its figures. ``smoke``: the smallest sizes (scans
+    of 16 slices, 4 loader batches, one training step at 64 px with 2 folds)."""
     from gi_utils.data import VolumeCache, build_metadata
 
     t0 = time.perf_counter()
@@ -112,7 +115,7 @@ def step(name: str, data: Path, work: Path) -> dict:
         from gi_utils.synthetic import generate_dataset
 
         cases = int(work.name.split("_")[1])
-        generate_dataset(data, cases, 0, seed=11)
+        generate_dataset(data, cases, 0, seed=11, slices_per_scan=16 if smoke else None)
         out["slices"] = len(build_metadata(data))
         out["disk_gb"] = _du(data) / 1e9
     elif name.startswith("cache"):
@@ -137,7 +140,7 @@ def step(name: str, data: Path, work: Path) -> dict:
             it = iter(loader)
             next(it)  # workers started, first batch made
             t1, n = time.perf_counter(), 0
-            for _ in range(40):
+            for _ in range(4 if smoke else 40):
                 images, _ = next(it)
                 n += len(images)
             out[key] = n / (time.perf_counter() - t1)
@@ -158,10 +161,11 @@ def step(name: str, data: Path, work: Path) -> dict:
     elif name == "train":
         from gi_utils.training import TrainConfig, train
 
+        small = {"img_size": 64, "max_steps_per_epoch": 1, "batch_size": 2, "n_folds": 2} if smoke else {}
         cfg = TrainConfig(data_dir=str(data), out_dir=str(work / "runs" / "unet"), img_size=320, epochs=1,
                           max_steps_per_epoch=4, batch_size=8, num_workers=2, cache="disk", cache_dtype="uint8",
                           cache_masks=False, model_kwargs={"decoder_channels": [64, 32, 16, 16, 16]},
-                          progress=False, device="cpu")  # fmt: skip
+                          progress=False, device="cpu").replace(**small)  # fmt: skip
         history = train(cfg)
         out["val_score"] = float(history["val_score"].iloc[-1])
         out["oof_gb"] = _du(work / "runs" / "unet" / "oof") / 1e9
@@ -171,11 +175,12 @@ def step(name: str, data: Path, work: Path) -> dict:
     return out
 
 
-def _run_step(name: str, data: Path, work: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--step", name, "--data", str(data), "--work", str(work)],
-                          capture_output=True, text=True)  # fmt: skip
+def _run_steps(names: list[str], data: Path, work: Path, smoke: bool) -> dict[str, dict]:
+    """Run ``names`` one after the other in a new process; their figures by name."""
+    done = subprocess.run([sys.executable, __file__, "--step", ",".join(names), "--data", str(data), "--work",
+                           str(work), *(["--smoke"] if smoke else [])], capture_output=True, text=True)  # fmt: skip
     if done.returncode:
-        raise RuntimeError(f"step {name} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"step(s) {', '.join(names)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -195,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="", help="only these steps, comma-separated (on data written before in --work)")
     p.add_argument("--step", default="", help=argparse.SUPPRESS)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, {"fractions": "0.03", "train": True})  # and each step at its smallest
     if args.step:
-        print(json.dumps(step(args.step, Path(args.data), Path(args.work))))
+        data, work = Path(args.data), Path(args.work)
+        print(json.dumps({name: step(name, data, work, args.smoke) for name in args.step.split(",")}))
         return 0
     root = Path(args.work or tempfile.mkdtemp(prefix="gi_fullsize_"))
     steps = ["write", "cache128", "cache320", "cache320u8", "loader", "score"] + (["train"] if args.train else [])
@@ -210,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         data = work / "data"
         row = {"fraction": fraction}
-        for name in steps:
-            row[name] = _run_step(name, data, work)
-            print(f"  {cases} cases, {name}: {row[name]}", flush=True)
+        for group in [steps] if args.smoke else [[name] for name in steps]:  # smoke: one process, one import
+            for name, figures in _run_steps(group, data, work, args.smoke).items():
+                row[name] = figures
+                print(f"  {cases} cases, {name}: {figures}", flush=True)
         row["slices"] = row[steps[0]]["slices"]
         rows.append(row)
         shutil.rmtree(work / "cache", ignore_errors=True)

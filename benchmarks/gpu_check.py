@@ -5,6 +5,11 @@ identical or not). Under 8 minutes on one GPU; `--cpu` runs it small on a CPU (C
 
     python benchmarks/gpu_check.py                 # on a GPU machine
     python benchmarks/gpu_check.py --cpu --img-size 64 --steps 6 --cases 6 --slices 16
+    python benchmarks/gpu_check.py --smoke         # CI: the sizes above on a GPU; skipped without one
+
+Without a GPU ``--smoke`` only imports and prints why it skips: the CPU run at those sizes
+executes two notebooks and takes minutes, and ``make test`` runs it already
+(``tests/test_gpu_check.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import papermill as pm  # noqa: E402
-from _common import peak_rss_mb  # noqa: E402
+import torch  # noqa: E402
+from _common import parse_args, peak_rss_mb  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from gi_utils.paths import REPO_ROOT  # noqa: E402
@@ -51,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", type=int, default=24)
     p.add_argument("--slices", type=int, default=80)
     p.add_argument("--out", default="", help="working folder (default: a temporary one)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, {"img_size": 64, "steps": 6, "cases": 6, "slices": 16})
+    if args.smoke and (args.cpu or not torch.cuda.is_available()):
+        print("skipped: no GPU here; the CPU run at the smallest size (--cpu --img-size 64 --steps 6 --cases 6 "
+              "--slices 16) is tests/test_gpu_check.py, which `make test` runs")  # fmt: skip
+        return 0
     device = "cpu" if args.cpu else "auto"
     os.environ["GI_HEADLESS"] = "1"  # the notebooks run headless: text progress
     work = Path(args.out or tempfile.mkdtemp(prefix="gi_gpu_check_"))

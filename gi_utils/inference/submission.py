@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -37,13 +38,7 @@ def make_submission(
     out_csv: str | os.PathLike | None = "submission.csv",
     *,
     post: PostProcess | None = None,
-    weights: Sequence[float] | None = None,
-    tta=False,
-    batch_size: int = 16,
-    device=None,
-    amp: str | None = None,
-    channels_last: bool = False,
-    progress: bool = True,
+    **predict: Any,
 ) -> pd.DataFrame:
     """Predict every scan of ``data_dir/split`` and write the competition's CSV.
 
@@ -55,12 +50,9 @@ def make_submission(
         out_csv: where to write (atomically); ``None`` writes nothing.
         post: thresholds, component sizes, gates, tails; ``None``: the models' own
             (:meth:`PostProcess.from_model_configs`).
-        weights: one weight per model (a blend); ``None``: equal weights.
-        tta: ``False``, ``True`` (horizontal flip) or names of
-            :data:`~gi_utils.inference.predict.TTA_FLIPS`.
-        amp, channels_last: mixed precision and NHWC layout of the prediction (``None``:
-            fp16 on a GPU, full precision on a CPU; ``"bf16"`` + ``channels_last`` changes
-            about 1e-4 of the mask pixels on the CPU and is about 3x faster there).
+        predict: how to predict, the keyword arguments of :func:`make_submissions`
+            (``weights``, ``tta``, ``batch_size``, ``device``, ``amp``, ``channels_last``,
+            ``progress``).
 
     Returns:
         ``id, class, predicted``: one row per (slice, class), classes in
@@ -73,8 +65,7 @@ def make_submission(
             submission).
     """
     posts = {"submission": post} if post is not None else None
-    df = make_submissions(model_paths, data_dir, split, posts, weights=weights, tta=tta, batch_size=batch_size,
-                          device=device, amp=amp, channels_last=channels_last, progress=progress)["submission"]  # fmt: skip
+    df = make_submissions(model_paths, data_dir, split, posts, **predict)["submission"]
     if out_csv is not None:
         write_submission(df, out_csv)
     return df
@@ -96,8 +87,18 @@ def make_submissions(
 ) -> dict[str, pd.DataFrame]:
     """One prediction of ``data_dir/split``, post-processed several ways.
 
-    ``posts``: name -> settings (``None``: ``{"submission": the models' own}``). Returns
-    name -> validated submission table (see :func:`make_submission`).
+    Args:
+        model_paths, data_dir, split: as :func:`make_submission`.
+        posts: name -> settings (``None``: ``{"submission": the models' own}``).
+        weights: one weight per model (a blend); ``None``: equal weights.
+        tta: ``False``, ``True`` (horizontal flip) or names of
+            :data:`~gi_utils.inference.predict.TTA_FLIPS`.
+        amp, channels_last: mixed precision and NHWC layout of the prediction (``None``:
+            fp16 on a GPU, full precision on a CPU; ``"bf16"`` + ``channels_last`` changes
+            about 1e-4 of the mask pixels on the CPU and is about 3x faster there).
+
+    Returns:
+        name -> validated submission table (see :func:`make_submission`).
     """
     root = Path(data_dir)
     if not root.is_dir():
