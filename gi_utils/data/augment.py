@@ -17,17 +17,13 @@ both, so a wrong name fails the same way.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 import cv2
-from monai.transforms import (
-    Compose,
-    RandAffined,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-)
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
 
 __all__ = ["ALBU_1_4_NAMES", "build_transforms", "build_transforms_3d", "default_3d_specs", "default_train_specs",
            "make_transform", "specs_3d"]
@@ -171,6 +167,16 @@ def build_transforms_3d(train: bool = True, overrides: dict[str, dict[str, float
     ``set_random_state(seed=...)``."""
     if not train:
         return None
+    # MONAI is imported here, not with the module: its package import costs about 5 s of CPU,
+    # which every 2.5D process (a notebook kernel, a loader worker) would pay for nothing.
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
     keys, sp = ("image", "mask"), specs_3d(overrides)
     aff = sp["RandAffined"]
     return Compose([
