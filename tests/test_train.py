@@ -446,9 +446,9 @@ def test_fp16_scaler_state_is_saved_and_restored_on_resume(synth_dir, tmp_path, 
 def test_gate_head_trains_saves_and_feeds_post_processing(synth_dir, tmp_path, tiny_config):
     from gi_utils.evaluation import OOFSet
     from gi_utils.inference import PostProcess, load_models, predict_probs
-    from gi_utils.report import run_name
+    from gi_utils.models import run_name
 
-    out = tmp_path / run_name("unet", "resnet18", 64, 0, gate=True)
+    out = tmp_path / run_name({"arch": "unet", "encoder": "resnet18", "img_size": 64, "fold": 0, "gate": True})
     train(tiny_config(synth_dir, out, gate=True, max_steps_per_epoch=2))
     oof = OOFSet(out / "oof")
     assert oof.gate is not None and oof.gate.shape == (len(oof), 3)
