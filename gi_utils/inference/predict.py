@@ -31,7 +31,7 @@ from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_si
 from gi_utils.device import default_device, inference_autocast
 from gi_utils.inference.blending import blend
 from gi_utils.inference.volumetric import SlidingWindow, predict_probs_3d
-from gi_utils.models.io import load_model
+from gi_utils.models.io import ModelConfig, load_model
 from gi_utils.models.registry import split_outputs
 from gi_utils.models.volumetric import channels_last_format, is_volumetric
 from gi_utils.progress import progress_bar
@@ -50,7 +50,7 @@ __all__ = [
 #: and a 3-D (N, C, D, S, S) one).
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
 
-Model = tuple[nn.Module, dict]
+Model = tuple[nn.Module, ModelConfig]
 
 
 def load_models(paths: Sequence[str | os.PathLike] | str | os.PathLike, device=None,
@@ -66,14 +66,14 @@ def load_models(paths: Sequence[str | os.PathLike] | str | os.PathLike, device=N
     models = []
     for path in paths:
         model, config = load_model(path, device)
-        if config.get("norm_version", NORM_VERSION) != NORM_VERSION:
+        if config.norm_version not in (None, NORM_VERSION):
             warnings.warn(
-                f"{path} was trained with normalisation version {config['norm_version']}, "
+                f"{path} was trained with normalisation version {config.norm_version}, "
                 f"this gi_utils uses {NORM_VERSION}: predictions may be off",
                 stacklevel=2,
             )
         if channels_last:
-            model = model.to(memory_format=channels_last_format(config["arch"]))
+            model = model.to(memory_format=channels_last_format(config.arch))
         models.append((model, config))
     if not models:
         raise ValueError("no model paths given")
@@ -142,11 +142,11 @@ def predict_probs(
     return probs, (np.concatenate(gates) if gates else None)
 
 
-def _input_key(config: dict) -> tuple:
+def _input_key(config: ModelConfig) -> tuple:
     """Members that share this see the same input (3-D models: the scan itself)."""
-    if is_volumetric(config["arch"]):
-        return int(config["img_size"]), config.get("resize_mode", "resize"), None
-    return int(config["img_size"]), config.get("resize_mode", "resize"), tuple(config["slice_offsets"])
+    if is_volumetric(config.arch):
+        return int(config.img_size), config.resize_mode, None
+    return int(config.img_size), config.resize_mode, tuple(config.slice_offsets)
 
 
 def predict_volume(
@@ -177,9 +177,9 @@ def predict_volume(
     def run(k: int, pre: np.ndarray, images: np.ndarray | None) -> np.ndarray:
         model, config = models[k]
         if images is None:  # a 3-D model: sliding windows over the scan
-            sw = sliding or SlidingWindow(overlap=float(config.get("sw_overlap", 0.5)))
+            sw = sliding or SlidingWindow(overlap=float(config.sw_overlap))
             flips = [TTA_FLIPS[n] for n in _tta_names(tta)]
-            return predict_probs_3d(model, pre, int(config["patch_depth"]), flips, device, amp, sw)
+            return predict_probs_3d(model, pre, int(config.patch_depth), flips, device, amp, sw)
         p, gates[k] = predict_probs(model, images, batch_size, tta, device, amp)
         return p
 

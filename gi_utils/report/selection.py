@@ -49,6 +49,7 @@ from gi_utils.evaluation.search import (
     search_postprocess,
 )
 from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.models.io import ModelConfig
 from gi_utils.models.run_folder import PER_RUN_FIELDS, model_stem
 from gi_utils.report.decisions import decide, keep_searched
 from gi_utils.report.runs import Run
@@ -110,7 +111,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _default_post(runs: list[Run]) -> PostProcess:
-    return PostProcess.from_model_configs([r.config for r in runs])
+    return PostProcess.from_model_configs([ModelConfig.from_run_config(r.config) for r in runs])
 
 
 @dataclass
