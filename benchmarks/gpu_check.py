@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from _common import parse_args, peak_rss_mb  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from gi_utils.models import run_name  # noqa: E402
 from gi_utils.paths import REPO_ROOT  # noqa: E402
-from gi_utils.report import run_name  # noqa: E402
 from gi_utils.synthetic import generate_dataset  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     nb = REPO_ROOT / "notebooks"
     pm.execute_notebook(str(nb / "02_train.ipynb"), str(work / "02_train.ipynb"), parameters={**params, **extra},
                         cwd=str(nb), kernel_name="python3", progress_bar=False)  # fmt: skip
-    name = run_name("unet", params["encoder"], args.img_size, 0)
+    name = run_name({"arch": "unet", "encoder": params["encoder"], "img_size": args.img_size, "fold": 0})
     metrics = json.loads((work / "runs" / name / "metrics.json").read_text())
     # the same run, killed after its second checkpoint inside the epoch and resumed
     cut = work / "runs_cut" / name

@@ -18,6 +18,7 @@ from gi_utils.data import (
 )
 from gi_utils.inference import (
     PostProcess,
+    blend,
     load_models,
     make_submission,
     predict_probs,
@@ -148,6 +149,24 @@ def test_ensemble_is_the_mean_of_its_members(synth_dir, model_paths):
     np.testing.assert_allclose(weighted, 0.75 * one + 0.25 * two, atol=1e-6)
     with pytest.raises(ValueError, match="non-negative"):
         predict_volume(models, vol, weights=[1, -1])
+
+
+def test_blend_weighs_probabilities_and_only_the_gates_there_are():
+    rng = np.random.default_rng(0)
+    probs = [rng.random((2, 3, 4, 4)).astype(np.float32) for _ in range(3)]
+    gates = [rng.random((2, 3)).astype(np.float32), None, rng.random((2, 3)).astype(np.float32)]
+    mean, gate = blend(list(zip(probs, gates, strict=True)), [2, 1, 1])
+    assert mean.dtype == np.float32 and gate.dtype == np.float32
+    np.testing.assert_allclose(mean, 0.5 * probs[0] + 0.25 * probs[1] + 0.25 * probs[2], atol=1e-6)
+    np.testing.assert_allclose(gate, (2 * gates[0] + gates[2]) / 3, atol=1e-6)
+    # summed in parts (members left out as None) in the same order: the same sum, bit for bit
+    parts = [blend(((p if k in part else None, None) for k, p in enumerate(probs)), [2, 1, 1], n=3)[0]
+             for part in ({0, 1}, {2})]  # fmt: skip
+    assert np.array_equal(parts[0] + parts[1], mean)
+    assert blend([(probs[0], None)])[1] is None and blend([(None, None)] * 2)[0] is None
+    for bad in ([1, -1, 1], [0, 0, 0], [1, 1]):
+        with pytest.raises(ValueError, match=r"must be 3 non-negative values"):
+            blend(list(zip(probs, gates, strict=True)), bad)
 
 
 # --------------------------------------------------------------------------- submission

@@ -59,7 +59,7 @@ _CFG = model_config("unet", "resnet18", model_kwargs={"decoder_channels": [8] * 
 #: name -> (files written, write(folder, version)); version 1 first, then a failing version 2.
 WRITERS: dict[str, tuple[tuple[str, ...], Callable[[Path, int], object]]] = {
     "last.pt": (("last.pt",), lambda d, v: save_state(d / "last.pt", {"epoch": v, "w": torch.full((50,), v)})),
-    "best.safetensors": (("best.safetensors", "best.json"), lambda d, v: save_model(d / "best.safetensors", _model(v), {**_CFG, "epoch": v})),
+    "best.safetensors": (("best.safetensors", "best.json"), lambda d, v: save_model(d / "best.safetensors", _model(v), _CFG.replace(epoch=v))),
     "history.csv": (("history.csv",), lambda d, v: atomic_write_text(d / "history.csv", pd.DataFrame({"epoch": range(v)}).to_csv(index=False))),
     "metrics.json": (("metrics.json",), lambda d, v: atomic_write_json(d / "metrics.json", {"best_epoch": v})),
     "notebook_record.json": (("train_metrics.json",), lambda d, v: atomic_write_json(d / "train_metrics.json", {"val_dice": v / 10})),

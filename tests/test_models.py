@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 from gi_utils.checkpoint import CheckpointError, load_state, save_state
 from gi_utils.models import (
     ARCHITECTURES,
+    ModelConfig,
     build_model,
     check_img_size,
     load_model,
@@ -148,6 +150,25 @@ def test_config_is_embedded_so_the_json_is_optional(saved_unet):
     path.with_suffix(".json").unlink()
     assert read_model_config(path) == cfg
     load_model(path)
+
+
+def test_an_old_config_reads_with_the_defaults_and_an_unknown_key_is_named(saved_unet, tmp_path):
+    model, _, _ = saved_unet
+    old = {"arch": "unet", "encoder": "resnet18", "in_channels": 3, "classes": 3, "img_size": 64,
+           "slice_offsets": [-2, 0, 2], "model_kwargs": {}}  # written before gate, threshold, norm_version...
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)  # no embedded config
+    path.with_suffix(".json").write_text(json.dumps(old))
+    _, cfg = load_model(path)
+    assert (cfg.gate, cfg.threshold, cfg.min_size, cfg.resize_mode, cfg.norm_version) == (False, 0.5, 0, "resize", None)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    path.with_suffix(".json").write_text(json.dumps({**old, "treshold": 0.4}))
+    with pytest.raises(CheckpointError, match=r"old.safetensors.*unknown key\(s\) \['treshold'\]"):
+        read_model_config(path)
+    with pytest.raises(ValueError, match=r"lacks \['encoder'\]"):
+        ModelConfig.from_dict({"arch": "unet", "in_channels": 3, "classes": 3})
+    run = {"arch": "unet", "encoder": "resnet34", "img_size": 96, "fold": 1, "epochs": 3, "threshold": 0.4}
+    assert ModelConfig.from_run_config(run) == ModelConfig("unet", "resnet34", img_size=96, threshold=0.4)
 
 
 def test_load_checkpoint_of_another_arch_is_a_clear_error(saved_unet):

@@ -191,7 +191,7 @@ def test_one_epoch_writes_all_files(synth_dir, tmp_path, tiny_config):
         synth_dir, out, epochs=1, max_steps_per_epoch=3
     )
     model, cfg = load_model(out / "best.safetensors")
-    assert (cfg["arch"], cfg["img_size"], cfg["slice_offsets"]) == ("unet", 64, [-2, 0, 2])
+    assert (cfg.arch, cfg.img_size, cfg.slice_offsets) == ("unet", 64, [-2, 0, 2])
     state = load_state(out / "last.pt")  # weights_only=True
     assert state["finished"] and state["epoch"] == 1
     metrics = json.loads((out / "metrics.json").read_text())
@@ -375,7 +375,7 @@ def test_two_processes_gather_validation_and_only_main_writes(synth_dir, tmp_pat
     assert split["fold"] == 0 and set(split["train_case_days"]).isdisjoint(split["val_case_days"])
     pred, true = {}, {}
     for case_day, rows in val.groupby("case_day", sort=False):
-        images = stack_slices(preprocess_volume(read_volume(rows), 64), cfg["slice_offsets"])
+        images = stack_slices(preprocess_volume(read_volume(rows), 64), cfg.slice_offsets)
         pred[case_day] = np.moveaxis(predict_probs(model, images, batch_size=4)[0], 1, -1) > 0.5
         true[case_day] = np.moveaxis(preprocess_mask(read_volume_mask(rows), 64), 1, -1)
     res = competition_score(pred, true)
@@ -446,14 +446,14 @@ def test_fp16_scaler_state_is_saved_and_restored_on_resume(synth_dir, tmp_path, 
 def test_gate_head_trains_saves_and_feeds_post_processing(synth_dir, tmp_path, tiny_config):
     from gi_utils.evaluation import OOFSet
     from gi_utils.inference import PostProcess, load_models, predict_probs
-    from gi_utils.report import run_name
+    from gi_utils.models import run_name
 
-    out = tmp_path / run_name("unet", "resnet18", 64, 0, gate=True)
+    out = tmp_path / run_name({"arch": "unet", "encoder": "resnet18", "img_size": 64, "fold": 0, "gate": True})
     train(tiny_config(synth_dir, out, gate=True, max_steps_per_epoch=2))
     oof = OOFSet(out / "oof")
     assert oof.gate is not None and oof.gate.shape == (len(oof), 3)
     (model, config), = load_models([out / "best.safetensors"], "cpu")
-    assert config["gate"] is True and "aux_params" in config["model_kwargs"]
+    assert config.gate is True and "aux_params" in config.model_kwargs
     probs, gate = predict_probs(model, np.zeros((2, 3, 64, 64), np.float32))
     assert probs.shape == (2, 3, 64, 64) and gate.shape == (2, 3) and ((0 <= gate) & (gate <= 1)).all()
     vol = oof.volume(oof.case_days[0])

@@ -129,7 +129,7 @@ def test_3d_run_validates_submits_and_blends_with_a_2d_run(synth_dir, tmp_path):
     train(preset_config("smoke", arch="unet", data_dir=str(synth_dir), out_dir=str(runs / "unet_resnet18_64px_fold0"),
                         img_size=64, n_folds=2, progress=False, device="cpu", cache="memory"))  # fmt: skip
     model, config = load_model(runs / "segresnet3d_64px_fold0" / "best.safetensors")
-    assert config["patch_depth"] == 16 and config["in_channels"] == 1
+    assert config.patch_depth == 16 and config.in_channels == 1
     # the OOF set has the 2.5D layout: one row per validation slice, scored like any model
     runs_table = results_table(find_runs(runs)).set_index("Model")  # 03_compare's table of runs
     assert runs_table.loc["segresnet3d_64px_fold0", "Encoder"] == "" and runs_table["Score"].notna().all()

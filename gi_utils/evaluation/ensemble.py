@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from gi_utils.evaluation.oof import OOFCollection
+from gi_utils.inference.blending import blend
 
 __all__ = ["Blend", "weight_grid"]
 
@@ -25,7 +26,8 @@ class Blend:
 
     Args:
         members: the collections, one per model (architecture).
-        weights: one non-negative weight per member (normalised); default equal.
+        weights: one non-negative weight per member (normalised when blended,
+            :func:`gi_utils.inference.blend`); default equal.
         case_days: restrict to these (default: those all members cover, in the first
             member's order).
     """
@@ -34,10 +36,8 @@ class Blend:
                  case_days: Sequence[str] | None = None) -> None:  # fmt: skip
         if not members:
             raise ValueError("a blend needs at least one member")
-        w = np.ones(len(members)) if weights is None else np.asarray(weights, np.float64)
-        if len(w) != len(members) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights {list(w)} must be {len(members)} non-negative values, not all 0")
-        self.members, self.weights = list(members), w / w.sum()
+        blend([(None, None)] * len(members), weights)  # the weights checked here, where the blend is made
+        self.members, self.weights = list(members), weights
         common = [cd for cd in members[0].case_days if all(cd in m.owner for m in members[1:])]
         if case_days is not None:
             missing = [cd for cd in case_days if cd not in set(common)]
@@ -55,21 +55,21 @@ class Blend:
     def source(self, case_days: Sequence[str] | None = None, truth: bool = True):
         """Blended volumes as ``(case_day, probs uint8, truth or None, gate)``."""
         for cd in case_days if case_days is not None else self.case_days:
-            total = gate_total = None
-            gate_w, true = 0.0, None
-            for k, (member, w) in enumerate(zip(self.members, self.weights, strict=True)):
-                v = member.volume(cd, truth and k == 0)
-                probs = v.probs.astype(np.float32)
-                if probs.shape[1] != self.img_size:
-                    probs = np.stack([cv2.resize(p, (self.img_size, self.img_size), interpolation=cv2.INTER_LINEAR)
-                                      for p in probs])  # fmt: skip
-                true = v.truth if k == 0 else true
-                total = w * probs if total is None else total + w * probs
-                if v.gate is not None:
-                    gate_total = w * v.gate if gate_total is None else gate_total + w * v.gate
-                    gate_w += w
+            true = []  # the first member's truth
+            total, gate = blend((self._member(m, cd, truth and k == 0, true) for k, m in enumerate(self.members)),
+                                self.weights, n=len(self.members), dtype=np.float64)  # fmt: skip
             probs = np.clip(np.round(total), 0, 255).astype(np.uint8)
-            yield cd, probs, true, (gate_total / gate_w if gate_total is not None else None)
+            yield cd, probs, true[0], gate
+
+    def _member(self, member: OOFCollection, cd: str, truth: bool, true: list) -> tuple[np.ndarray, np.ndarray | None]:
+        """One member's probabilities at the blend's size (float32) and its gate."""
+        v = member.volume(cd, truth)
+        probs = v.probs.astype(np.float32)
+        if probs.shape[1] != self.img_size:
+            probs = np.stack([cv2.resize(p, (self.img_size, self.img_size), interpolation=cv2.INTER_LINEAR)
+                              for p in probs])  # fmt: skip
+        true.append(v.truth)
+        return probs, v.gate
 
 
 def weight_grid(n_members: int, step: float = 0.1) -> list[tuple[float, ...]]:

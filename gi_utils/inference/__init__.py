@@ -3,11 +3,12 @@ ensembles of both), the
 post-processing shared with validation and the search, and the submission file."""
 
 # Every public name of the stage, exported here only: each module's ``__all__``.
+from gi_utils.inference.blending import *
 from gi_utils.inference.postprocessing import *
 from gi_utils.inference.predict import *
 from gi_utils.inference.submission import *
 from gi_utils.inference.volumetric import *
-from gi_utils.inference import (postprocessing, predict, submission, volumetric)
+from gi_utils.inference import (blending, postprocessing, predict, submission, volumetric)
 
-__all__ = [*postprocessing.__all__, *predict.__all__, *submission.__all__,
+__all__ = [*blending.__all__, *postprocessing.__all__, *predict.__all__, *submission.__all__,
     *volumetric.__all__]

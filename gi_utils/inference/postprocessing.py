@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from gi_utils.constants import CLASSES, NUM_CLASSES
+from gi_utils.models.io import ModelConfig
 
 __all__ = ["PostProcess", "per_class", "prob_scale", "label_components", "keep_components",
            "slice_gate", "strip_tails", "remove_small_components", "postprocess_class"]  # fmt: skip
@@ -166,12 +167,12 @@ class PostProcess:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
-    def from_model_configs(cls, configs: Sequence[Mapping[str, Any]]) -> PostProcess:
+    def from_model_configs(cls, configs: Sequence[ModelConfig]) -> PostProcess:
         """The settings the models were trained with: their ``threshold`` (the first
         model's) and the largest ``min_size`` of the ensemble, at the first one's size."""
-        ref = int(configs[0]["img_size"])
-        size = max(float(c.get("min_size", 0)) * ref**2 / int(c["img_size"]) ** 2 for c in configs)
-        th = float(configs[0].get("threshold", 0.5))
+        ref = int(configs[0].img_size)
+        size = max(float(c.min_size) * ref**2 / int(c.img_size) ** 2 for c in configs)
+        th = float(configs[0].threshold)
         return cls((th,) * NUM_CLASSES, (int(round(size)),) * NUM_CLASSES, size_ref=ref, source="models")
 
     @classmethod

@@ -29,8 +29,9 @@ from gi_utils.constants import NUM_CLASSES
 from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
 from gi_utils.device import default_device, inference_autocast
+from gi_utils.inference.blending import blend
 from gi_utils.inference.volumetric import SlidingWindow, predict_probs_3d
-from gi_utils.models.io import load_model
+from gi_utils.models.io import ModelConfig, load_model
 from gi_utils.models.registry import split_outputs
 from gi_utils.models.volumetric import channels_last_format, is_volumetric
 from gi_utils.progress import progress_bar
@@ -49,7 +50,7 @@ __all__ = [
 #: and a 3-D (N, C, D, S, S) one).
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
 
-Model = tuple[nn.Module, dict]
+Model = tuple[nn.Module, ModelConfig]
 
 
 def load_models(paths: Sequence[str | os.PathLike] | str | os.PathLike, device=None,
@@ -65,14 +66,14 @@ def load_models(paths: Sequence[str | os.PathLike] | str | os.PathLike, device=N
     models = []
     for path in paths:
         model, config = load_model(path, device)
-        if config.get("norm_version", NORM_VERSION) != NORM_VERSION:
+        if config.norm_version not in (None, NORM_VERSION):
             warnings.warn(
-                f"{path} was trained with normalisation version {config['norm_version']}, "
+                f"{path} was trained with normalisation version {config.norm_version}, "
                 f"this gi_utils uses {NORM_VERSION}: predictions may be off",
                 stacklevel=2,
             )
         if channels_last:
-            model = model.to(memory_format=channels_last_format(config["arch"]))
+            model = model.to(memory_format=channels_last_format(config.arch))
         models.append((model, config))
     if not models:
         raise ValueError("no model paths given")
@@ -141,11 +142,11 @@ def predict_probs(
     return probs, (np.concatenate(gates) if gates else None)
 
 
-def _input_key(config: dict) -> tuple:
+def _input_key(config: ModelConfig) -> tuple:
     """Members that share this see the same input (3-D models: the scan itself)."""
-    if is_volumetric(config["arch"]):
-        return int(config["img_size"]), config.get("resize_mode", "resize"), None
-    return int(config["img_size"]), config.get("resize_mode", "resize"), tuple(config["slice_offsets"])
+    if is_volumetric(config.arch):
+        return int(config.img_size), config.resize_mode, None
+    return int(config.img_size), config.resize_mode, tuple(config.slice_offsets)
 
 
 def predict_volume(
@@ -167,32 +168,29 @@ def predict_volume(
         :data:`~gi_utils.constants.CLASSES` order; the gate is the weighted mean of the
         members that have a classifier head.
     """
-    weights = np.ones(len(models)) if weights is None else np.asarray(weights, np.float64)
-    if len(weights) != len(models) or (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError(f"weights {list(weights)} must be {len(models)} non-negative values, not all 0")
-    weights = weights / weights.sum()
-    groups: dict[tuple, list[tuple[nn.Module, dict, float]]] = {}
-    for (model, config), w in zip(models, weights, strict=True):
-        groups.setdefault(_input_key(config), []).append((model, config, float(w)))
+    groups: dict[tuple, list[int]] = {}
+    for k, (_, config) in enumerate(models):
+        groups.setdefault(_input_key(config), []).append(k)
     total = np.zeros((*vol.shape, NUM_CLASSES), np.float32)
-    gate_total, gate_weight = np.zeros((len(vol), NUM_CLASSES), np.float32), 0.0
-    for (size, mode, offsets), members in groups.items():
+    gates: list[np.ndarray | None] = [None] * len(models)
+
+    def run(k: int, pre: np.ndarray, images: np.ndarray | None) -> np.ndarray:
+        model, config = models[k]
+        if images is None:  # a 3-D model: sliding windows over the scan
+            sw = sliding or SlidingWindow(overlap=float(config.sw_overlap))
+            flips = [TTA_FLIPS[n] for n in _tta_names(tta)]
+            return predict_probs_3d(model, pre, int(config.patch_depth), flips, device, amp, sw)
+        p, gates[k] = predict_probs(model, images, batch_size, tta, device, amp)
+        return p
+
+    for (size, mode, offsets), ks in groups.items():  # one part of the blend per input: one resize back
         pre = preprocess_volume(vol, size, mode)
         images = stack_slices(pre, offsets) if offsets is not None else None
-        probs = np.zeros((len(vol), NUM_CLASSES, size, size), np.float32)
-        for model, config, w in members:
-            if images is None:  # a 3-D model: sliding windows over the scan
-                sw = sliding or SlidingWindow(overlap=float(config.get("sw_overlap", 0.5)))
-                flips = [TTA_FLIPS[n] for n in _tta_names(tta)]
-                p, g = predict_probs_3d(model, pre, int(config["patch_depth"]), flips, device, amp, sw), None
-            else:
-                p, g = predict_probs(model, images, batch_size, tta, device, amp)
-            probs += np.float32(w) * p
-            if g is not None:
-                gate_total += np.float32(w) * g
-                gate_weight += w
-        total += restore_size(np.moveaxis(probs, 1, -1), vol.shape[1:], mode)  # weighted sum
-    return total, (gate_total / np.float32(gate_weight) if gate_weight else None)
+        # the weights are checked before the first model runs
+        part, _ = blend(((run(k, pre, images) if k in ks else None, None) for k in range(len(models))), weights,
+                        n=len(models))  # fmt: skip
+        total += restore_size(np.moveaxis(part, 1, -1), vol.shape[1:], mode)  # weighted sum
+    return total, blend([(None, g) for g in gates], weights)[1]
 
 
 def predict_volumes(

@@ -1,16 +1,20 @@
 """Saving and loading trained models: ``NAME.safetensors`` (weights, with the model config
 embedded in the safetensors metadata) plus ``NAME.json`` (the same config, for people).
 
-The config holds everything needed to rebuild the network (``arch, encoder, in_channels,
-classes``, ``model_kwargs``) and to feed it (``img_size, slice_offsets``), so
-:func:`load_model` needs no training parameters and never fetches encoder weights.
-Both files are written atomically; nothing is unpickled.
+The config (:class:`ModelConfig`, its fields and defaults in one place) holds everything
+needed to rebuild the network (``arch, encoder, in_channels, classes``, ``model_kwargs``)
+and to feed it (``img_size, slice_offsets``...), so :func:`load_model` needs no training
+parameters and never fetches encoder weights. Both files are written atomically; nothing
+is unpickled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +28,106 @@ from gi_utils.checkpoint import CheckpointError
 from gi_utils.constants import NUM_CLASSES
 from gi_utils.models.registry import build_model, check_arch
 
-__all__ = ["REQUIRED_CONFIG_KEYS", "model_config", "save_model", "read_model_config", "load_model", "load_weights_into"]
+__all__ = ["REQUIRED_CONFIG_KEYS", "ModelConfig", "model_config", "save_model", "read_model_config", "load_model", "load_weights_into"]
 
 #: Keys every model config holds.
 REQUIRED_CONFIG_KEYS: tuple[str, ...] = ("arch", "encoder", "in_channels", "classes")
 _METADATA_KEY = "gi_utils_config"
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """The configuration saved with a model's weights (``best.json`` and the safetensors
+    metadata): how to rebuild it, how to feed it and what its run chose. The defaults are
+    those a config written before the field existed means.
+
+    Attributes:
+        arch, encoder, in_channels, classes, model_kwargs: the build arguments
+            (:func:`gi_utils.models.build_model`).
+        img_size, resize_mode, slice_offsets: the input (2.5D: neighbours as channels;
+            ``slice_offsets`` is ``None`` for a 3-D model).
+        patch_depth, sw_overlap: a 3-D model's sliding windows (``None`` / 0.5 otherwise).
+        gate: the model has a classifier head.
+        threshold, min_size: its run's post-processing (``min_size`` in pixels at ``img_size``).
+        norm_version: the normalisation it was trained with (``None``: written before the
+            version was recorded, taken as the current one).
+        epoch, val_score, val_dice: the epoch saved and its validation scores.
+        train_config: the whole ``TrainConfig`` of the run, as a dict.
+    """
+
+    arch: str
+    encoder: str
+    in_channels: int = 3
+    classes: int = NUM_CLASSES
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    img_size: int | None = None
+    resize_mode: str = "resize"
+    slice_offsets: list[int] | None = None
+    patch_depth: int | None = None
+    sw_overlap: float = 0.5
+    gate: bool = False
+    threshold: float = 0.5
+    min_size: int = 0
+    norm_version: int | None = None
+    epoch: int | None = None
+    val_score: float | None = None
+    val_dice: float | None = None
+    train_config: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """From a saved config (old files too: a field they lack takes its default).
+
+        Raises:
+            ValueError: a key that is no field (names it and the valid ones), or one of
+                :data:`REQUIRED_CONFIG_KEYS` missing.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            raise ValueError(f"model config has unknown key(s) {unknown}; valid keys: {', '.join(names)}")
+        missing = [k for k in REQUIRED_CONFIG_KEYS if k not in values]
+        if missing:
+            raise ValueError(f"model config lacks {missing}; it needs {list(REQUIRED_CONFIG_KEYS)}")
+        return cls(**values)
+
+    @classmethod
+    def from_run_config(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """What a run's ``TrainConfig`` dict (its ``config.json``) says of its model: the
+        fields the two share (input and post-processing: what the report reads of a run
+        whose model file it does not open). ``in_channels`` is no field of that dict (the
+        config derives it) and keeps its default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict :func:`save_model` writes."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes`` (checked like :meth:`from_dict`)."""
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
+
+
 def model_config(
     arch: str, encoder: str, in_channels: int = 3, classes: int = NUM_CLASSES, **extra: Any
-) -> dict[str, Any]:
-    """The config dict :func:`save_model` stores: the build arguments plus ``extra``."""
-    return {
-        "arch": arch.lower(),
-        "encoder": encoder,
-        "in_channels": in_channels,
-        "classes": classes,
-        **extra,
-    }
+) -> ModelConfig:
+    """The config :func:`save_model` stores: the build arguments plus ``extra`` (other
+    fields of :class:`ModelConfig`; an unknown name raises ``ValueError``)."""
+    return ModelConfig.from_dict(
+        {"arch": arch.lower(), "encoder": encoder, "in_channels": in_channels, "classes": classes, **extra}
+    )
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, config: dict[str, Any]) -> Path:
+def save_model(path: str | os.PathLike, model: nn.Module, config: ModelConfig | Mapping[str, Any]) -> Path:
     """Save ``model``'s weights as safetensors plus its config, both atomically.
 
     Args:
         path: target ``.safetensors`` file; the config is also written next to it as
             ``path.with_suffix(".json")``.
         model: the (unwrapped) model; tensors are copied to CPU.
-        config: JSON-serialisable dict with at least ``arch, encoder, in_channels,
-            classes`` (other keys, e.g. ``img_size``, ``slice_offsets``, are kept).
+        config: a :class:`ModelConfig` (or its dict: at least ``arch, encoder,
+            in_channels, classes``; an unknown key raises ``ValueError``).
 
     Returns:
         The ``.safetensors`` path.
@@ -60,24 +135,24 @@ def save_model(path: str | os.PathLike, model: nn.Module, config: dict[str, Any]
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"model path {path} must end in .safetensors")
-    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"model config lacks {missing}; it needs {list(REQUIRED_CONFIG_KEYS)}")
-    check_arch(config["arch"])
-    text = json.dumps(config, sort_keys=True)
+    config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+    check_arch(config.arch)
+    record = config.to_dict()
+    text = json.dumps(record, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={_METADATA_KEY: text})
-    atomic_write_json(path.with_suffix(".json"), config)
+    atomic_write_json(path.with_suffix(".json"), record)
     return path
 
 
-def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
+def read_model_config(path: str | os.PathLike) -> ModelConfig:
     """Read the config embedded in a ``.safetensors`` model (sidecar ``.json`` as fallback).
 
     Raises:
         CheckpointError: the file is missing, not a safetensors file (truncated/corrupt),
-            or carries no config. The message names the path.
+            or carries no config, or a config with an unknown key or without a required
+            one. The message names the path.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,20 +165,25 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
             f"model file {path} is truncated or not a safetensors file: {err}"
         ) from err
     sidecar = path.with_suffix(".json")
+    where = path if _METADATA_KEY in meta else sidecar
     try:
         if _METADATA_KEY in meta:
-            return json.loads(meta[_METADATA_KEY])
-        if sidecar.is_file():
-            return json.loads(sidecar.read_text(encoding="utf-8"))
+            values = json.loads(meta[_METADATA_KEY])
+        elif sidecar.is_file():
+            values = json.loads(sidecar.read_text(encoding="utf-8"))
+        else:
+            raise CheckpointError(f"model file {path} has no embedded config and no {sidecar.name}")
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        where = path if _METADATA_KEY in meta else sidecar
         raise CheckpointError(f"model config in {where} is not valid JSON: {err}") from err
-    raise CheckpointError(f"model file {path} has no embedded config and no {sidecar.name}")
+    try:
+        return ModelConfig.from_dict(values)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"model file {path}: {err}") from err
 
 
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", arch: str | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, ModelConfig]:
     """Rebuild a model saved by :func:`save_model` (offline: encoder weights not fetched).
 
     Args:
@@ -120,18 +200,13 @@ def load_model(
     """
     path = Path(path)
     config = read_model_config(path)
-    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
-    if missing:
-        raise CheckpointError(f"model file {path}: config lacks {missing}")
-    if arch is not None and config["arch"] != arch.lower():
+    if arch is not None and config.arch != arch.lower():
         raise CheckpointError(
-            f"model file {path} holds a {config['arch']!r} model (encoder {config['encoder']!r}); "
+            f"model file {path} holds a {config.arch!r} model (encoder {config.encoder!r}); "
             f"expected {arch.lower()!r}"
         )
-    model = build_model(
-        config["arch"], config["encoder"], int(config["in_channels"]), int(config["classes"]),
-        **config.get("model_kwargs", {}),
-    )  # fmt: skip
+    model = build_model(config.arch, config.encoder, int(config.in_channels), int(config.classes),
+                        **config.model_kwargs)  # fmt: skip
     try:
         state = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
@@ -144,7 +219,7 @@ def load_weights_into(
     model: nn.Module,
     state: dict[str, torch.Tensor],
     source: str,
-    config: dict[str, Any] | None = None,
+    config: ModelConfig | None = None,
 ) -> None:
     """``model.load_state_dict(state)`` with an error that says which model the weights fit.
 
@@ -156,7 +231,7 @@ def load_weights_into(
     extra = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or extra or shapes:
-        saved = f" (saved as {config.get('arch')!r} / {config.get('encoder')!r})" if config else ""
+        saved = f" (saved as {config.arch!r} / {config.encoder!r})" if config else ""
         raise CheckpointError(
             f"weights in {source}{saved} do not fit this {type(model).__name__} model: "
             f"{len(missing)} missing, {len(extra)} unexpected, {len(shapes)} of another shape "

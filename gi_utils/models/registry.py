@@ -22,7 +22,7 @@ from gi_utils.models.volumetric import ARCHITECTURES_3D, build_volumetric, is_vo
 from gi_utils.models.weights import load_encoder_file, local_weights_path
 
 __all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "arch_names", "encoder_names", "check_encoder", "check_arch",
-           "check_img_size", "build_model", "model_label", "split_outputs"]  # fmt: skip
+           "check_img_size", "build_model", "split_outputs"]  # fmt: skip
 
 #: Architecture name (as used in configs and on the command line) -> smp class. Every
 #: entry builds and trains at 64x64 with a ResNet encoder (smp's PAN needs >= 128 px and
@@ -47,11 +47,6 @@ def arch_names() -> list[str]:
     """Every valid architecture name: the 2.5D smp ones, then the 3-D MONAI ones
     (:data:`gi_utils.models.volumetric.ARCHITECTURES_3D`)."""
     return [*ARCHITECTURES, *ARCHITECTURES_3D]
-
-
-def model_label(arch: str, encoder: str) -> str:
-    """``unet_resnet18`` for a 2.5D model; a 3-D model has no encoder: ``segresnet3d``."""
-    return arch if is_volumetric(arch) else f"{arch}_{encoder}"
 
 
 # --------------------------------------------------------------------------- names

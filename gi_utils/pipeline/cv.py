@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from gi_utils.atomic import atomic_write_json
+from gi_utils.models.run_folder import model_stem, run_name
 from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.data_root import ensure_data
-from gi_utils.report.runs import load_run, model_stem, run_name
+from gi_utils.report.runs import load_run
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.launcher import launch
 from gi_utils.training.presets import preset_config
@@ -60,7 +61,7 @@ def parse_folds(folds: str | int | Sequence[int], n_folds: int) -> list[int]:
 
 def fold_run_dir(cfg: TrainConfig, fold: int) -> Path:
     """The run folder of fold ``fold`` of ``cfg``: beside ``cfg.out_dir``, default name."""
-    return Path(cfg.out_dir).parent / run_name(cfg.arch, cfg.encoder, cfg.img_size, fold, cfg.gate)
+    return Path(cfg.out_dir).parent / run_name(cfg, fold)
 
 
 def train_folds(cfg: TrainConfig, folds: str | int | Sequence[int], num_processes: int = 1) -> dict[str, pd.DataFrame]:
@@ -108,17 +109,17 @@ def cross_validate(
     root = ensure_data(data_dir)
     runs = default_runs_dir(runs_dir)
     base = preset_config(preset, arch=arch, **dict(overrides or {}))
-    base = base.replace(data_dir=str(root), out_dir=str(runs / run_name(base.arch, base.encoder, base.img_size, 0, base.gate)))
+    base = base.replace(data_dir=str(root), out_dir=str(runs / run_name(base, 0)))
     names = list(train_folds(base, folds, num_processes))
     summary = {"arch": base.arch, "preset": preset, "overrides": dict(overrides or {}),
                **cv_summary([runs / n for n in names])}  # fmt: skip
     if final:
         epochs = max(1, int(round(summary["mean_best_epoch"] or base.epochs)))
-        final_dir = runs / run_name(base.arch, base.encoder, base.img_size, -1, base.gate)
+        final_dir = runs / run_name(base, -1)
         print(f"=== all training cases, {epochs} epochs: {final_dir.name}", flush=True)
         launch(base.replace(fold=-1, epochs=epochs, patience=0, out_dir=str(final_dir)), num_processes)
         summary["final_run"] = final_dir.name
-    name = model_stem(base.arch, base.encoder, base.img_size, base.gate) + ".json"
+    name = model_stem(base) + ".json"
     atomic_write_json(runs / "cv" / name, summary)
     return summary
 

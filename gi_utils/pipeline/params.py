@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from gi_utils.models.run_folder import run_name
 from gi_utils.paths import colab_content_dir, default_runs_dir, on_colab
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.notebook import ParameterError, check_params
-from gi_utils.report.runs import run_name
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.presets import preset_values, resolve_preset
 
@@ -68,7 +68,7 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
     except ValueError as err:
         raise ParameterError(f"02_train parameters: {err}") from None
     root = ensure_data(data_dir, nb.get("synthetic_if_missing", True))
-    name = nb.get("run_name") or run_name(probe.arch, probe.encoder, probe.img_size, probe.fold, probe.gate)
+    name = nb.get("run_name") or run_name(probe)
     out_dir = default_runs_dir(nb.get("runs_dir", "")) / name
     local = {}
     if on_colab() and probe.cache == "disk" and probe.cache_dir is None:

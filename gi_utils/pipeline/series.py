@@ -26,10 +26,10 @@ import nbformat
 import papermill as pm
 
 from gi_utils.atomic import atomic_write_json, atomic_write_text, read_json
+from gi_utils.models.run_folder import run_name
 from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR
-from gi_utils.report.runs import run_name
 from gi_utils.training.presets import preset_config
 
 __all__ = ["DEMO_ARCHS", "DEMO_CV_ARCHS", "run_notebook", "export_html", "demo"]
@@ -101,7 +101,7 @@ def demo(runs_dir: str | os.PathLike | None = None, archs: tuple[str, ...] = DEM
     for arch in archs:
         cfg = preset_config("demo", arch=arch)
         folds = list(range(cfg.n_folds)) if arch in DEMO_CV_ARCHS else [cfg.fold]
-        names += [run_name(arch, cfg.encoder, cfg.img_size, k, cfg.gate) for k in folds]
+        names += [run_name(cfg, k) for k in folds]
         params = {**common, "preset": "demo", "arch": arch, "data_dir": str(data_dir),
                   "folds": "all" if arch in DEMO_CV_ARCHS else ""}  # fmt: skip
         run_notebook("02_train", nb_dir, params, tag=arch, force=force)

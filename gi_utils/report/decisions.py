@@ -29,13 +29,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from gi_utils.evaluation.bootstrap import Interval, paired_difference
+from gi_utils.models.run_folder import GATE_SUFFIX
 from gi_utils.report.compare import table_markdown
 
-__all__ = ["GATE_SUFFIX", "complexity", "keep_searched", "decide", "explain_choice", "describe_post",
+__all__ = ["complexity", "keep_searched", "decide", "explain_choice", "describe_post",
            "choice_markdown"]  # fmt: skip
 
-#: The suffix of a model trained with a classifier gate (:func:`gi_utils.report.model_stem`).
-GATE_SUFFIX = "_gate"
 
 
 def complexity(member_names: Sequence[str]) -> int:

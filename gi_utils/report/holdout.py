@@ -15,6 +15,7 @@ from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.layout import build_metadata
 from gi_utils.evaluation.holdout import score_submission, volume_from_rles
 from gi_utils.evaluation.metric import ScoreAccumulator
+from gi_utils.inference.blending import blend
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.predict import load_models, predict_volume
 from gi_utils.inference.submission import make_submissions
@@ -65,10 +66,7 @@ def holdout_table(candidates: Sequence[Any], data_dir: str | os.PathLike, tta: b
         true = volume_from_rles(truth, rows)
         preds = {p: predict_volume([models[p]], vol, tta=tta, device=device) for p in paths}
         for c in candidates:
-            probs = sum(np.float32(w) * preds[str(p)][0] for p, w in zip(c.model_paths, c.path_weights, strict=True))
-            gates = [(w, preds[str(p)][1]) for p, w in zip(c.model_paths, c.path_weights, strict=True)
-                     if preds[str(p)][1] is not None]  # fmt: skip
-            gate = sum(w * g for w, g in gates) / sum(w for w, _ in gates) if gates else None
+            probs, gate = blend([preds[str(p)] for p in c.model_paths], c.path_weights)
             for kind, post in (("default", c.default), ("tuned", c.searched.post)):
                 accs[(c.name, kind)].add(case_day, post.apply(probs, gate), true)
     out: dict[str, dict[str, float]] = {}

@@ -1,9 +1,8 @@
 """Reading run folders back.
 
-A *run folder* is what one ``02_train`` run writes (:mod:`gi_utils.training.session`):
-``config.json``, ``split.json``, ``history.csv``, ``metrics.json``, ``best.safetensors`` +
-``best.json``, ``oof/`` and ``last.pt``. :func:`load_run` reads the small files back into
-a :class:`Run`.
+A *run folder* is what one ``02_train`` run writes (:mod:`gi_utils.training.session`;
+its name and files: :mod:`gi_utils.models.run_folder`). :func:`load_run` reads the small
+files back into a :class:`Run`.
 """
 
 from __future__ import annotations
@@ -15,22 +14,18 @@ from pathlib import Path
 import pandas as pd
 
 from gi_utils.atomic import read_json
-from gi_utils.models.registry import model_label
+from gi_utils.models.run_folder import (
+    CONFIG_FILE,
+    FINISHED_FILES,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    OOF_DIR,
+    SPLIT_FILE,
+)
 from gi_utils.paths import resolve_data_dir
 
-__all__ = ["Run", "model_stem", "run_name", "load_run", "as_roots", "find_runs", "ensemble_paths", "data_dir_of"]
-
-
-def model_stem(arch: str, encoder: str, img_size: int, gate: bool = False) -> str:
-    """One model's name, whatever the fold: ``unet_resnet18_128px`` (``_gate`` with a
-    classifier gate; ``segresnet3d_128px`` for a 3-D model)."""
-    return f"{model_label(arch, encoder)}_{img_size}px{'_gate' if gate else ''}"
-
-
-def run_name(arch: str, encoder: str, img_size: int, fold: int, gate: bool = False) -> str:
-    """Default run folder name: :func:`model_stem` and the fold, e.g.
-    ``unet_resnet18_128px_fold0`` (``foldall`` for fold -1)."""
-    return f"{model_stem(arch, encoder, img_size, gate)}_fold{'all' if fold == -1 else fold}"
+__all__ = ["Run", "load_run", "as_roots", "find_runs", "ensemble_paths", "data_dir_of"]
 
 
 @dataclass(frozen=True)
@@ -46,27 +41,27 @@ class Run:
 
     @property
     def model_path(self) -> Path:
-        return self.path / "best.safetensors"
+        return self.path / MODEL_FILE
 
     @property
     def oof_path(self) -> Path:
         """The run's out-of-fold set (absent for ``fold=-1`` runs)."""
-        return self.path / "oof"
+        return self.path / OOF_DIR
 
 
 def load_run(path: str | os.PathLike) -> Run:
     """Read a run folder. Raises ``FileNotFoundError`` naming the missing file."""
     path = Path(path)
-    for name in ("config.json", "split.json", "metrics.json", "history.csv", "best.safetensors"):
+    for name in FINISHED_FILES:
         if not (path / name).is_file():
             raise FileNotFoundError(f"run folder {path} has no {name} (did its training finish?)")
     return Run(
         name=path.name,
         path=path,
-        config=read_json(path / "config.json"),
-        metrics=read_json(path / "metrics.json"),
-        history=pd.read_csv(path / "history.csv"),
-        split=read_json(path / "split.json"),
+        config=read_json(path / CONFIG_FILE),
+        metrics=read_json(path / METRICS_FILE),
+        history=pd.read_csv(path / HISTORY_FILE),
+        split=read_json(path / SPLIT_FILE),
     )
 
 
@@ -92,20 +87,20 @@ def find_runs(runs_dir: str | os.PathLike | list, names: list[str] | tuple[str, 
         names = [n.strip() for n in names.split(",") if n.strip()]
     found: dict[str, Path] = {}
     for root in roots:
-        for path in sorted(p.parent for p in root.glob("*/metrics.json")):
+        for path in sorted(p.parent for p in root.glob(f"*/{METRICS_FILE}")):
             if path.name in found:
                 raise ValueError(f"two runs named {path.name}: {found[path.name]} and {path}")
             found[path.name] = path
     if names:  # a name not found: load_run says what is missing in the (first) folder
         return [load_run(found.get(n, roots[0] / n)) for n in names]
     if not found:
-        raise FileNotFoundError(f"no finished run (a folder with metrics.json) under {', '.join(map(str, roots))}")
+        raise FileNotFoundError(f"no finished run (a folder with {METRICS_FILE}) under {', '.join(map(str, roots))}")
     return [load_run(found[n]) for n in sorted(found)]
 
 
 def ensemble_paths(runs_dir: str | os.PathLike | list, runs: str = "", paths: str = "") -> list[Path]:
     """The models of an ensemble: explicit comma-separated ``.safetensors`` paths if given,
-    else the ``best.safetensors`` of the named runs (or of every finished run)."""
+    else the ``best.safetensors`` (:data:`MODEL_FILE`) of the named runs (or of every finished run)."""
     if paths:
         out = [Path(p.strip()) for p in paths.split(",") if p.strip()]
         missing = [str(p) for p in out if not p.is_file()]

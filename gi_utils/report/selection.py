@@ -49,22 +49,21 @@ from gi_utils.evaluation.search import (
     search_postprocess,
 )
 from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.models.io import ModelConfig
+from gi_utils.models.run_folder import PER_RUN_FIELDS, model_stem
 from gi_utils.report.decisions import decide, keep_searched
-from gi_utils.report.runs import Run, model_stem
+from gi_utils.report.runs import Run
 
-__all__ = ["BEST_CONFIG_NAME", "Candidate", "model_name", "group_runs", "final_runs", "select", "write_best_config",
+__all__ = ["BEST_CONFIG_NAME", "Candidate", "group_runs", "final_runs", "select", "write_best_config",
            "read_best_config"]  # fmt: skip
 
 BEST_CONFIG_NAME = "best_config.json"
-#: Config fields that differ between the folds of one model (ignored when grouping).
-_PER_RUN = frozenset({"fold", "out_dir", "data_dir", "folds_dir", "cache", "cache_dir", "cache_masks", "num_workers",
-                      "progress", "resume", "save_every_steps"})  # fmt: skip
 #: What a whole-data run (fold -1, ``cv --final``) changes besides: its epochs are the mean
 #: best epoch of its folds, with no early stopping.
 _FINAL_ONLY = frozenset({"epochs", "patience"})
 
 
-def _config_key(run: Run, ignore: frozenset[str] = _PER_RUN) -> dict:
+def _config_key(run: Run, ignore: frozenset[str] = PER_RUN_FIELDS) -> dict:
     return {k: v for k, v in run.config.items() if k not in ignore}
 
 
@@ -82,19 +81,13 @@ def final_runs(runs: list[Run], groups: dict[str, list[Run]]) -> dict[str, Run]:
     for run in runs:
         if int(run.config.get("fold", 0)) != -1:
             continue
-        name = model_name(run)
-        key = _config_key(run, _PER_RUN | _FINAL_ONLY)
-        if name in groups and all(_config_key(r, _PER_RUN | _FINAL_ONLY) == key for r in groups[name]):
+        name = model_stem(run.config)
+        key = _config_key(run, PER_RUN_FIELDS | _FINAL_ONLY)
+        if name in groups and all(_config_key(r, PER_RUN_FIELDS | _FINAL_ONLY) == key for r in groups[name]):
             if name in out:
                 raise ValueError(f"two whole-data runs of {name}: {out[name].name} and {run.name}")
             out[name] = run
     return out
-
-
-def model_name(run: Run) -> str:
-    """``unet_resnet18_128px`` (plus ``_gate`` with a classifier head): one model's name."""
-    c = run.config
-    return model_stem(c["arch"], c["encoder"], c["img_size"], bool(c.get("gate")))
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
@@ -108,7 +101,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     for run in runs:
         if not (run.oof_path / "index.json").is_file():
             continue  # fold=-1 (all cases) or an old run: no honest validation
-        name, key = model_name(run), _config_key(run)
+        name, key = model_stem(run.config), _config_key(run)
         if name in keys and keys[name] != key:
             diff = sorted(k for k in key if key[k] != keys[name].get(k))
             raise ValueError(f"runs {groups[name][0].name} and {run.name} share the name {name} but differ in {diff}")
@@ -118,7 +111,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _default_post(runs: list[Run]) -> PostProcess:
-    return PostProcess.from_model_configs([r.config for r in runs])
+    return PostProcess.from_model_configs([ModelConfig.from_run_config(r.config) for r in runs])
 
 
 @dataclass
@@ -148,7 +141,7 @@ class Candidate:
     @property
     def member_names(self) -> tuple[str, ...]:
         """The model name of each member."""
-        return tuple(model_name(member[0]) for member in self.members)
+        return tuple(model_stem(member[0].config) for member in self.members)
 
     @property
     def post(self) -> PostProcess:
@@ -231,7 +224,7 @@ def select(runs: list[Run], *, blend_step: float = 0.25, max_members: int = 3) -
     cands = _candidates(groups, blend_step, max_members)
     finals = final_runs(runs, groups)
     for cand in cands:
-        cand.finals = tuple(finals.get(model_name(member[0])) for member in cand.members)
+        cand.finals = tuple(finals.get(model_stem(member[0].config)) for member in cand.members)
     common = [cd for cd in cands[0].case_days if all(cd in set(c.case_days) for c in cands[1:])]
     starts = {}
     for cand in cands:

@@ -39,6 +39,7 @@ import torch
 from accelerate import notebook_launcher
 from accelerate.state import AcceleratorState
 
+from gi_utils.models.run_folder import HISTORY_FILE
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loop import resolve_config, train
 from gi_utils.training.scaling import effective_batch_size
@@ -69,7 +70,7 @@ def torchrun_command(config_path: str | os.PathLike, num_processes: int) -> list
 
 def read_history(out_dir: str | os.PathLike) -> pd.DataFrame | None:
     """``out_dir/history.csv`` (floats read back exactly), or None if there is none."""
-    path = Path(out_dir) / "history.csv"
+    path = Path(out_dir) / HISTORY_FILE
     return pd.read_csv(path) if path.is_file() else None
 
 

@@ -11,7 +11,8 @@ one epoch, validation, saving.
             run.end_epoch(run.train_epoch(), run.validate_epoch())
         run.finish()                 # metrics.json
 
-Files in ``out_dir`` (only the main process writes; every write is atomic): ``config.json``,
+Files in ``out_dir`` (only the main process writes; every write is atomic; their names:
+:mod:`gi_utils.models.run_folder`): ``config.json``,
 ``split.json`` (which case-days train and validate), ``last.pt`` (everything needed to
 resume, safe types only), ``best.safetensors`` + ``best.json`` (the weights of the best
 validation score: the moving average when ``ema_decay`` > 0), ``oof/`` (the out-of-fold
@@ -50,6 +51,16 @@ from gi_utils.inference.volumetric import SlidingWindow
 from gi_utils.losses import build_loss
 from gi_utils.models.io import model_config, save_model
 from gi_utils.models.registry import build_model
+from gi_utils.models.run_folder import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    OOF_DIR,
+    RESUME_FREE_FIELDS,
+    SPLIT_FILE,
+    STATE_FILE,
+)
 from gi_utils.models.volumetric import channels_last_format
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
@@ -60,15 +71,7 @@ from gi_utils.training.step import NonFiniteLossError, train_one_epoch
 from gi_utils.training.tracking import start_trackers, wandb_key
 from gi_utils.training.validation import sync_buffers, validate
 
-__all__ = ["RESUME_FREE_FIELDS", "TrainingRun", "make_accelerator", "seed_everything"]
-
-#: Config fields that may differ between a run and its resumption (they do not change
-#: the numbers, only where files live and how fast they are read).
-RESUME_FREE_FIELDS = frozenset(
-    {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "cache_masks", "progress",
-     "resume", "save_every_steps", "patience", "log_with", "log_project"}
-)  # fmt: skip
-
+__all__ = ["TrainingRun", "make_accelerator", "seed_everything"]
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed python, numpy and torch; with ``deterministic``, cuDNN picks fixed kernels."""
@@ -130,7 +133,7 @@ class TrainingRun:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
-        self.last_path = self.out_dir / "last.pt"
+        self.last_path = self.out_dir / STATE_FILE
         self.acc = make_accelerator(cfg)
         seed_everything(cfg.seed, cfg.deterministic)
         self.state: dict[str, Any] = {"epoch": 0, "loss_sum": 0.0, "n_batches": 0, "best_score": -math.inf,
@@ -176,12 +179,12 @@ class TrainingRun:
         cfg, acc = self.cfg, self.acc
         if acc.is_main_process:
             remove_stale_temps(self.out_dir)  # left by a run killed while writing a file
-            atomic_write_json(self.out_dir / "config.json", cfg.to_dict())
+            atomic_write_json(self.out_dir / CONFIG_FILE, cfg.to_dict())
         with acc.main_process_first():
             self.data = load_train_data(cfg, acc.num_processes, acc.device, acc.process_index)
         acc.print(f"training data path: {self.data.data_path}", flush=True)
         if acc.is_main_process:
-            atomic_write_json(self.out_dir / "split.json", self.data.split)
+            atomic_write_json(self.out_dir / SPLIT_FILE, self.data.split)
         self.net = build_model(cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
                                weights=None if self.saved else cfg.weights, **cfg.build_kwargs)  # fmt: skip
         lr = effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr)
@@ -312,10 +315,10 @@ class TrainingRun:
         if not self.acc.is_main_process:
             return
         if self.validated:
-            replace_dir(self.out_dir / ".oof.tmp", self.out_dir / "oof")
+            replace_dir(self.out_dir / f".{OOF_DIR}.tmp", self.out_dir / OOF_DIR)
         best = self.ema.module if self.ema is not None else self.net
-        check_room_for(self.out_dir / "best.safetensors", best.state_dict(), "the best weights")
-        save_model(self.out_dir / "best.safetensors", best, self._model_config(row))
+        check_room_for(self.out_dir / MODEL_FILE, best.state_dict(), "the best weights")
+        save_model(self.out_dir / MODEL_FILE, best, self._model_config(row))
 
     def end_epoch(self, row: dict[str, Any], val: dict[str, Any]) -> None:
         """Bookkeeping after an epoch: best model, history, early stop, ``last.pt``."""
@@ -334,7 +337,7 @@ class TrainingRun:
         st.update(epoch=row["epoch"], loss_sum=0.0, n_batches=0)
         self.stopped_early = bool(cfg.patience) and st["bad_epochs"] >= cfg.patience
         if acc.is_main_process:
-            atomic_write_text(self.out_dir / "history.csv", pd.DataFrame(st["history"]).to_csv(index=False))
+            atomic_write_text(self.out_dir / HISTORY_FILE, pd.DataFrame(st["history"]).to_csv(index=False))
             acc.print(self._summary(row, improved), flush=True)
         if cfg.log_with != "none":
             acc.log({k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))},
@@ -376,7 +379,7 @@ class TrainingRun:
         cfg, acc, st = self.cfg, self.acc, self.state
         best = (history.loc[history["epoch"] == st["best_epoch"]].iloc[0].to_dict()
                 if st["best_epoch"] > 0 else {})  # fmt: skip
-        atomic_write_json(self.out_dir / "metrics.json", {
+        atomic_write_json(self.out_dir / METRICS_FILE, {
             "arch": cfg.arch, "encoder": cfg.encoder, "fold": cfg.fold, "validated": self.validated,
             "best_epoch": st["best_epoch"], "best": best if self.validated else {},
             "final": history.iloc[-1].to_dict() if len(history) else {},

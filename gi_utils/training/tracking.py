@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import netrc
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
+from gi_utils.models.run_folder import stem_of_run
 from gi_utils.training.config import TrainConfig
 
 __all__ = ["TENSORBOARD_DIR", "WANDB_KEY_NAME", "WandbKeyError", "run_group", "wandb_key", "tracker_setup", "start_trackers"]
@@ -32,7 +32,6 @@ __all__ = ["TENSORBOARD_DIR", "WANDB_KEY_NAME", "WandbKeyError", "run_group", "w
 WANDB_KEY_NAME = "WANDB_API_KEY"
 #: TensorBoard's folder in the run folder (accelerate's ``project_dir`` / project name).
 TENSORBOARD_DIR = "logs"
-_FOLD_SUFFIX = re.compile(r"_fold(\d+|all)$")
 
 
 class WandbKeyError(ValueError):
@@ -43,7 +42,7 @@ def run_group(run_name: str) -> str:
     """The model a run folder trains, its name without the fold suffix:
     ``unet_resnet18_320px_fold0`` -> ``unet_resnet18_320px`` (``_foldall`` too); a name
     without one is its own group."""
-    return _FOLD_SUFFIX.sub("", run_name) or run_name
+    return stem_of_run(run_name)
 
 
 def _kaggle_secret(name: str) -> tuple[str | None, str]:

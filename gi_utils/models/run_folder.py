@@ -1,0 +1,89 @@
+"""The run folder: its name, the names of its files, and the settings that do not change
+its numbers.
+
+A *run folder* is what one training run writes (:mod:`gi_utils.training.session`, the
+writer) and what the report and the submission read back (:mod:`gi_utils.report.runs`).
+Both import this module, so neither reaches into the other. A folder holds
+:data:`CONFIG_FILE` (the ``TrainConfig`` as JSON), :data:`SPLIT_FILE` (which case-days
+train and validate), :data:`STATE_FILE` (everything to resume), :data:`MODEL_FILE` (the
+best weights; :mod:`gi_utils.models.io` writes their configuration beside them, as
+``best.json``), :data:`OOF_DIR` (the out-of-fold probabilities), :data:`HISTORY_FILE` and
+:data:`METRICS_FILE` (written last: a folder with it is a finished run).
+
+Its default name is the model's stem and the fold: ``unet_resnet18_128px_fold0``
+(:func:`run_name`); every fold of one model shares the stem (:func:`model_stem`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gi_utils.models.volumetric import is_volumetric
+
+__all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "HISTORY_FILE", "METRICS_FILE",
+           "FINISHED_FILES", "GATE_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",
+           "model_stem", "run_name", "stem_of_run"]  # fmt: skip
+
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"
+STATE_FILE = "last.pt"
+MODEL_FILE = "best.safetensors"
+OOF_DIR = "oof"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+#: What a finished run folder holds (the report reads these back).
+FINISHED_FILES = (CONFIG_FILE, SPLIT_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FILE)
+
+#: The suffix of a model trained with a classifier gate (in :func:`model_stem`).
+GATE_SUFFIX = "_gate"
+_FOLD_SUFFIX = re.compile(r"_fold(\d+|all)$")
+
+#: ``TrainConfig`` fields that do not change a run's numbers, only where its files live,
+#: how fast they are read and what is logged. The one list: the two below derive from it.
+NUMBER_FREE_FIELDS = frozenset(
+    {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "cache_masks", "progress",
+     "resume", "save_every_steps", "log_with", "log_project"}
+)  # fmt: skip
+#: Fields that may differ between a run and its resumption: the number-free ones and
+#: ``patience`` (a resumed run may stop sooner or later; the epochs trained stay as they were).
+RESUME_FREE_FIELDS = NUMBER_FREE_FIELDS | {"patience"}
+#: Fields that differ between the folds of one model (left out when the report groups
+#: runs into models): the number-free ones and ``fold``, which does change the numbers.
+PER_RUN_FIELDS = NUMBER_FREE_FIELDS | {"fold"}
+
+
+def _settings(config: Any) -> Mapping[str, Any]:
+    return config if isinstance(config, Mapping) else vars(config)
+
+
+def model_stem(config: Any) -> str:
+    """One model's name, whatever the fold: ``unet_resnet18_128px`` (``_gate`` with a
+    classifier gate; ``segresnet3d_128px`` for a 3-D model, which has no encoder).
+
+    Args:
+        config: a ``TrainConfig`` or its dict (a run's ``config.json``; one written
+            before the gate existed has no ``gate``: no gate).
+    """
+    c = _settings(config)
+    label = c["arch"] if is_volumetric(c["arch"]) else f"{c['arch']}_{c['encoder']}"
+    return f"{label}_{c['img_size']}px{GATE_SUFFIX if c.get('gate') else ''}"
+
+
+def run_name(config: Any, fold: int | None = None) -> str:
+    """The default run folder name: :func:`model_stem` and the fold, e.g.
+    ``unet_resnet18_128px_fold0`` (``foldall`` for fold -1).
+
+    Args:
+        config: a ``TrainConfig`` or its dict.
+        fold: the fold to name (default: the config's own).
+    """
+    fold = _settings(config)["fold"] if fold is None else fold
+    return f"{model_stem(config)}_fold{'all' if fold == -1 else fold}"
+
+
+def stem_of_run(name: str) -> str:
+    """A run folder's name without its fold suffix: ``unet_resnet18_320px_fold0`` ->
+    ``unet_resnet18_320px`` (``_foldall`` too); a name without one is returned as it is."""
+    return _FOLD_SUFFIX.sub("", name) or name
