@@ -1,7 +1,8 @@
 """A GPU check ready to run: 02_train at 320 px with amp="auto" and 2 loader workers for one
-epoch on the synthetic data, the same run killed mid-epoch and resumed, then 04_submission;
-one line per fact (device, amp mode, seconds per epoch, samples/s, peak GPU memory, resume
-identical or not). Under 8 minutes on one GPU; `--cpu` runs it small on a CPU (CI).
+epoch on the synthetic data, the same run killed mid-epoch and resumed, the same epoch on
+the device data path (``data_path="device"``: the cache on the GPU, augmentation there),
+then 04_submission; one line per fact (device, amp mode, seconds per epoch and samples/s of
+both data paths, peak GPU memory, resume identical or not). Under 8 minutes on one GPU; `--cpu` runs it small on a CPU (CI).
 
     python benchmarks/gpu_check.py                 # on a GPU machine
     python benchmarks/gpu_check.py --cpu --img-size 64 --steps 6 --cases 6 --slices 16
@@ -37,16 +38,16 @@ from gi_utils.synthetic import generate_dataset  # noqa: E402
 
 def _params(args, data: Path, runs: Path) -> dict:
     return {"preset": "gpu", "weights": "", "encoder": "resnet34", "img_size": args.img_size, "epochs": 1,
-            "max_steps_per_epoch": args.steps, "num_workers": 2, "amp": "auto", "data_dir": str(data),
+            "max_steps_per_epoch": args.steps, "num_workers": 2, "data_path": "workers", "amp": "auto", "data_dir": str(data),
             "runs_dir": str(runs), "n_overlays": 1}  # fmt: skip
 
 
-def _cli(params: dict, out_dir: Path, device: str) -> list[str]:
+def _cli(params: dict, out_dir: Path, device: str, data_path: str = "workers") -> list[str]:
     return [sys.executable, "-m", "gi_utils.training", "--preset", "gpu", "--weights", "", "--encoder",
             params["encoder"], "--img-size", str(params["img_size"]), "--epochs", "1",
             "--max-steps-per-epoch", str(params["max_steps_per_epoch"]), "--num-workers", "2", "--amp", "auto",
             "--data-dir", params["data_dir"], "--out-dir", str(out_dir), "--save-every-steps", "2",
-            "--device", device, "--no-progress"]  # fmt: skip
+            "--device", device, "--data-path", data_path, "--no-progress"]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     full_w = load_file(work / "runs" / name / "best.safetensors")
     cut_w = load_file(cut / "best.safetensors") if resumed.returncode == 0 else {}
     identical = bool(cut_w) and all((full_w[k] == cut_w[k]).all() for k in full_w) and full_w.keys() == cut_w.keys()
+    # the same epoch on the device data path (its own augmentation draws: not compared for equality)
+    on_device = subprocess.run(_cli(params, work / "runs_device" / name, device, "device"), env=env,
+                               capture_output=True, text=True)  # fmt: skip
+    if on_device.returncode:
+        print(on_device.stdout[-2000:], on_device.stderr[-2000:], sep="\n")
+        return 1
+    dev_metrics = json.loads((work / "runs_device" / name / "metrics.json").read_text())
     pm.execute_notebook(str(nb / "04_submission.ipynb"), str(work / "04_submission.ipynb"),
                         parameters={"runs_dir": str(work / "runs"), "runs": name, "data_dir": str(data)},
                         cwd=str(nb), kernel_name="python3", progress_bar=False)  # fmt: skip
@@ -100,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     peak = metrics.get("peak_gpu_memory_mb")
     print(f"device: {metrics['device']}")
     print(f"amp mode: {metrics['mixed_precision']}")
+    dev_s = float(dev_metrics["final"]["epoch_time_s"])
     print(f"seconds per epoch: {epoch_s:.1f} ({samples} samples at {args.img_size} px, 2 workers, validation included)")
     print(f"samples/s: {samples / epoch_s:.1f}")
+    print(f"seconds per epoch, device path: {dev_s:.1f} (the same epoch, data and augmentation on the {metrics['device']})")
+    print(f"samples/s, device path: {int(dev_metrics['samples_per_epoch']) / dev_s:.1f}")
+    print(f"device path / 2 workers: {epoch_s / dev_s:.2f}x")
     print(f"peak GPU memory: {'n/a (CPU)' if peak is None else f'{peak:.0f} MiB'}")
     print(f"resume identical: {'yes' if identical else 'no'} (killed mid-epoch: {'yes' if killed else 'no'}, "
           f"resume exit {resumed.returncode})")

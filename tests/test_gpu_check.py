@@ -22,3 +22,4 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     assert lines["device"] == "cpu" and lines["amp mode"] in ("no", "bf16")
     assert lines["resume identical"].startswith("yes (killed mid-epoch: yes")
     assert float(lines["samples/s"]) > 0 and lines["peak GPU memory"] == "n/a (CPU)"
+    assert float(lines["samples/s, device path"]) > 0 and lines["device path / 2 workers"].endswith("x")
