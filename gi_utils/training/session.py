@@ -40,12 +40,11 @@ from accelerate.utils import broadcast_object_list
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
+from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps, replace_dir
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
 from gi_utils.device import cuda_wanted, resolve_amp
-from gi_utils.evaluation.oof import replace_dir
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.volumetric import SlidingWindow
 from gi_utils.losses import build_loss
