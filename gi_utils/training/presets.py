@@ -18,6 +18,7 @@ configuration table is :func:`presets_table`, and a test keeps the two equal.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -27,7 +28,7 @@ from gi_utils.paths import platform_name
 from gi_utils.training.config import TrainConfig
 
 __all__ = ["PRESETS", "ARCH_PRESETS", "AUTO_PRESET", "PRESET_ENV", "CORES", "TABLE_FIELDS", "machine_preset", "resolve_preset", "available_cpus",
-           "preset_values", "preset_config", "presets_table", "config_table"]
+           "preset_values", "with_preset", "preset_config", "presets_table", "config_table"]
 
 #: Environment variable that pins what ``auto`` resolves to (the tests set ``smoke``).
 PRESET_ENV = "GI_PRESET"
@@ -151,11 +152,21 @@ def preset_values(preset: str | None, arch: str = "unet") -> dict[str, Any]:
     return values
 
 
+def with_preset(preset: str | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig values of a run: ``preset``'s (for ``values['arch']``, else the
+    default architecture), then ``values`` over them. The one merge of a preset: the
+    command line, ``02_train``'s parameters and :func:`preset_config` call it.
+
+    Raises:
+        ValueError: an unknown preset, listing the valid names.
+    """
+    return {**preset_values(preset, str(values.get("arch", TrainConfig.arch))), **values}
+
+
 def preset_config(preset: str | None = "smoke", **values: Any) -> TrainConfig:
     """A validated TrainConfig: the defaults, then ``preset`` (for ``values['arch']``),
     then ``values``."""
-    arch = str(values.get("arch", TrainConfig.arch))
-    return TrainConfig.from_dict({**preset_values(preset, arch), **values})
+    return TrainConfig.from_dict(with_preset(preset, values))
 
 
 def _cell(value: Any) -> str:
