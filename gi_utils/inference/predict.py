@@ -30,10 +30,10 @@ from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
 from gi_utils.device import default_device, inference_autocast
 from gi_utils.inference.blending import blend
-from gi_utils.inference.volumetric import SlidingWindow, predict_probs_3d
+from gi_utils.inference.sliding_window import SlidingWindow, predict_probs_3d
 from gi_utils.models.io import ModelConfig, load_model
+from gi_utils.models.monai3d import channels_last_format, is_volumetric
 from gi_utils.models.registry import split_outputs
-from gi_utils.models.volumetric import channels_last_format, is_volumetric
 from gi_utils.progress import progress_bar
 
 __all__ = [

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gi_utils.constants import NUM_CLASSES
-from gi_utils.models.volumetric import ARCHITECTURES_3D, build_volumetric, is_volumetric
+from gi_utils.models.monai3d import ARCHITECTURES_3D, build_monai3d, is_volumetric
 from gi_utils.models.weights import load_encoder_file, local_weights_path
 
 __all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "arch_names", "encoder_names", "check_encoder", "check_arch",
@@ -45,7 +45,7 @@ ENCODER_STRIDE: int = 32
 
 def arch_names() -> list[str]:
     """Every valid architecture name: the 2.5D smp ones, then the 3-D MONAI ones
-    (:data:`gi_utils.models.volumetric.ARCHITECTURES_3D`)."""
+    (:data:`gi_utils.models.monai3d.ARCHITECTURES_3D`)."""
     return [*ARCHITECTURES, *ARCHITECTURES_3D]
 
 
@@ -107,7 +107,7 @@ def build_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build a segmentation model that outputs logits: an smp 2.5D model, or a MONAI 3-D
-    one (:mod:`gi_utils.models.volumetric`: ``encoder`` and ``weights`` do not apply, it
+    one (:mod:`gi_utils.models.monai3d`: ``encoder`` and ``weights`` do not apply, it
     trains from scratch; ``in_channels`` is 1).
 
     Args:
@@ -132,7 +132,7 @@ def build_model(
     if is_volumetric(arch):
         if weights is not None:
             raise ValueError(f"{arch} is a 3-D MONAI model: it has no encoder weights (weights=None)")
-        return build_volumetric(arch, in_channels, classes, **kwargs)
+        return build_monai3d(arch, in_channels, classes, **kwargs)
     check_encoder(encoder)
     for name, value in (("in_channels", in_channels), ("classes", classes)):
         if not isinstance(value, int) or value < 1:

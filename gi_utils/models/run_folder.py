@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gi_utils.models.volumetric import is_volumetric
+from gi_utils.models.monai3d import is_volumetric
 
 __all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "HISTORY_FILE", "METRICS_FILE",
            "FINISHED_FILES", "GATE_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",

@@ -19,7 +19,7 @@ from gi_utils.data.layout import build_metadata
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.predict import load_models, predict_volumes
 from gi_utils.models.io import load_model
-from gi_utils.models.volumetric import is_volumetric
+from gi_utils.models.monai3d import is_volumetric
 from gi_utils.report.plotting import plot_overlays
 from gi_utils.report.runs import Run
 

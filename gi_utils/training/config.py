@@ -25,8 +25,8 @@ from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.preprocess import RESIZE_MODES
 from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
+from gi_utils.models.monai3d import is_volumetric, stride_3d
 from gi_utils.models.registry import arch_names, check_encoder, check_img_size
-from gi_utils.models.volumetric import is_volumetric, volume_stride
 from gi_utils.training.device_feed import DATA_PATHS
 from gi_utils.training.scaling import LR_SCALING
 
@@ -125,7 +125,7 @@ class TrainConfig:
         _check_choice("arch", self.arch.lower(), tuple(arch_names()))
         self.arch = self.arch.lower()
         if is_volumetric(self.arch):
-            self._check_volumetric()
+            self._check_3d()
         try:
             check_encoder(self.encoder)
         except KeyError as err:
@@ -208,8 +208,8 @@ class TrainConfig:
         """Input channels: the 2.5D neighbours, or 1 for a 3-D model."""
         return 1 if self.volumetric else len(self.slice_offsets)
 
-    def _check_volumetric(self) -> None:
-        stride = volume_stride(self.arch, self.model_kwargs)
+    def _check_3d(self) -> None:
+        stride = stride_3d(self.arch, self.model_kwargs)
         if self.patch_depth < stride or self.patch_depth % stride:
             raise ValueError(f"patch_depth must be a positive multiple of {stride} for {self.arch}, "
                              f"got {self.patch_depth}")  # fmt: skip

@@ -21,8 +21,8 @@ from gi_utils.data.folds import assign_folds, split_fold
 from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.data.layout import build_metadata
+from gi_utils.data.patches_3d import PatchDataset, VolumeDataset
 from gi_utils.data.shm import batch_nbytes, check_shared_memory
-from gi_utils.data.volumes import PatchDataset, VolumeDataset
 from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.device_feed import (

@@ -46,9 +46,10 @@ from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
 from gi_utils.device import cuda_wanted, resolve_amp
 from gi_utils.inference.postprocessing import PostProcess
-from gi_utils.inference.volumetric import SlidingWindow
+from gi_utils.inference.sliding_window import SlidingWindow
 from gi_utils.losses import build_loss
 from gi_utils.models.io import model_config, save_model
+from gi_utils.models.monai3d import channels_last_format
 from gi_utils.models.registry import build_model
 from gi_utils.models.run_folder import (
     CONFIG_FILE,
@@ -60,7 +61,6 @@ from gi_utils.models.run_folder import (
     SPLIT_FILE,
     STATE_FILE,
 )
-from gi_utils.models.volumetric import channels_last_format
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loaders import load_train_data

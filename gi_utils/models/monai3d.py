@@ -16,8 +16,8 @@ import torch
 from monai.networks.nets import SegResNet, UNet
 from torch import nn
 
-__all__ = ["ARCHITECTURES_3D", "VOLUME_DEFAULTS", "is_volumetric", "channels_last_format", "volume_stride",
-           "build_volumetric"]  # fmt: skip
+__all__ = ["ARCHITECTURES_3D", "MONAI3D_DEFAULTS", "is_volumetric", "channels_last_format", "stride_3d",
+           "build_monai3d"]  # fmt: skip
 
 #: Architecture name -> MONAI class (3-D, ``spatial_dims=3``).
 ARCHITECTURES_3D: dict[str, type[nn.Module]] = {
@@ -25,7 +25,7 @@ ARCHITECTURES_3D: dict[str, type[nn.Module]] = {
     "unet3d": UNet,
 }
 #: Defaults of each class's arguments (overridden by ``model_kwargs``).
-VOLUME_DEFAULTS: dict[str, dict[str, Any]] = {
+MONAI3D_DEFAULTS: dict[str, dict[str, Any]] = {
     "segresnet3d": {"init_filters": 8, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)},
     "unet3d": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 1},
 }
@@ -43,10 +43,10 @@ def channels_last_format(arch: str) -> torch.memory_format:
 
 
 def _settings(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {**VOLUME_DEFAULTS[arch.lower()], **kwargs}
+    return {**MONAI3D_DEFAULTS[arch.lower()], **kwargs}
 
 
-def volume_stride(arch: str, model_kwargs: dict[str, Any] | None = None) -> int:
+def stride_3d(arch: str, model_kwargs: dict[str, Any] | None = None) -> int:
     """Every side of a 3-D model's input must be a multiple of this (2 per downsampling)."""
     s = _settings(arch, dict(model_kwargs or {}))
     if arch.lower() == "segresnet3d":
@@ -57,7 +57,7 @@ def volume_stride(arch: str, model_kwargs: dict[str, Any] | None = None) -> int:
     return stride
 
 
-def build_volumetric(arch: str, in_channels: int = 1, classes: int = 3, **kwargs: Any) -> nn.Module:
+def build_monai3d(arch: str, in_channels: int = 1, classes: int = 3, **kwargs: Any) -> nn.Module:
     """A MONAI 3-D network that outputs logits (N, classes, D, H, W).
 
     Raises:
