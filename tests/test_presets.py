@@ -58,6 +58,12 @@ def test_one_merge_the_preset_then_the_values_given():
     assert preset_config("demo", arch="segresnet3d", epochs=2).epochs == 2
 
 
+def test_per_architecture_presets_name_registry_entries():
+    from gi_utils.models import ARCH_SPECS
+
+    assert all(arch in ARCH_SPECS for entries in presets.ARCH_PRESETS.values() for arch in entries)
+
+
 def test_unknown_preset_lists_auto_and_the_names():
     with pytest.raises(ValueError, match="preset='fast' is not valid; choose one of auto, smoke, demo, gpu, kaggle"):
         resolve_preset("fast")

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from gi_utils.device import cuda_wanted
+from gi_utils.models.registry import find_arch
 from gi_utils.paths import platform_name
 from gi_utils.training.config import TrainConfig
 
@@ -146,7 +147,8 @@ def preset_values(preset: str | None, arch: str = "unet") -> dict[str, Any]:
     preset = resolve_preset(preset)
     if not preset:
         return {}
-    values = {**PRESETS[preset], **ARCH_PRESETS.get(preset, {}).get(arch.lower(), {})}
+    spec = find_arch(arch)  # an unknown name: the preset alone, and TrainConfig names the error
+    values = {**PRESETS[preset], **(ARCH_PRESETS.get(preset, {}).get(spec.name, {}) if spec else {})}
     if values.get("num_workers") == CORES:
         values["num_workers"] = available_cpus()
     return values
