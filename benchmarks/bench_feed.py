@@ -62,7 +62,7 @@ from gi_utils.data import (  # noqa: E402
 )
 from gi_utils.device import autocast_dtype, resolve_amp  # noqa: E402
 from gi_utils.losses import build_loss  # noqa: E402
-from gi_utils.models import build_model, channels_last_format, is_volumetric  # noqa: E402
+from gi_utils.models import arch_spec, build_model  # noqa: E402
 from gi_utils.synthetic import generate_dataset  # noqa: E402
 from gi_utils.training import ARCH_PRESETS, DeviceLoader, EpochSampler, SeededSamples  # noqa: E402
 
@@ -82,8 +82,8 @@ class Stepper:
     ``arch`` 2.5D with a ResNet-34 encoder and 3 channels, or 3-D with 1)."""
 
     def __init__(self, arch: str, device: torch.device, amp: str, model_kwargs: dict) -> None:
-        self.device, self.dtype, self.layout = device, autocast_dtype(amp), channels_last_format(arch)
-        channels = 1 if is_volumetric(arch) else 3
+        self.device, self.dtype, self.layout = device, autocast_dtype(amp), arch_spec(arch).memory_format
+        channels = arch_spec(arch).in_channels((-2, 0, 2))
         self.model = build_model(arch, "resnet34", channels, 3, weights=None, **model_kwargs)
         self.model = self.model.to(device, memory_format=self.layout)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
@@ -149,7 +149,7 @@ def measure(step: Stepper, batches: Iterator, batch: int, seconds: float, max_st
 def feeds(arch: str, meta, cache: VolumeCache, size: int, device: torch.device, depth: int):
     """(worker dataset, its sampler's empty flags, data on the device, data in pinned host
     memory or ``None`` off CUDA, device augmentation) of one model."""
-    if is_volumetric(arch):
+    if arch_spec(arch).is_3d:
         ds = PatchDataset(meta, cache, depth, build_transforms_3d())
 
         def place(resident: bool):
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"budget of {args.budget:.0f} s spent: {arch} batch {batch} left out", flush=True)
                     break
                 got = run_batch(step, fed, batch, workers, seconds, max_steps)
-                report("3d_" if is_volumetric(arch) else "", batch, got, device.type == "cuda")
+                report("3d_" if arch_spec(arch).is_3d else "", batch, got, device.type == "cuda")
             del step, fed
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -23,7 +23,7 @@ import torch
 from _common import best_of, parse_args, peak_rss_mb, result
 
 from gi_utils.device import resolve_amp
-from gi_utils.models import build_model, channels_last_format
+from gi_utils.models import build_model
 from gi_utils.training import ARCH_PRESETS, TrainConfig, preset_config
 
 
@@ -31,10 +31,10 @@ def step_time(model: torch.nn.Module, cfg: TrainConfig, amp: str, channels_last:
               repeat: int, warmup: bool = True) -> float:  # fmt: skip
     """Seconds per training step of a copy of ``model`` on a random batch shaped as ``cfg``'s
     (the best of ``repeat`` runs of ``steps`` steps, after a warm-up run when ``warmup``)."""
-    layout = channels_last_format(cfg.arch) if channels_last else torch.contiguous_format
+    layout = cfg.spec.memory_format if channels_last else torch.contiguous_format
     model = copy.deepcopy(model).to(memory_format=layout).train()
     gen = torch.Generator().manual_seed(0)
-    depth = (cfg.patch_depth,) if cfg.volumetric else ()
+    depth = (cfg.patch_depth,) if cfg.spec.is_3d else ()
     shape = (cfg.batch_size, *depth, cfg.img_size, cfg.img_size)
     x = torch.randn(shape[0], cfg.in_channels, *shape[1:], generator=gen).contiguous(memory_format=layout)
     y = (torch.rand(shape[0], 3, *shape[1:], generator=gen) > 0.8).float()
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = step_time(model, cfg, "no", False, args.steps, args.repeat, args.warmup)
         fast = step_time(model, cfg, amp, True, args.steps, args.repeat, args.warmup)
         ratios[arch] = ref / fast
-        depth = f"{cfg.patch_depth} x " if cfg.volumetric else ""
+        depth = f"{cfg.patch_depth} x " if cfg.spec.is_3d else ""
         print(f"  {arch}, batch {cfg.batch_size} x {cfg.in_channels} x {depth}{cfg.img_size} x {cfg.img_size}: "
               f"fp32 {ref * 1e3:.0f} ms/step, {amp} channels-last {fast * 1e3:.0f} ms/step "
               f"({ref / fast:.2f}x; peak RSS {peak_rss_mb():.0f} MiB)", flush=True)  # fmt: skip

@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
-from gi_utils.inference.volumetric import SlidingWindow, sliding_logits  # noqa: E402
+from gi_utils.inference.sliding_window import SlidingWindow, sliding_logits  # noqa: E402
 from gi_utils.losses import build_loss  # noqa: E402
 from gi_utils.models import build_model  # noqa: E402
 

@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_json",
     "read_json",
     "remove_stale_temps",
+    "replace_dir",
     "DiskFullError",
     "NotEnoughSpaceError",
     "SPACE_MARGIN",
@@ -257,6 +258,22 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
                 tmp.unlink()
                 removed.append(tmp)
     return removed
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Move the folder ``src`` over ``dst`` (the old ``dst`` is removed first; a crash in
+    between leaves no set at ``dst``, never half of one)."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old)
+    else:
+        src.rename(dst)
+    return dst
 
 
 def _umask() -> int:

@@ -32,7 +32,7 @@ NO_AUGMENT = {name: {"p": 0.0} for name in default_3d_specs()}
 
 @pytest.fixture(scope="module")
 def meta(synth_factory):
-    """The scans of test_volumetric: 4 cases x 2-3 scans x 12 slices."""
+    """The scans of test_models_3d: 4 cases x 2-3 scans x 12 slices."""
     return build_metadata(synth_factory(n_cases=4, seed=0, slices_per_scan=12, size=(80, 72)))
 
 

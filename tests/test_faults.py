@@ -37,6 +37,7 @@ from gi_utils.atomic import (
     check_free_space,
     disk_full_errno,
     format_bytes,
+    replace_dir,
 )
 from gi_utils.checkpoint import load_state, save_state
 from gi_utils.data import (
@@ -158,6 +159,20 @@ def test_other_errors_and_interrupts_pass_unchanged(tmp_path):
             raise exc
         assert type(err.value) is type(exc)
     assert only_file(tmp_path) == []
+
+
+def test_replace_dir_moves_a_folder_over_another_or_into_place(tmp_path):
+    for dst_exists in (False, True):
+        src, dst = tmp_path / f"new{dst_exists}", tmp_path / f"set{dst_exists}"
+        src.mkdir()
+        (src / "a.txt").write_text("new")
+        if dst_exists:
+            dst.mkdir()
+            (dst / "b.txt").write_text("old")
+            (tmp_path / f".{dst.name}.old").mkdir()  # a leftover of an earlier crash
+        assert replace_dir(src, dst) == dst
+        assert [p.name for p in dst.iterdir()] == ["a.txt"] and not src.exists()
+        assert not (tmp_path / f".{dst.name}.old").exists()
 
 
 def test_check_free_space_names_folder_needed_and_free(tmp_path, monkeypatch):

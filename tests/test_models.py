@@ -11,8 +11,11 @@ from safetensors.torch import save_file
 
 from gi_utils.checkpoint import CheckpointError, load_state, save_state
 from gi_utils.models import (
+    ARCH_SPECS,
     ARCHITECTURES,
+    ARCHITECTURES_3D,
     ModelConfig,
+    arch_spec,
     build_model,
     check_img_size,
     load_model,
@@ -40,6 +43,25 @@ def test_every_arch_builds_and_trains_at_64(arch):
 def test_core_architectures_are_registered():
     for name in ("unet", "unetplusplus", "deeplabv3plus", "fpn", "manet", "segformer"):
         assert name in ARCHITECTURES
+
+
+def test_one_entry_per_architecture_knows_its_kind():
+    assert list(ARCH_SPECS) == [*ARCHITECTURES, *ARCHITECTURES_3D]
+    for name, spec in ARCH_SPECS.items():
+        assert spec.name == name and spec.kind == ("3d" if name in ARCHITECTURES_3D else "2.5d")
+        assert arch_spec(name.upper()) is spec  # the one lookup, in any case
+    unet, seg = arch_spec("unet"), arch_spec("SegResNet3D")
+    assert (unet.is_3d, unet.has_encoder, unet.memory_format) == (False, True, torch.channels_last)
+    assert (seg.is_3d, seg.has_encoder, seg.memory_format) == (True, False, torch.channels_last_3d)
+    assert (unet.in_channels((-2, 0, 2)), seg.in_channels((-2, 0, 2))) == (3, 1)
+    assert unet.depth_stride() == 1 and seg.depth_stride() == 8  # 4 levels down: 2**3
+    assert arch_spec("unet3d").depth_stride({"strides": [2, 2]}) == 4
+    assert seg.settings({"init_filters": 16})["init_filters"] == 16 and seg.defaults["init_filters"] == 8
+    assert pickle.loads(pickle.dumps(seg)) == seg  # a TrainConfig carries its entry to other processes
+    with pytest.raises(KeyError, match="unknown architecture 'unett'; valid names: unet, .*segresnet3d"):
+        arch_spec("unett")
+    saved = ModelConfig.from_dict({"arch": "SegResNet3D", "encoder": "", "in_channels": 1, "classes": 3})  # read: normalised
+    assert saved.arch == "segresnet3d" and saved.spec is seg
 
 
 def test_unknown_arch_lists_valid_names():

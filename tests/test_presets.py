@@ -11,6 +11,7 @@ from gi_utils.training.presets import (
     preset_config,
     preset_values,
     resolve_preset,
+    with_preset,
 )
 
 
@@ -45,6 +46,22 @@ def test_auto_follows_the_machine(monkeypatch, cuda, platform, expected):
     monkeypatch.setattr(presets, "platform_name", lambda: platform)
     assert machine_preset() == expected == resolve_preset("auto")
     assert preset_values("auto") == preset_values(expected)
+
+
+def test_one_merge_the_preset_then_the_values_given():
+    """The command line, 02's parameters and preset_config all merge through with_preset."""
+    assert with_preset("demo", {"arch": "unet", "epochs": 2}) == {**PRESETS["demo"], **presets.ARCH_PRESETS["demo"]["unet"],
+                                                                   "arch": "unet", "epochs": 2}  # fmt: skip
+    assert with_preset("demo", {})["model_kwargs"] == presets.ARCH_PRESETS["demo"]["unet"]["model_kwargs"]
+    assert with_preset("demo", {"arch": "SegResNet3D"})["patch_depth"] == 32  # the name in any case
+    assert with_preset("", {"epochs": 2}) == {"epochs": 2}
+    assert preset_config("demo", arch="segresnet3d", epochs=2).epochs == 2
+
+
+def test_per_architecture_presets_name_registry_entries():
+    from gi_utils.models import ARCH_SPECS
+
+    assert all(arch in ARCH_SPECS for entries in presets.ARCH_PRESETS.values() for arch in entries)
 
 
 def test_unknown_preset_lists_auto_and_the_names():

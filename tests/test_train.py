@@ -47,6 +47,13 @@ def test_defaults_are_valid_and_round_trip_through_json():
     assert back == cfg and back.slice_offsets == (-2, 0, 2)
 
 
+def test_arch_is_normalised_and_its_entry_looked_up_once():
+    cfg = TrainConfig(arch="SegResNet3D")
+    assert cfg.arch == "segresnet3d" and cfg.spec.is_3d and cfg.in_channels == 1
+    assert "spec" not in cfg.to_dict() and cfg == TrainConfig.from_dict(cfg.to_dict())  # not a field
+    assert TrainConfig().spec.kind == "2.5d" and TrainConfig().in_channels == 3
+
+
 def test_unknown_parameter_is_rejected_with_a_suggestion():
     with pytest.raises(
         ValueError, match=r"unknown TrainConfig parameter.*'lrr'.*did you mean 'lr'"

@@ -3,9 +3,9 @@
 batch of patches gathered there by index, with no loader workers.
 
 Where each patch lands is drawn on the host exactly as the worker path draws it
-(:meth:`PatchDataset.position <gi_utils.data.volumes.PatchDataset.position>`, seeded by
+(:meth:`PatchDataset.position <gi_utils.data.patches_3d.PatchDataset.position>`, seeded by
 ``(seed, epoch, i)``: a few microseconds a patch), so the patches are those of
-:class:`~gi_utils.data.volumes.PatchDataset` on the same cache, with the same values:
+:class:`~gi_utils.data.patches_3d.PatchDataset` on the same cache, with the same values:
 images float32 of the cache's float16 values, masks in class order, a scan shorter than
 the patch padded at its end with zeros. (uint8 storage becomes ``x / 255`` in float32,
 as :func:`~gi_utils.data.cache.cached_as` reads it for the patches, without the float16
@@ -19,7 +19,7 @@ import torch
 
 from gi_utils.data.cache import VolumeCache
 from gi_utils.data.device_batches import DeviceBatches
-from gi_utils.data.volumes import PatchDataset
+from gi_utils.data.patches_3d import PatchDataset
 
 __all__ = ["DevicePatches"]
 

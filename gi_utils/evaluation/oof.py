@@ -41,7 +41,7 @@ from gi_utils.evaluation.metric import ScoreAccumulator, ScoreResult
 from gi_utils.inference.postprocessing import PostProcess
 
 __all__ = ["OOF_FORMAT", "OOFWriter", "OOFSet", "OOFVolume", "OOFCollection", "score_oof", "false_positive_slices",
-           "replace_dir", "oof_bytes_per_slice"]
+           "oof_bytes_per_slice"]
 
 OOF_FORMAT = "gi-oof-v2"
 _OOF_V1 = "gi-oof-v1"  # truth uint8 (N, S, S), bit c = class c; read, no longer written
@@ -298,18 +298,3 @@ def false_positive_slices(oof, post: PostProcess, case_days: list[str] | None = 
         empty += int((~true_any).sum())
     return {"fp_slices": fp, "empty_slices": empty}
 
-
-def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Move the folder ``src`` over ``dst`` (the old ``dst`` is removed first; a crash in
-    between leaves no set at ``dst``, never half of one)."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        dst.rename(old)
-        src.rename(dst)
-        shutil.rmtree(old)
-    else:
-        src.rename(dst)
-    return dst

@@ -6,9 +6,9 @@ post-processing shared with validation and the search, and the submission file."
 from gi_utils.inference.blending import *
 from gi_utils.inference.postprocessing import *
 from gi_utils.inference.predict import *
+from gi_utils.inference.sliding_window import *
 from gi_utils.inference.submission import *
-from gi_utils.inference.volumetric import *
-from gi_utils.inference import (blending, postprocessing, predict, submission, volumetric)
+from gi_utils.inference import (blending, postprocessing, predict, sliding_window, submission)
 
-__all__ = [*blending.__all__, *postprocessing.__all__, *predict.__all__, *submission.__all__,
-    *volumetric.__all__]
+__all__ = [*blending.__all__, *postprocessing.__all__, *predict.__all__, *sliding_window.__all__,
+    *submission.__all__]

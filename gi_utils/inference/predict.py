@@ -30,10 +30,9 @@ from gi_utils.data.images import iter_volumes, read_volume
 from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
 from gi_utils.device import default_device, inference_autocast
 from gi_utils.inference.blending import blend
-from gi_utils.inference.volumetric import SlidingWindow, predict_probs_3d
+from gi_utils.inference.sliding_window import SlidingWindow, predict_probs_3d
 from gi_utils.models.io import ModelConfig, load_model
 from gi_utils.models.registry import split_outputs
-from gi_utils.models.volumetric import channels_last_format, is_volumetric
 from gi_utils.progress import progress_bar
 
 __all__ = [
@@ -73,7 +72,7 @@ def load_models(paths: Sequence[str | os.PathLike] | str | os.PathLike, device=N
                 stacklevel=2,
             )
         if channels_last:
-            model = model.to(memory_format=channels_last_format(config.arch))
+            model = model.to(memory_format=config.spec.memory_format)
         models.append((model, config))
     if not models:
         raise ValueError("no model paths given")
@@ -144,7 +143,7 @@ def predict_probs(
 
 def _input_key(config: ModelConfig) -> tuple:
     """Members that share this see the same input (3-D models: the scan itself)."""
-    if is_volumetric(config.arch):
+    if config.spec.is_3d:
         return int(config.img_size), config.resize_mode, None
     return int(config.img_size), config.resize_mode, tuple(config.slice_offsets)
 

@@ -26,7 +26,7 @@ from torch import nn
 from gi_utils.atomic import atomic_path, atomic_write_json
 from gi_utils.checkpoint import CheckpointError
 from gi_utils.constants import NUM_CLASSES
-from gi_utils.models.registry import build_model, check_arch
+from gi_utils.models.registry import ArchSpec, arch_spec, build_model, check_arch, find_arch
 
 __all__ = ["REQUIRED_CONFIG_KEYS", "ModelConfig", "model_config", "save_model", "read_model_config", "load_model", "load_weights_into"]
 
@@ -74,6 +74,18 @@ class ModelConfig:
     val_dice: float | None = None
     train_config: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        # ``arch`` as the registry names it, normalised once, here (an unknown name is left
+        # for build_model to name, with the valid ones)
+        spec = find_arch(self.arch)
+        if spec is not None:
+            object.__setattr__(self, "arch", spec.name)
+
+    @property
+    def spec(self) -> ArchSpec:
+        """The registry entry of :attr:`arch` (2.5D or 3-D, memory layout...)."""
+        return arch_spec(self.arch)
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
         """From a saved config (old files too: a field they lack takes its default).
@@ -115,7 +127,7 @@ def model_config(
     """The config :func:`save_model` stores: the build arguments plus ``extra`` (other
     fields of :class:`ModelConfig`; an unknown name raises ``ValueError``)."""
     return ModelConfig.from_dict(
-        {"arch": arch.lower(), "encoder": encoder, "in_channels": in_channels, "classes": classes, **extra}
+        {"arch": arch, "encoder": encoder, "in_channels": in_channels, "classes": classes, **extra}
     )
 
 
@@ -200,10 +212,11 @@ def load_model(
     """
     path = Path(path)
     config = read_model_config(path)
-    if arch is not None and config.arch != arch.lower():
+    expected = arch_spec(arch).name if arch is not None else None
+    if expected is not None and config.arch != expected:
         raise CheckpointError(
             f"model file {path} holds a {config.arch!r} model (encoder {config.encoder!r}); "
-            f"expected {arch.lower()!r}"
+            f"expected {expected!r}"
         )
     model = build_model(config.arch, config.encoder, int(config.in_channels), int(config.classes),
                         **config.model_kwargs)  # fmt: skip

@@ -1,7 +1,12 @@
-"""Model registry over segmentation_models_pytorch: one name, one class.
+"""Model registry: one entry per architecture, one name, one class.
 
-:func:`build_model` maps one architecture name to one smp class; a typo raises an error
-that lists the valid names. Encoder weights come from ``None`` (random), a named smp
+Each architecture has one :class:`ArchSpec` (:data:`ARCH_SPECS`): its name, its kind
+(2.5D: an smp model over stacked slices; 3-D: a MONAI model over patches of slices,
+:mod:`gi_utils.models.monai3d`), its class and default arguments, its memory layout and
+input channels. :func:`arch_spec` is the one lookup from a name (case-insensitive; a typo
+raises an error that lists the valid names); the config looks it up once
+(``TrainConfig.spec``) and the stages above ask the entry, not the name, which kind of
+model they hold. :func:`build_model` builds one. Encoder weights come from ``None`` (random), a named smp
 weight set such as ``"imagenet"`` (downloaded from the Hugging Face hub, so not offline),
 or a local file (:mod:`gi_utils.models.weights`). Kaggle notebooks run offline, so they
 use the local-file form. Saving and loading trained models: :mod:`gi_utils.models.io`.
@@ -10,7 +15,9 @@ use the local-file form. Saving and loading trained models: :mod:`gi_utils.model
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import segmentation_models_pytorch as smp
 import timm
@@ -18,11 +25,11 @@ import torch
 from torch import nn
 
 from gi_utils.constants import NUM_CLASSES
-from gi_utils.models.volumetric import ARCHITECTURES_3D, build_volumetric, is_volumetric
+from gi_utils.models.monai3d import ARCHITECTURES_3D, MONAI3D_DEFAULTS, build_monai3d, stride_3d
 from gi_utils.models.weights import load_encoder_file, local_weights_path
 
-__all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "arch_names", "encoder_names", "check_encoder", "check_arch",
-           "check_img_size", "build_model", "split_outputs"]  # fmt: skip
+__all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "KINDS", "ArchSpec", "ARCH_SPECS", "arch_spec", "find_arch", "arch_names",
+           "encoder_names", "check_encoder", "check_arch", "check_img_size", "build_model", "split_outputs"]  # fmt: skip
 
 #: Architecture name (as used in configs and on the command line) -> smp class. Every
 #: entry builds and trains at 64x64 with a ResNet encoder (smp's PAN needs >= 128 px and
@@ -41,12 +48,90 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 #: Input height and width must be multiples of this (5 stride-2 stages).
 ENCODER_STRIDE: int = 32
+#: The kinds of model: 2.5D (neighbour slices as channels, one slice out) and 3-D.
+KINDS: tuple[str, ...] = ("2.5d", "3d")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One architecture of the registry: what kind of model it is and how to build it.
+
+    The kind decides the rest of the pipeline, each stage in its own place: 2.5D models
+    train on stacked slices (:class:`gi_utils.data.SliceDataset`) and predict slice by
+    slice; 3-D ones train on patches of slices (:class:`gi_utils.data.PatchDataset`) and
+    predict by sliding windows (:mod:`gi_utils.inference.sliding_window`). The presets of
+    an architecture are in :data:`gi_utils.training.presets.ARCH_PRESETS`, under its name.
+
+    Attributes:
+        name: the registry's name (lower case), what configs and model files hold.
+        kind: ``"2.5d"`` or ``"3d"`` (:data:`KINDS`).
+        cls: the smp or MONAI class.
+        defaults: the class's arguments that ``model_kwargs`` override (3-D models;
+            read, never changed: :meth:`settings` copies them).
+    """
+
+    name: str
+    kind: Literal["2.5d", "3d"]
+    cls: type[nn.Module]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_3d(self) -> bool:
+        """True for a 3-D model (patches of slices, sliding-window prediction)."""
+        return self.kind == "3d"
+
+    @property
+    def has_encoder(self) -> bool:
+        """A 2.5D model has an smp encoder (named in its label); a 3-D one has none."""
+        return not self.is_3d
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The channels-last layout of its tensors: ``channels_last_3d`` for a 3-D model
+        (5-D tensors), ``channels_last`` for a 2.5D one."""
+        return torch.channels_last_3d if self.is_3d else torch.channels_last
+
+    def in_channels(self, slice_offsets: tuple[int, ...] | list[int]) -> int:
+        """Input channels: the 2.5D neighbours stacked, or 1 for a 3-D model."""
+        return 1 if self.is_3d else len(slice_offsets)
+
+    def settings(self, model_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The class's arguments: :attr:`defaults`, then ``model_kwargs``."""
+        return {**self.defaults, **dict(model_kwargs or {})}
+
+    def depth_stride(self, model_kwargs: Mapping[str, Any] | None = None) -> int:
+        """A 3-D model's patch depth must be a multiple of this; 1 for a 2.5D model."""
+        return stride_3d(self.name, self.settings(model_kwargs)) if self.is_3d else 1
+
+
+#: Every architecture, by name: the 2.5D smp ones, then the 3-D MONAI ones.
+ARCH_SPECS: dict[str, ArchSpec] = {
+    **{name: ArchSpec(name, "2.5d", cls) for name, cls in ARCHITECTURES.items()},
+    **{name: ArchSpec(name, "3d", cls, MONAI3D_DEFAULTS[name]) for name, cls in ARCHITECTURES_3D.items()},
+}
+
+
+def find_arch(arch: Any) -> ArchSpec | None:
+    """The entry of ``arch`` (a name in any case), or ``None`` when there is none."""
+    return ARCH_SPECS.get(arch.lower()) if isinstance(arch, str) else None
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The entry of ``arch`` (a name in any case): the one lookup of an architecture.
+
+    Raises:
+        KeyError: an unknown name; the message lists the valid ones.
+    """
+    spec = find_arch(arch)
+    if spec is None:
+        raise KeyError(f"unknown architecture {arch!r}; valid names: {', '.join(arch_names())}")
+    return spec
 
 
 def arch_names() -> list[str]:
     """Every valid architecture name: the 2.5D smp ones, then the 3-D MONAI ones
-    (:data:`gi_utils.models.volumetric.ARCHITECTURES_3D`)."""
-    return [*ARCHITECTURES, *ARCHITECTURES_3D]
+    (:data:`gi_utils.models.monai3d.ARCHITECTURES_3D`)."""
+    return list(ARCH_SPECS)
 
 
 # --------------------------------------------------------------------------- names
@@ -75,13 +160,7 @@ def check_encoder(encoder: str) -> str:
 def check_arch(arch: str) -> type[nn.Module]:
     """The smp (2.5D) or MONAI (3-D) class of ``arch``; ``KeyError`` listing the valid
     names otherwise."""
-    try:
-        name = arch.lower()
-        return ARCHITECTURES[name] if name in ARCHITECTURES else ARCHITECTURES_3D[name]
-    except (KeyError, AttributeError):
-        raise KeyError(
-            f"unknown architecture {arch!r}; valid names: {', '.join(arch_names())}"
-        ) from None
+    return arch_spec(arch).cls
 
 
 def check_img_size(img_size: int, name: str = "img_size") -> int:
@@ -107,7 +186,7 @@ def build_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build a segmentation model that outputs logits: an smp 2.5D model, or a MONAI 3-D
-    one (:mod:`gi_utils.models.volumetric`: ``encoder`` and ``weights`` do not apply, it
+    one (:mod:`gi_utils.models.monai3d`: ``encoder`` and ``weights`` do not apply, it
     trains from scratch; ``in_channels`` is 1).
 
     Args:
@@ -128,11 +207,11 @@ def build_model(
             does not fit the encoder.
         FileNotFoundError: ``weights`` looks like a path and does not exist.
     """
-    cls = check_arch(arch)
-    if is_volumetric(arch):
+    spec = arch_spec(arch)
+    if spec.is_3d:
         if weights is not None:
             raise ValueError(f"{arch} is a 3-D MONAI model: it has no encoder weights (weights=None)")
-        return build_volumetric(arch, in_channels, classes, **kwargs)
+        return build_monai3d(spec.name, in_channels, classes, **spec.settings(kwargs))
     check_encoder(encoder)
     for name, value in (("in_channels", in_channels), ("classes", classes)):
         if not isinstance(value, int) or value < 1:
@@ -142,7 +221,7 @@ def build_model(
     if encoder.startswith("tu-") and smp_weights is not None:
         smp_weights = True  # timm picks the pretrained tag from the name
     try:
-        model = cls(
+        model = spec.cls(
             encoder_name=encoder,
             encoder_weights=smp_weights,
             in_channels=in_channels,

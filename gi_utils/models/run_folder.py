@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gi_utils.models.volumetric import is_volumetric
+from gi_utils.models.registry import find_arch
 
 __all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "HISTORY_FILE", "METRICS_FILE",
            "FINISHED_FILES", "GATE_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",
@@ -67,7 +67,8 @@ def model_stem(config: Any) -> str:
             before the gate existed has no ``gate``: no gate).
     """
     c = _settings(config)
-    label = c["arch"] if is_volumetric(c["arch"]) else f"{c['arch']}_{c['encoder']}"
+    spec = find_arch(c["arch"])  # a 3-D model has no encoder to name
+    label = c["arch"] if spec is not None and not spec.has_encoder else f"{c['arch']}_{c['encoder']}"
     return f"{label}_{c['img_size']}px{GATE_SUFFIX if c.get('gate') else ''}"
 
 

@@ -18,7 +18,7 @@ from gi_utils.paths import colab_content_dir, default_runs_dir, on_colab
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.notebook import ParameterError, check_params
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.presets import preset_values, resolve_preset
+from gi_utils.training.presets import resolve_preset, with_preset
 
 __all__ = ["CONFIG_FIELDS", "train_setup"]
 
@@ -61,7 +61,7 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
     data_dir = values.pop("data_dir", "") or ""
     try:
         nb["preset"] = resolve_preset(nb.get("preset", ""))
-        values = {**preset_values(nb["preset"], str(values.get("arch", TrainConfig.arch))), **values}
+        values = with_preset(nb["preset"], values)
         if values.get("weights") == "":
             values["weights"] = None  # "" = random initialisation
         probe = TrainConfig.from_dict(values)  # names and values first, before any data are touched

@@ -19,7 +19,7 @@ from gi_utils.data.layout import build_metadata
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.predict import load_models, predict_volumes
 from gi_utils.models.io import load_model
-from gi_utils.models.volumetric import is_volumetric
+from gi_utils.models.registry import find_arch
 from gi_utils.report.plotting import plot_overlays
 from gi_utils.report.runs import Run
 
@@ -49,6 +49,7 @@ def results_table(runs: Sequence[Run]) -> pd.DataFrame:
     for run in runs:
         best = run.metrics.get("best") or {}
         fold = run.config.get("fold", 0)
+        spec = find_arch(run.config.get("arch"))
         rows.append(
             {
                 "Model": run.name,
@@ -58,7 +59,7 @@ def results_table(runs: Sequence[Run]) -> pd.DataFrame:
                 **{f"Dice {c.replace('_', ' ')}": best.get(f"dice_{c}", np.nan) for c in CLASSES},
                 "Hausdorff": best.get("val_hausdorff", np.nan),
                 "Score": best.get("val_score", np.nan),
-                "Encoder": "" if is_volumetric(run.config.get("arch", "")) else run.config.get("encoder", ""),
+                "Encoder": run.config.get("encoder", "") if spec is None or spec.has_encoder else "",
                 "Params (M)": _param_count(run),
                 "Img size": run.config.get("img_size", np.nan),
                 "Best epoch": run.metrics.get("best_epoch", np.nan),

@@ -19,7 +19,7 @@ from typing import Any
 from gi_utils.paths import DataNotFoundError
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loop import resolve_config, train
-from gi_utils.training.presets import AUTO_PRESET, PRESETS, preset_values
+from gi_utils.training.presets import AUTO_PRESET, PRESETS, with_preset
 
 __all__ = ["config_parser", "parse_args"]
 
@@ -62,8 +62,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         values.update(json.loads(Path(config_file).read_text(encoding="utf-8")))
     values.update(args)
     try:
-        arch = str(values.get("arch", TrainConfig.arch))
-        return TrainConfig.from_dict({**preset_values(preset, arch), **values})
+        return TrainConfig.from_dict(with_preset(preset, values))
     except ValueError as err:
         parser.error(str(err))  # exits with status 2 and the usage line
 

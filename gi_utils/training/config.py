@@ -25,8 +25,7 @@ from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.preprocess import RESIZE_MODES
 from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
-from gi_utils.models.registry import arch_names, check_encoder, check_img_size
-from gi_utils.models.volumetric import is_volumetric, volume_stride
+from gi_utils.models.registry import arch_names, check_encoder, check_img_size, find_arch
 from gi_utils.training.device_feed import DATA_PATHS
 from gi_utils.training.scaling import LR_SCALING
 
@@ -51,7 +50,9 @@ class TrainConfig:
 
     The fields and what they do are listed with :meth:`help` (and ``python -m
     gi_utils.training --help``); the values of the named presets with
-    :func:`gi_utils.training.presets.preset_config`.
+    :func:`gi_utils.training.presets.preset_config`. ``arch`` is normalised here, once
+    (lower case), and its registry entry looked up once: :attr:`spec` (an attribute, not a
+    field), which the stages ask whether the model is 2.5D or 3-D.
     """
 
     # model
@@ -122,10 +123,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
-        _check_choice("arch", self.arch.lower(), tuple(arch_names()))
-        self.arch = self.arch.lower()
-        if is_volumetric(self.arch):
-            self._check_volumetric()
+        spec = find_arch(self.arch)
+        if spec is None:
+            raise ValueError(f"arch={self.arch!r} is not valid; choose one of {', '.join(arch_names())}")
+        self.arch, self.spec = spec.name, spec
+        if spec.is_3d:
+            self._check_3d()
         try:
             check_encoder(self.encoder)
         except KeyError as err:
@@ -199,17 +202,12 @@ class TrainConfig:
                 raise ValueError(f"augment_kwargs (data_path='device'): {err.args[0]}") from None
 
     @property
-    def volumetric(self) -> bool:
-        """True for a 3-D model (patches of slices, sliding-window validation)."""
-        return is_volumetric(self.arch)
-
-    @property
     def in_channels(self) -> int:
         """Input channels: the 2.5D neighbours, or 1 for a 3-D model."""
-        return 1 if self.volumetric else len(self.slice_offsets)
+        return self.spec.in_channels(self.slice_offsets)
 
-    def _check_volumetric(self) -> None:
-        stride = volume_stride(self.arch, self.model_kwargs)
+    def _check_3d(self) -> None:
+        stride = self.spec.depth_stride(self.model_kwargs)
         if self.patch_depth < stride or self.patch_depth % stride:
             raise ValueError(f"patch_depth must be a positive multiple of {stride} for {self.arch}, "
                              f"got {self.patch_depth}")  # fmt: skip

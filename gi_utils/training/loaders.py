@@ -21,8 +21,8 @@ from gi_utils.data.folds import assign_folds, split_fold
 from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.data.layout import build_metadata
+from gi_utils.data.patches_3d import PatchDataset, VolumeDataset
 from gi_utils.data.shm import batch_nbytes, check_shared_memory
-from gi_utils.data.volumes import PatchDataset, VolumeDataset
 from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.device_feed import (
@@ -102,25 +102,27 @@ def load_train_data(
         except MemoryError as err:
             raise MemoryError(f"{err}; in TrainConfig: cache='disk' (or 'none')") from None
     kw = {"cache": cache, "mode": cfg.resize_mode}
-    if cfg.volumetric:  # 3-D: patches of slices; every patch is a sample (no empty-slice draw)
+    is_3d = cfg.spec.is_3d
+    if is_3d:  # 3-D: patches of slices; every patch is a sample (no empty-slice draw)
         train_ds = PatchDataset(train_meta, cache, cfg.patch_depth, build_transforms_3d(cfg.augment),
                                 cfg.patches_per_volume)  # fmt: skip
-        empty, empty_fraction = np.zeros(len(train_ds), bool), 1.0
+        empty, empty_fraction, unit = np.zeros(len(train_ds), bool), 1.0, "patches"
+        n_val = 0  # whole scans through a DataLoader, not the training path
     else:
         transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)
                      if cfg.augment else None)  # fmt: skip
         train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
-        empty, empty_fraction = train_ds.meta["empty"].to_numpy(), cfg.sample_empty_fraction
+        empty, empty_fraction, unit = train_ds.meta["empty"].to_numpy(), cfg.sample_empty_fraction, "slices"
+        n_val = len(val_meta)  # 2.5D validation reads the same path
     max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
     sampler = EpochSampler(empty, cfg.seed, empty_fraction, max_samples)
     if len(sampler) < cfg.batch_size * num_processes:
         raise ValueError(
-            f"fold {cfg.fold} draws {len(sampler)} training {'patches' if cfg.volumetric else 'slices'} per epoch, fewer than one batch "
+            f"fold {cfg.fold} draws {len(sampler)} training {unit} per epoch, fewer than one batch "
             f"(batch_size={cfg.batch_size} x {num_processes} processes); lower batch_size"
         )
     pin = cuda_wanted(cfg.device)
     device = device if device is not None else default_device(cfg.device)
-    n_val = 0 if cfg.volumetric else len(val_meta)  # 2.5D validation reads the same path
     data_path = resolve_data_path(cfg.data_path, device, cache, len(train_ds.meta) + n_val)
     if data_path == "device" and cfg.data_path == "auto" and cfg.augment and cfg.augment_kwargs:
         try:  # auto: overrides the device augmentation cannot honour keep the worker path
@@ -130,7 +132,7 @@ def load_train_data(
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
     if data_path == "device":
         resident = fits_on_device(cache, len(train_ds.meta), device)  # else: pinned host memory, asynchronous copies
-        if cfg.volumetric:  # the worker path's patches, cut on the device
+        if is_3d:  # the worker path's patches, cut on the device
             augment = GpuAugment3d() if cfg.augment else None
             on_device = DevicePatches(train_ds, cache, device, cfg.seed, resident=resident)
         else:
@@ -146,7 +148,7 @@ def load_train_data(
         )  # fmt: skip
     val_ds = val_loader = None
     volumes: dict[str, np.ndarray] = {}
-    if len(val_meta) and cfg.volumetric:  # whole scans, one per batch (sliding windows)
+    if len(val_meta) and is_3d:  # whole scans, one per batch (sliding windows)
         val_ds = VolumeDataset(val_meta, cache)
         val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, **loader_kw)
     elif len(val_meta):

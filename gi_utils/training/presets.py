@@ -18,16 +18,18 @@ configuration table is :func:`presets_table`, and a test keeps the two equal.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from gi_utils.device import cuda_wanted
+from gi_utils.models.registry import find_arch
 from gi_utils.paths import platform_name
 from gi_utils.training.config import TrainConfig
 
 __all__ = ["PRESETS", "ARCH_PRESETS", "AUTO_PRESET", "PRESET_ENV", "CORES", "TABLE_FIELDS", "machine_preset", "resolve_preset", "available_cpus",
-           "preset_values", "preset_config", "presets_table", "config_table"]
+           "preset_values", "with_preset", "preset_config", "presets_table", "config_table"]
 
 #: Environment variable that pins what ``auto`` resolves to (the tests set ``smoke``).
 PRESET_ENV = "GI_PRESET"
@@ -145,17 +147,28 @@ def preset_values(preset: str | None, arch: str = "unet") -> dict[str, Any]:
     preset = resolve_preset(preset)
     if not preset:
         return {}
-    values = {**PRESETS[preset], **ARCH_PRESETS.get(preset, {}).get(arch.lower(), {})}
+    spec = find_arch(arch)  # an unknown name: the preset alone, and TrainConfig names the error
+    values = {**PRESETS[preset], **(ARCH_PRESETS.get(preset, {}).get(spec.name, {}) if spec else {})}
     if values.get("num_workers") == CORES:
         values["num_workers"] = available_cpus()
     return values
 
 
+def with_preset(preset: str | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig values of a run: ``preset``'s (for ``values['arch']``, else the
+    default architecture), then ``values`` over them. The one merge of a preset: the
+    command line, ``02_train``'s parameters and :func:`preset_config` call it.
+
+    Raises:
+        ValueError: an unknown preset, listing the valid names.
+    """
+    return {**preset_values(preset, str(values.get("arch", TrainConfig.arch))), **values}
+
+
 def preset_config(preset: str | None = "smoke", **values: Any) -> TrainConfig:
     """A validated TrainConfig: the defaults, then ``preset`` (for ``values['arch']``),
     then ``values``."""
-    arch = str(values.get("arch", TrainConfig.arch))
-    return TrainConfig.from_dict({**preset_values(preset, arch), **values})
+    return TrainConfig.from_dict(with_preset(preset, values))
 
 
 def _cell(value: Any) -> str:

@@ -40,14 +40,13 @@ from accelerate.utils import broadcast_object_list
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
+from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps, replace_dir
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
 from gi_utils.device import cuda_wanted, resolve_amp
-from gi_utils.evaluation.oof import replace_dir
 from gi_utils.inference.postprocessing import PostProcess
-from gi_utils.inference.volumetric import SlidingWindow
+from gi_utils.inference.sliding_window import SlidingWindow
 from gi_utils.losses import build_loss
 from gi_utils.models.io import model_config, save_model
 from gi_utils.models.registry import build_model
@@ -61,7 +60,6 @@ from gi_utils.models.run_folder import (
     SPLIT_FILE,
     STATE_FILE,
 )
-from gi_utils.models.volumetric import channels_last_format
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loaders import load_train_data
@@ -87,7 +85,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
     cuda = cuda_wanted(cfg.device)
     amp = resolve_amp(cfg.amp, cuda=cuda, device=int(os.environ.get("LOCAL_RANK", "0")) if cuda else None)
-    if cfg.volumetric and amp == "bf16" and not cuda:
+    if cfg.spec.is_3d and amp == "bf16" and not cuda:
         # measured here (torch 2.14.1): oneDNN's bf16 3-D convolutions gave non-finite
         # gradients within a few steps, the same steps in float32 or without oneDNN did not
         warnings.warn(f"{cfg.arch} on the CPU trains in float32: bf16 3-D convolutions (oneDNN) "
@@ -192,7 +190,7 @@ class TrainingRun:
             acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
                       f"({cfg.batch_size} x {acc.num_processes} processes x grad_accum {cfg.grad_accum}); "
                       f"peak lr {lr:.3g} (scale_lr={cfg.scale_lr})", flush=True)  # fmt: skip
-        self.layout = channels_last_format(cfg.arch) if cfg.channels_last else torch.contiguous_format
+        self.layout = cfg.spec.memory_format if cfg.channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.layout)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
@@ -212,7 +210,7 @@ class TrainingRun:
                     if cfg.ema_decay else None)  # fmt: skip
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
         # 3-D validation: whole scans by sliding windows, their sum kept on the device
-        self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.volumetric else None
+        self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.spec.is_3d else None
         # the validation Hausdorff runs on the GPU when the run has one (exact), else on the CPU
         self.hausdorff_device = acc.device if acc.device.type == "cuda" else None
         start_trackers(acc, cfg, self._wandb_key)  # TensorBoard / W&B through accelerate's trackers
@@ -362,7 +360,7 @@ class TrainingRun:
         return model_config(
             cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
             model_kwargs=cfg.build_kwargs, **({"patch_depth": cfg.patch_depth, "sw_overlap": cfg.sw_overlap}
-                                              if cfg.volumetric else {}), gate=cfg.gate, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
+                                              if cfg.spec.is_3d else {}), gate=cfg.gate, img_size=cfg.img_size, slice_offsets=list(cfg.slice_offsets),
             resize_mode=cfg.resize_mode, threshold=cfg.threshold, min_size=cfg.min_size,
             norm_version=NORM_VERSION, epoch=row["epoch"], val_score=row.get("val_score"),
             val_dice=row.get("val_dice"), train_config=cfg.to_dict(),

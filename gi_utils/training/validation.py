@@ -27,7 +27,7 @@ from gi_utils.constants import CLASSES
 from gi_utils.data.masks import pack_masks
 from gi_utils.evaluation.oof import OOFWriter, score_oof
 from gi_utils.inference.postprocessing import PostProcess
-from gi_utils.inference.volumetric import SlidingWindow, sliding_logits
+from gi_utils.inference.sliding_window import SlidingWindow, sliding_logits
 from gi_utils.models.registry import split_outputs
 from gi_utils.progress import progress_bar
 from gi_utils.training.device_feed import DeviceValLoader

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from monai.networks.nets import SegResNet, UNet
 from torch import nn
 
-__all__ = ["ARCHITECTURES_3D", "VOLUME_DEFAULTS", "is_volumetric", "channels_last_format", "volume_stride",
-           "build_volumetric"]  # fmt: skip
+__all__ = ["ARCHITECTURES_3D", "MONAI3D_DEFAULTS", "stride_3d", "build_monai3d"]
 
 #: Architecture name -> MONAI class (3-D, ``spatial_dims=3``).
 ARCHITECTURES_3D: dict[str, type[nn.Module]] = {
@@ -25,48 +23,41 @@ ARCHITECTURES_3D: dict[str, type[nn.Module]] = {
     "unet3d": UNet,
 }
 #: Defaults of each class's arguments (overridden by ``model_kwargs``).
-VOLUME_DEFAULTS: dict[str, dict[str, Any]] = {
+MONAI3D_DEFAULTS: dict[str, dict[str, Any]] = {
     "segresnet3d": {"init_filters": 8, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)},
     "unet3d": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 1},
 }
 
 
-def is_volumetric(arch: str) -> bool:
-    """True for the names of :data:`ARCHITECTURES_3D` (case-insensitive)."""
-    return isinstance(arch, str) and arch.lower() in ARCHITECTURES_3D
+def stride_3d(arch: str, settings: dict[str, Any]) -> int:
+    """Every side of a 3-D model's input must be a multiple of this (2 per downsampling).
 
-
-def channels_last_format(arch: str) -> torch.memory_format:
-    """The channels-last layout of ``arch``'s tensors: ``channels_last_3d`` for a 3-D model
-    (5-D tensors), ``channels_last`` for a 2.5D one."""
-    return torch.channels_last_3d if is_volumetric(arch) else torch.channels_last
-
-
-def _settings(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {**VOLUME_DEFAULTS[arch.lower()], **kwargs}
-
-
-def volume_stride(arch: str, model_kwargs: dict[str, Any] | None = None) -> int:
-    """Every side of a 3-D model's input must be a multiple of this (2 per downsampling)."""
-    s = _settings(arch, dict(model_kwargs or {}))
-    if arch.lower() == "segresnet3d":
-        return 2 ** (len(s["blocks_down"]) - 1)
+    Args:
+        arch: a name of :data:`ARCHITECTURES_3D` (as the registry holds it).
+        settings: the class's arguments, defaults included
+            (:meth:`gi_utils.models.registry.ArchSpec.settings`).
+    """
+    if ARCHITECTURES_3D[arch] is SegResNet:
+        return 2 ** (len(settings["blocks_down"]) - 1)
     stride = 1
-    for st in s["strides"]:
+    for st in settings["strides"]:
         stride *= int(st) if isinstance(st, int) else int(max(st))
     return stride
 
 
-def build_volumetric(arch: str, in_channels: int = 1, classes: int = 3, **kwargs: Any) -> nn.Module:
+def build_monai3d(arch: str, in_channels: int = 1, classes: int = 3, **settings: Any) -> nn.Module:
     """A MONAI 3-D network that outputs logits (N, classes, D, H, W).
+
+    Args:
+        arch: a name of :data:`ARCHITECTURES_3D`.
+        settings: the class's arguments, defaults included.
 
     Raises:
         KeyError: ``arch`` is not a 3-D architecture.
         TypeError: an argument the MONAI class does not take (named in the message).
     """
-    cls = ARCHITECTURES_3D[arch.lower()]
-    s = _settings(arch, kwargs)
+    cls = ARCHITECTURES_3D[arch]
     try:
-        return cls(spatial_dims=3, in_channels=in_channels, out_channels=classes, **s)
+        return cls(spatial_dims=3, in_channels=in_channels, out_channels=classes, **settings)
     except TypeError as err:
         raise TypeError(f"{arch}: {err} (model_kwargs go to monai.networks.nets.{cls.__name__})") from None
