@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,15 @@ print(json.dumps({"extras": extras, "names": names, "failed": failed, "file": gi
     assert report["file"].startswith(str(checkout))
     assert report["failed"] == {}
     assert "gi_utils.pipeline.series" in report["names"] and len(report["names"]) > 30
+
+
+def test_a_2d_pipeline_does_not_import_monai():
+    """MONAI's import costs about 5 s of CPU: every stage imports without it, so a notebook
+    kernel or a loader process of a 2.5D run never pays it; a 3-D model still builds."""
+    probe = ("import sys\nimport gi_utils.pipeline, gi_utils.training, gi_utils.report\n"
+             "assert 'monai' not in sys.modules, sorted(m for m in sys.modules if m.startswith('monai'))[:5]\n"
+             "from gi_utils.data import build_transforms_3d\nfrom gi_utils.models import build_model\n"
+             "print(type(build_model('segresnet3d')).__name__, type(build_transforms_3d()).__name__)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["SegResNet", "Compose"]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 
 from gi_utils.device import inference_autocast
@@ -67,6 +66,9 @@ def sliding_logits(model: nn.Module, x: torch.Tensor, patch_depth: int, sw: Slid
     ``patch_depth`` slices (the caller sets no-grad and autocast)."""
     sw = sw or SlidingWindow()
     size = x.shape[-1]
+    # MONAI is imported here, not with the module: its import costs seconds (monai3d.py)
+    from monai.inferers import sliding_window_inference
+
     out = sliding_window_inference(
         x, roi_size=(patch_depth, size, size), sw_batch_size=sw.batch_size, predictor=model,
         overlap=(sw.overlap, 0.0, 0.0), roi_weight_map=sw.weight_map(patch_depth, size, x.device),

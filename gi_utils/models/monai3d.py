@@ -12,21 +12,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from monai.networks.nets import SegResNet, UNet
 from torch import nn
 
-__all__ = ["ARCHITECTURES_3D", "MONAI3D_DEFAULTS", "stride_3d", "build_monai3d"]
+__all__ = ["ARCHITECTURES_3D", "MONAI3D_DEFAULTS", "monai_class", "stride_3d", "build_monai3d"]
 
-#: Architecture name -> MONAI class (3-D, ``spatial_dims=3``).
-ARCHITECTURES_3D: dict[str, type[nn.Module]] = {
-    "segresnet3d": SegResNet,
-    "unet3d": UNet,
+#: Architecture name -> the name of its MONAI class in ``monai.networks.nets`` (3-D,
+#: ``spatial_dims=3``), imported by :func:`monai_class` when first needed: MONAI's package
+#: import costs about 5 s of CPU, which no 2.5D process (a notebook kernel, a test) should pay.
+ARCHITECTURES_3D: dict[str, str] = {
+    "segresnet3d": "SegResNet",
+    "unet3d": "UNet",
 }
 #: Defaults of each class's arguments (overridden by ``model_kwargs``).
 MONAI3D_DEFAULTS: dict[str, dict[str, Any]] = {
     "segresnet3d": {"init_filters": 8, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)},
     "unet3d": {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 1},
 }
+
+
+def monai_class(arch: str) -> type[nn.Module]:
+    """The MONAI class of ``arch`` (a name of :data:`ARCHITECTURES_3D`), imported here."""
+    from monai.networks import nets
+
+    return getattr(nets, ARCHITECTURES_3D[arch])
 
 
 def stride_3d(arch: str, settings: dict[str, Any]) -> int:
@@ -37,7 +45,7 @@ def stride_3d(arch: str, settings: dict[str, Any]) -> int:
         settings: the class's arguments, defaults included
             (:meth:`gi_utils.models.registry.ArchSpec.settings`).
     """
-    if ARCHITECTURES_3D[arch] is SegResNet:
+    if ARCHITECTURES_3D[arch] == "SegResNet":
         return 2 ** (len(settings["blocks_down"]) - 1)
     stride = 1
     for st in settings["strides"]:
@@ -56,7 +64,7 @@ def build_monai3d(arch: str, in_channels: int = 1, classes: int = 3, **settings:
         KeyError: ``arch`` is not a 3-D architecture.
         TypeError: an argument the MONAI class does not take (named in the message).
     """
-    cls = ARCHITECTURES_3D[arch]
+    cls = monai_class(arch)
     try:
         return cls(spatial_dims=3, in_channels=in_channels, out_channels=classes, **settings)
     except TypeError as err:

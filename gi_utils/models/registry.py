@@ -25,7 +25,13 @@ import torch
 from torch import nn
 
 from gi_utils.constants import NUM_CLASSES
-from gi_utils.models.monai3d import ARCHITECTURES_3D, MONAI3D_DEFAULTS, build_monai3d, stride_3d
+from gi_utils.models.monai3d import (
+    ARCHITECTURES_3D,
+    MONAI3D_DEFAULTS,
+    build_monai3d,
+    monai_class,
+    stride_3d,
+)
 from gi_utils.models.weights import load_encoder_file, local_weights_path
 
 __all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "KINDS", "ArchSpec", "ARCH_SPECS", "arch_spec", "find_arch", "arch_names",
@@ -65,15 +71,21 @@ class ArchSpec:
     Attributes:
         name: the registry's name (lower case), what configs and model files hold.
         kind: ``"2.5d"`` or ``"3d"`` (:data:`KINDS`).
-        cls: the smp or MONAI class.
+        source: the smp class, or for a 3-D model the name of its MONAI class (imported
+            when :attr:`cls` is first asked for, :func:`gi_utils.models.monai3d.monai_class`).
         defaults: the class's arguments that ``model_kwargs`` override (3-D models;
             read, never changed: :meth:`settings` copies them).
     """
 
     name: str
     kind: Literal["2.5d", "3d"]
-    cls: type[nn.Module]
+    source: type[nn.Module] | str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type[nn.Module]:
+        """The smp or MONAI class."""
+        return monai_class(self.name) if isinstance(self.source, str) else self.source
 
     @property
     def is_3d(self) -> bool:
