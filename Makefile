@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# JOBS pytest-xdist workers (conftest.py keeps the notebooks together, in order, on one of them).
+JOBS ?= 2
 test: venv
 	$(PY) -m gi_utils.pipeline --data-only
-	$(PY) -m pytest --nbval -p no:cacheprovider  # the design card's `pytest --nbval`: conftest.py makes it hermetic
+	$(PY) -m pytest --nbval -p no:cacheprovider -n $(JOBS)  # the design card's `pytest --nbval`: conftest.py makes it hermetic
 
 test-fast: venv
 	$(PY) -m pytest tests -m "not slow"

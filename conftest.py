@@ -8,6 +8,9 @@ collected (``make test``, ``pytest --nbval``, ``pytest --nbval notebooks`` alone
 * ``GI_PRESET=smoke``: the notebooks' ``preset="auto"`` takes the cheap preset, even on a GPU;
 * nbval's sanitizer (``tests/nbval_sanitize.cfg``: temporary paths, times) unless another
   is named;
+* under pytest-xdist (``make test`` runs two workers), what shares state stays on one
+  worker, in order: all the notebooks (03 reads what 02 wrote), and each test module (its
+  module-scoped fixtures are made once);
 * when 03 or 04 is collected without the notebooks before it, those run first through
   papermill (in the same runs folder), so each notebook finds what its committed outputs
   show.
@@ -19,6 +22,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,6 +44,39 @@ def pytest_configure(config) -> None:
         _OWN_RUNS.append(path)
     if getattr(config.option, "nbval_sanitize_with", "") is None:
         config.option.nbval_sanitize_with = str(SANITIZER)
+
+
+#: The longest scopes of the suite (minutes each on 2 cores), started first under xdist so
+#: that no worker is left alone with one of them at the end; the rest keep their order.
+LONGEST_FIRST = ("tests/test_notebooks.py", "notebooks", "tests/test_platform_journeys.py", "tests/test_gpu_check.py",
+                 "tests/test_kaggle_journey.py", "tests/test_train.py", "tests/test_kill_resume.py")  # fmt: skip
+
+
+def _scope(nodeid: str) -> str:
+    """What must run on one worker: every notebook together, else the test module."""
+    path = nodeid.split("::", 1)[0]
+    return "notebooks" if path.endswith(".ipynb") else path
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """On an xdist worker: the scopes of :data:`LONGEST_FIRST` first (a stable sort, so the
+    notebooks' cells and each module's tests keep their order)."""
+    if hasattr(config, "workerinput"):
+        rank = {scope: i for i, scope in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(_scope(item.nodeid), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's ``loadscope`` with one scope for all the notebooks (the ``loadgroup``
+    marks do not reach the node ids under pytest 9) and one per test module."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return NotebooksTogether(config, log)
 
 
 def pytest_collection_finish(session) -> None:

@@ -84,8 +84,9 @@ class TrainConfig:
     cache_dtype: str = _f("float16", "float16 (exact) | uint8 (half the disk: for 320 px and more on Kaggle)")
     cache_masks: bool = _f(True, "keep the masks in the cache; False: decode them from train.csv per sample")
     num_workers: int = _f(0, "DataLoader worker processes (2 on Kaggle/Colab)")
-    data_path: str = _f("auto", "auto | device (the cache on the GPU, kornia augmentation in batches there) | "
-                        "workers (DataLoader workers, albumentations); auto: device on CUDA when it fits")
+    data_path: str = _f("auto", "auto | device (the cache on the GPU, augmentation in batches there: kornia for 2.5D, "
+                        "torch for 3-D patches) | workers (DataLoader workers, albumentations or MONAI); "
+                        "auto: device on CUDA when it fits")
     # optimisation
     epochs: int = _f(10, "epochs")
     batch_size: int = _f(16, "samples per step and process")
