@@ -10,7 +10,9 @@ collected (``make test``, ``pytest --nbval``, ``pytest --nbval notebooks`` alone
   is named;
 * under pytest-xdist (``make test`` runs two workers), what shares state stays on one
   worker, in order: all the notebooks (03 reads what 02 wrote), and each test module (its
-  module-scoped fixtures are made once);
+  module-scoped fixtures are made once); each worker and what it starts (kernels, training
+  subprocesses) gets its share of the cores (``OMP_NUM_THREADS``), so two workers do not
+  oversubscribe them;
 * when 03 or 04 is collected without the notebooks before it, those run first through
   papermill (in the same runs folder), so each notebook finds what its committed outputs
   show.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,6 +45,12 @@ def pytest_configure(config) -> None:
         path = tempfile.mkdtemp(prefix="gi_test_runs_")
         os.environ["GI_RUNS_DIR"] = path
         _OWN_RUNS.append(path)
+    if hasattr(config, "workerinput"):  # an xdist worker: the cores shared out, kernels and subprocesses included
+        threads = str(max(1, (os.cpu_count() or 1) // int(config.workerinput["workercount"])))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        if "torch" in sys.modules:  # imported already by tests/conftest.py
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if getattr(config.option, "nbval_sanitize_with", "") is None:
         config.option.nbval_sanitize_with = str(SANITIZER)
 

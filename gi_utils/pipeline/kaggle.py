@@ -31,8 +31,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import papermill as pm
-
 from gi_utils.atomic import atomic_write_json
 from gi_utils.constants import KAGGLE_COMPETITION
 from gi_utils.paths import REPO_ROOT
@@ -106,6 +104,8 @@ def _copy_models(record: dict[str, Any], dataset: Path) -> list[str]:
 
 def _write_kernel(kernel: Path, user: str, slug: str) -> None:
     kernel.mkdir(parents=True)
+    import papermill as pm  # here: papermill -> nbformat -> jsonschema costs about 1.3 s at import, which every notebook kernel importing gi_utils.pipeline would pay
+
     pm.execute_notebook(str(NOTEBOOKS_DIR / "04_submission.ipynb"), str(kernel / "04_submission.ipynb"),
                         parameters={"best_config": kernel_best_config(slug)}, prepare_only=True,
                         progress_bar=False)  # fmt: skip

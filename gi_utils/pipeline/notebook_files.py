@@ -8,6 +8,10 @@
   :func:`setup_cell_drift` names the notebooks whose copy differs (a test).
 * :func:`execute_in_place`: run the notebooks with their default parameters, in a
   temporary runs folder, and save them executed (what nbval compares against).
+
+nbformat, nbclient and papermill are imported in the functions that use them, here and in
+the pipeline's other modules: through jsonschema they cost about 1.3 s at import, which
+every notebook kernel that imports :mod:`gi_utils.pipeline` would otherwise pay.
 """
 
 from __future__ import annotations
@@ -18,9 +22,6 @@ import tempfile
 import typing
 from pathlib import Path
 from typing import Any
-
-import nbformat
-from nbclient import NotebookClient
 
 from gi_utils.constants import RUNS_DIR_ENV
 from gi_utils.paths import REPO_ROOT
@@ -42,6 +43,8 @@ def notebook_paths(folder: str | os.PathLike = NOTEBOOKS_DIR) -> list[Path]:
 
 def parameters_cell(path: str | os.PathLike) -> str:
     """Source of the cell tagged ``parameters`` (``ValueError`` naming the file if none)."""
+    import nbformat
+
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
@@ -77,6 +80,8 @@ def _setup_source() -> str:
 
 def setup_cell_drift(folder: str | os.PathLike = NOTEBOOKS_DIR) -> list[str]:
     """Names of the notebooks whose first cell is not :data:`SETUP_CELL`."""
+    import nbformat
+
     want = _setup_source()
     bad = []
     for path in notebook_paths(folder):
@@ -89,6 +94,8 @@ def setup_cell_drift(folder: str | os.PathLike = NOTEBOOKS_DIR) -> list[str]:
 
 def sync_setup_cells(folder: str | os.PathLike = NOTEBOOKS_DIR) -> list[Path]:
     """Copy :data:`SETUP_CELL` into the first code cell of every notebook that differs."""
+    import nbformat
+
     want, changed = _setup_source(), []
     for path in notebook_paths(folder):
         nb = nbformat.read(path, as_version=4)
@@ -121,6 +128,9 @@ def execute_in_place(paths: list[Path] | None = None, timeout: int = 1800) -> li
     them executed. They share one temporary runs folder, as under nbval, so 03 and 04 see
     the run that 02 made and nothing else; the saved outputs name it :data:`RUNS_SHOWN`; ``preset="auto"`` is ``smoke`` (``$GI_PRESET``),
     as in the tests, whatever the machine."""
+    import nbformat
+    from nbclient import NotebookClient
+
     paths = paths or notebook_paths()
     old = os.environ.get(RUNS_DIR_ENV)
     os.environ["GI_HEADLESS"] = "1"  # as under nbval: text progress, static viewer

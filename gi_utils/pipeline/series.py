@@ -22,9 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import nbformat
-import papermill as pm
-
 from gi_utils.atomic import atomic_write_json, atomic_write_text, read_json
 from gi_utils.models.run_folder import run_name
 from gi_utils.paths import default_runs_dir
@@ -61,6 +58,8 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: Mapping[str,
     t0 = time.perf_counter()
     print(f"--- {src.name} -> {out} {params}", flush=True)
     os.environ["GI_HEADLESS"] = "1"  # the kernel inherits it: text progress, static viewer
+    import papermill as pm  # here, not with the module (pipeline/notebook_files.py)
+
     pm.execute_notebook(str(src), str(out), parameters=params, cwd=str(src.parent),
                         kernel_name="python3", progress_bar=False, log_output=False)  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -82,6 +81,8 @@ def export_html(notebook: str | os.PathLike, out: str | os.PathLike) -> Path:
         from nbconvert import HTMLExporter
     except ImportError as err:
         raise ImportError(f"export_html({notebook}) needs nbconvert: pip install 'gi-utils[notebooks]'") from err
+    import nbformat
+
     body, _ = HTMLExporter(template_name="lab", embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
     return atomic_write_text(out, body)
 
