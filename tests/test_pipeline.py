@@ -66,6 +66,8 @@ def test_real_data_and_named_folders_are_never_rewritten(fake, tmp_path):
 def test_demo_notebooks_done_before_are_skipped_after_a_crash(tmp_path, monkeypatch):
     """`make demo` again after the kernel died: finished notebooks (same parameters) are
     skipped, the unfinished one runs again, changed parameters run again."""
+    import papermill
+
     import gi_utils.pipeline.series as series
 
     calls = []
@@ -76,7 +78,7 @@ def test_demo_notebooks_done_before_are_skipped_after_a_crash(tmp_path, monkeypa
             raise RuntimeError("kernel died")
         Path(out).write_text("{}")
 
-    monkeypatch.setattr(series.pm, "execute_notebook", fake_execute)
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)  # series imports it where it runs one
     series.run_notebook("01_eda", tmp_path, {"seed": 0})
     with pytest.raises(RuntimeError, match="kernel died"):
         series.run_notebook("02_train", tmp_path, {"crash": True}, tag="unet")
