@@ -262,14 +262,18 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Move the folder ``src`` over ``dst`` (the old ``dst`` is removed first; a crash in
-    between leaves no set at ``dst``, never half of one)."""
+    between leaves no set at ``dst``, never half of one; a failed move puts the old one back)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old")
         if old.exists():
             shutil.rmtree(old)
         dst.rename(old)
-        src.rename(dst)
+        try:
+            src.rename(dst)
+        except BaseException:  # src missing or on another device: the old set goes back
+            old.rename(dst)
+            raise
         shutil.rmtree(old)
     else:
         src.rename(dst)

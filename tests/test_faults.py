@@ -175,6 +175,15 @@ def test_replace_dir_moves_a_folder_over_another_or_into_place(tmp_path):
         assert not (tmp_path / f".{dst.name}.old").exists()
 
 
+def test_replace_dir_that_fails_leaves_the_old_set_in_place(tmp_path):
+    dst = tmp_path / "set"
+    dst.mkdir()
+    (dst / "b.txt").write_text("old")
+    with pytest.raises(FileNotFoundError):
+        replace_dir(tmp_path / "missing", dst)
+    assert (dst / "b.txt").read_text() == "old" and not (tmp_path / ".set.old").exists()
+
+
 def test_check_free_space_names_folder_needed_and_free(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: Usage(10**6, 10**6 - 2048, 2048))
     check_free_space(tmp_path / "new" / "folder", 2048)  # fits exactly; the folder need not exist
