@@ -303,7 +303,7 @@ class TrainingRun:
         if self.ema is not None and self.acc.num_processes > 1:
             sync_buffers(self.ema.module)
         row = validate(self.acc, self.scored, self.val_loader, self.loss_fn, self.data, self.post,
-                       self.out_dir / ".oof.tmp", progress=self.cfg.progress, memory_format=self.layout,
+                       self.out_dir / f".{OOF_DIR}.tmp", progress=self.cfg.progress, memory_format=self.layout,
                        sliding=self.sliding, hausdorff_device=self.hausdorff_device)  # fmt: skip
         return broadcast_object_list([row])[0]  # the metrics are computed on the main process
 
@@ -330,7 +330,7 @@ class TrainingRun:
         else:
             st["bad_epochs"] += 1
             if acc.is_main_process and self.validated:
-                shutil.rmtree(self.out_dir / ".oof.tmp", ignore_errors=True)
+                shutil.rmtree(self.out_dir / f".{OOF_DIR}.tmp", ignore_errors=True)
         st["history"].append(row)
         st.update(epoch=row["epoch"], loss_sum=0.0, n_batches=0)
         self.stopped_early = bool(cfg.patience) and st["bad_epochs"] >= cfg.patience
