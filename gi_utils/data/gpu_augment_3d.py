@@ -99,10 +99,10 @@ class GpuAugment3d:
         images = torch.where(f[:, None, None, None, None], images.flip(-1), images)
         packed = torch.where(f[:, None, None, None], packed.flip(-1), packed)
         a = prm["affine"]
-        if a.any():  # the slices of a patch are the channels of one 2-D resampling
+        if a.any():  # the slices of a patch are the channels of one 2-D resampling (images and packed
+            # are torch.where's new tensors: writing into them leaves the caller's batch alone)
             img, msk = images[a][:, 0], packed[a].float()
             grid = F.affine_grid(self.theta(prm["rotate"][a], prm["scale"][a]), list(img.shape), align_corners=False)
-            images, packed = images.clone(), packed.clone()
             images[a] = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, None]
             moved = F.grid_sample(msk, grid, mode="nearest", padding_mode="zeros", align_corners=False)
             packed[a] = moved.round().to(torch.uint8)
