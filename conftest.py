@@ -78,7 +78,10 @@ def pytest_collection_modifyitems(config, items) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's ``loadscope`` with one scope for all the notebooks (the ``loadgroup``
-    marks do not reach the node ids under pytest 9) and one per test module."""
+    marks do not reach the node ids under pytest 9) and one per test module, for ``-n`` with
+    ``--dist`` load (the default) or loadscope; another ``--dist`` keeps xdist's own."""
+    if config.getoption("dist") not in ("load", "loadscope"):
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebooksTogether(LoadScopeScheduling):
