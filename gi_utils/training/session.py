@@ -48,7 +48,7 @@ from gi_utils.device import cuda_wanted, resolve_amp
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.sliding_window import SlidingWindow
 from gi_utils.losses import build_loss
-from gi_utils.models.io import model_config, save_model
+from gi_utils.models.io import ModelConfig, model_config, save_model
 from gi_utils.models.registry import build_model
 from gi_utils.models.run_folder import (
     CONFIG_FILE,
@@ -355,7 +355,7 @@ class TrainingRun:
         self.acc.wait_for_everyone()
         return history
 
-    def _model_config(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _model_config(self, row: dict[str, Any]) -> ModelConfig:
         cfg = self.cfg
         return model_config(
             cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
