@@ -163,3 +163,21 @@ def test_setup_cell_installs_from_drive_in_a_colab_session(kaggle_image, bundle_
     wheels = root / "content" / "drive" / "MyDrive" / "gi-tract-segmentation" / "wheels"
     assert f"gi_utils installed from the wheels in {wheels} (offline)" in done.stdout
     assert done.stdout.split()[-1].startswith(str(session.site))
+
+
+def test_a_passing_tests_temporary_folder_is_deleted(tmp_path):
+    """The suite's training tests write ~0.3 GB of checkpoints each; with pytest's default
+    retention three sessions of them filled the CI machine's disk. A session under the
+    project's settings must delete a passing test's folder and keep a failing one's."""
+    (tmp_path / "test_disk.py").write_text(
+        "def test_passes(tmp_path):\n    (tmp_path / 'w').write_bytes(b'x')\n    print('TMP', tmp_path)\n\n"
+        "def test_fails(tmp_path):\n    print('TMP', tmp_path)\n    assert False\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO_ROOT / "pyproject.toml"), "--rootdir", str(tmp_path),
+         "-p", "no:cacheprovider", "-p", "no:xdist", "-s", str(tmp_path / "test_disk.py")],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTEST_DEBUG_TEMPROOT": str(tmp_path)},
+    )  # fmt: skip
+    folders = {Path(path).name: Path(path) for path in re.findall(r"TMP (\S+)", run.stdout)}
+    assert len(folders) == 2, run.stdout + run.stderr
+    assert not folders["test_passes0"].exists(), "a passing test's folder was kept"
+    assert folders["test_fails0"].exists(), "a failing test's folder was deleted"
