@@ -21,6 +21,7 @@ from gi_utils.inference import (
     blend,
     load_models,
     make_submission,
+    normalised_weights,
     predict_probs,
     predict_volume,
     remove_small_components,
@@ -164,9 +165,13 @@ def test_blend_weighs_probabilities_and_only_the_gates_there_are():
              for part in ({0, 1}, {2})]  # fmt: skip
     assert np.array_equal(parts[0] + parts[1], mean)
     assert blend([(probs[0], None)])[1] is None and blend([(None, None)] * 2)[0] is None
-    for bad in ([1, -1, 1], [0, 0, 0], [1, 1]):
+    for bad in ([1, -1, 1], [0, 0, 0], [1, 1], [[1, 1, 1]]):
         with pytest.raises(ValueError, match=r"must be 3 non-negative values"):
             blend(list(zip(probs, gates, strict=True)), bad)
+        with pytest.raises(ValueError, match=r"must be 3 non-negative values"):
+            normalised_weights(bad, 3)
+    assert normalised_weights([2, 1, 1], 3).tolist() == [0.5, 0.25, 0.25]
+    assert normalised_weights(None, 4).tolist() == [0.25] * 4
 
 
 # --------------------------------------------------------------------------- submission

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from gi_utils.evaluation.oof import OOFCollection
-from gi_utils.inference.blending import blend
+from gi_utils.inference.blending import blend, normalised_weights
 
 __all__ = ["Blend", "weight_grid"]
 
@@ -26,8 +26,8 @@ class Blend:
 
     Args:
         members: the collections, one per model (architecture).
-        weights: one non-negative weight per member (normalised when blended,
-            :func:`gi_utils.inference.blend`); default equal.
+        weights: one non-negative weight per member, default equal (normalised when
+            blended, :func:`gi_utils.inference.normalised_weights`).
         case_days: restrict to these (default: those all members cover, in the first
             member's order).
     """
@@ -36,7 +36,7 @@ class Blend:
                  case_days: Sequence[str] | None = None) -> None:  # fmt: skip
         if not members:
             raise ValueError("a blend needs at least one member")
-        blend([(None, None)] * len(members), weights)  # the weights checked here, where the blend is made
+        normalised_weights(weights, len(members))  # checked here, where the blend is made
         self.members, self.weights = list(members), weights
         common = [cd for cd in members[0].case_days if all(cd in m.owner for m in members[1:])]
         if case_days is not None:

@@ -13,9 +13,22 @@ from collections.abc import Iterable, Sequence, Sized
 
 import numpy as np
 
-__all__ = ["blend"]
+__all__ = ["blend", "normalised_weights"]
 
 Member = tuple[np.ndarray | None, np.ndarray | None]
+
+
+def normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """``weights`` checked (one non-negative value per member, not all 0) and divided by
+    their sum, as float64; ``None``: ``n`` equal weights.
+
+    Raises:
+        ValueError: the weights are not ``n`` non-negative values, or all 0.
+    """
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights {list(np.atleast_1d(w))} must be {n} non-negative values, not all 0")
+    return w / w.sum()
 
 
 def blend(
@@ -33,7 +46,7 @@ def blend(
             input size) blends each part with the others' left out. A member without a
             gate (``None``) is left out of the gates' mean.
         weights: one non-negative weight per member, not all 0, normalised here to sum
-            to 1; ``None``: equal weights.
+            to 1 (:func:`normalised_weights`); ``None``: equal weights.
         n: the number of members (needed only when ``members`` has no length and
             ``weights`` is ``None``).
         dtype: the type each weight takes before it multiplies an array (``float32``
@@ -49,10 +62,7 @@ def blend(
     """
     if n is None:
         n = len(members) if isinstance(members, Sized) or weights is None else len(weights)  # type: ignore[arg-type]
-    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
-    if len(w) != n or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights {list(w)} must be {n} non-negative values, not all 0")
-    w = w / w.sum()
+    w = normalised_weights(weights, n)
     total = gate_total = None
     gate_weight = 0.0
     for (probs, gate), wk in zip(members, w, strict=True):
