@@ -14,6 +14,7 @@ from gi_utils.models import (
     ARCH_SPECS,
     ARCHITECTURES,
     ARCHITECTURES_3D,
+    ArchSpec,
     ModelConfig,
     arch_spec,
     build_model,
@@ -60,6 +61,9 @@ def test_one_entry_per_architecture_knows_its_kind():
     assert pickle.loads(pickle.dumps(seg)) == seg  # a TrainConfig carries its entry to other processes
     with pytest.raises(KeyError, match="unknown architecture 'unett'; valid names: unet, .*segresnet3d"):
         arch_spec("unett")
+    for name, kind in (("unet", "2d"), ("UNet", "2.5d")):  # an entry added wrong fails where it is written
+        with pytest.raises(ValueError, match=f"architecture '{name}': the name must be lower case and the kind"):
+            ArchSpec(name, kind, unet.source)
     saved = ModelConfig.from_dict({"arch": "SegResNet3D", "encoder": "", "in_channels": 1, "classes": 3})  # read: normalised
     assert saved.arch == "segresnet3d" and saved.spec is seg
 

@@ -42,3 +42,5 @@ def test_fold_given_and_old_or_3d_configs():
     assert run_name(old, -1) == "unet_resnet34_64px_foldall"
     assert model_stem({"arch": "segresnet3d", "encoder": "resnet18", "img_size": 96}) == "segresnet3d_96px"
     assert stem_of_run("my_run") == "my_run"
+    assert stem_of_run("unet_resnet18_320px_gate_fold12") == "unet_resnet18_320px_gate"
+    assert stem_of_run("segresnet3d_128px_foldall") == "segresnet3d_128px"

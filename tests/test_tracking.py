@@ -14,7 +14,7 @@ import pytest
 from accelerate.utils import LoggerType
 
 import gi_utils.training.config as config_mod
-from gi_utils.training import TrainConfig, WandbKeyError, run_group, tracker_setup, train, wandb_key
+from gi_utils.training import TrainConfig, WandbKeyError, tracker_setup, train, wandb_key
 
 SECRET = "kaggle-secret-0123456789abcdef0123456789abcdef01234567"
 ENV_KEY = "env-key-fedcba9876543210fedcba9876543210fedcba98"
@@ -83,13 +83,6 @@ def kaggle_secret(monkeypatch, value: str | None = SECRET, error: Exception | No
 @pytest.fixture(scope="module")
 def synth_dir(synth_factory) -> Path:
     return synth_factory(n_cases=4, seed=0, slices_per_scan=12, size=(80, 72))
-
-
-def test_run_group_is_the_model():
-    assert run_group("unet_resnet18_320px_fold0") == "unet_resnet18_320px"
-    assert run_group("unet_resnet18_320px_gate_fold12") == "unet_resnet18_320px_gate"
-    assert run_group("segresnet3d_128px_foldall") == "segresnet3d_128px"
-    assert run_group("my_run") == "my_run"
 
 
 def test_one_named_run_per_fold_grouped_by_model_key_from_the_kaggle_secret(

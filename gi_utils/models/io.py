@@ -116,10 +116,6 @@ class ModelConfig:
         """The JSON-ready dict :func:`save_model` writes."""
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with ``changes`` (checked like :meth:`from_dict`)."""
-        return ModelConfig.from_dict({**self.to_dict(), **changes})
-
 
 def model_config(
     arch: str, encoder: str, in_channels: int = 3, classes: int = NUM_CLASSES, **extra: Any

@@ -35,7 +35,7 @@ from gi_utils.models.monai3d import (
 from gi_utils.models.weights import load_encoder_file, local_weights_path
 
 __all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "KINDS", "ArchSpec", "ARCH_SPECS", "arch_spec", "find_arch", "arch_names",
-           "encoder_names", "check_encoder", "check_arch", "check_img_size", "build_model", "split_outputs"]  # fmt: skip
+           "encoder_names", "check_encoder", "check_img_size", "build_model", "split_outputs"]  # fmt: skip
 
 #: Architecture name (as used in configs and on the command line) -> smp class. Every
 #: entry builds and trains at 64x64 with a ResNet encoder (smp's PAN needs >= 128 px and
@@ -81,6 +81,11 @@ class ArchSpec:
     kind: Literal["2.5d", "3d"]
     source: type[nn.Module] | str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS or self.name != self.name.lower():
+            raise ValueError(f"architecture {self.name!r}: the name must be lower case and the kind one of "
+                             f"{KINDS}, not {self.kind!r}")  # fmt: skip
 
     @property
     def cls(self) -> type[nn.Module]:
@@ -167,12 +172,6 @@ def check_encoder(encoder: str) -> str:
             "(or 'tu-<timm model name>')"
         )
     return encoder
-
-
-def check_arch(arch: str) -> type[nn.Module]:
-    """The smp (2.5D) or MONAI (3-D) class of ``arch``; ``KeyError`` listing the valid
-    names otherwise."""
-    return arch_spec(arch).cls
 
 
 def check_img_size(img_size: int, name: str = "img_size") -> int:

@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from gi_utils.models.run_folder import stem_of_run
 from gi_utils.training.config import TrainConfig
 
-__all__ = ["TENSORBOARD_DIR", "WANDB_KEY_NAME", "WandbKeyError", "run_group", "wandb_key", "tracker_setup", "start_trackers"]
+__all__ = ["TENSORBOARD_DIR", "WANDB_KEY_NAME", "WandbKeyError", "wandb_key", "tracker_setup", "start_trackers"]
 
 #: The name of the Kaggle secret and of the environment variable holding the W&B API key.
 WANDB_KEY_NAME = "WANDB_API_KEY"
@@ -36,13 +36,6 @@ TENSORBOARD_DIR = "logs"
 
 class WandbKeyError(ValueError):
     """``log_with="wandb"`` and no W&B credentials anywhere (the message lists what was tried)."""
-
-
-def run_group(run_name: str) -> str:
-    """The model a run folder trains, its name without the fold suffix:
-    ``unet_resnet18_320px_fold0`` -> ``unet_resnet18_320px`` (``_foldall`` too); a name
-    without one is its own group."""
-    return stem_of_run(run_name)
 
 
 def _kaggle_secret(name: str) -> tuple[str | None, str]:
@@ -98,15 +91,15 @@ def tracker_setup(cfg: TrainConfig, key: str | None = None) -> tuple[str, dict[s
 
     TensorBoard: the project name is the folder of the event files in the run folder
     (``<out_dir>/logs``). W&B: the project is ``cfg.log_project`` and the run is named
-    after the run folder and grouped by model (:func:`run_group`); ``key`` goes into the
-    run's settings only.
+    after the run folder and grouped by model (:func:`gi_utils.models.stem_of_run`);
+    ``key`` goes into the run's settings only.
     """
     if cfg.log_with != "wandb":
         return TENSORBOARD_DIR, {}
     import wandb  # installed: TrainConfig checks it
 
     name = Path(cfg.out_dir).name
-    kwargs: dict[str, Any] = {"name": name, "group": run_group(name), "job_type": "train"}
+    kwargs: dict[str, Any] = {"name": name, "group": stem_of_run(name), "job_type": "train"}
     if key:
         kwargs["settings"] = wandb.Settings(api_key=key)
     return cfg.log_project, {"wandb": kwargs}
