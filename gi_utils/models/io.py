@@ -116,6 +116,11 @@ class ModelConfig:
         """The JSON-ready dict :func:`save_model` writes."""
         return dataclasses.asdict(self)
 
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes`` (checked like :meth:`from_dict`), as
+        :meth:`gi_utils.training.TrainConfig.replace`."""
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
+
 
 def model_config(
     arch: str, encoder: str, in_channels: int = 3, classes: int = NUM_CLASSES, **extra: Any
