@@ -78,10 +78,14 @@ def pytest_collection_modifyitems(config, items) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's ``loadscope`` with one scope for all the notebooks (the ``loadgroup``
-    marks do not reach the node ids under pytest 9) and one per test module, for ``-n`` with
-    ``--dist`` load (the default) or loadscope; another ``--dist`` keeps xdist's own."""
+    marks do not reach the node ids under pytest 9) and one per test module, handed out in
+    the order of collection (:data:`LONGEST_FIRST` first), for ``-n`` with ``--dist`` load
+    (the default) or loadscope; another ``--dist`` keeps xdist's own."""
     if config.getoption("dist") not in ("load", "loadscope"):
         return None
+    # xdist sorts the scopes by their number of tests unless told not to: that put the
+    # one-test scopes of LONGEST_FIRST (test_gpu_check, a minute) last, on a worker alone.
+    config.option.loadscopereorder = False
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebooksTogether(LoadScopeScheduling):
