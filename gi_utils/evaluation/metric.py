@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from gi_utils.constants import CLASSES, DICE_WEIGHT, HAUSDORFF_WEIGHT, NUM_CLASSES
+from gi_utils.evaluation.device_hausdorff import device_mask
 from gi_utils.evaluation.hausdorff import (
     METHODS,
     check_option,
@@ -232,12 +233,13 @@ def _volume_stats(p: np.ndarray, t: np.ndarray, fill: float, mode: str, method: 
     if not union:
         if fast:
             return dice, np.array([s[1] for s in stats])
-        return dice, np.array([hausdorff_torch(p[..., c], t[..., c], device) for c in range(p.shape[-1])])
+        a, b = device_mask(p, device), device_mask(t, device)  # each volume copied to the device once
+        return dice, np.array([hausdorff_torch(a[..., c], b[..., c]) for c in range(p.shape[-1])])
     n_pred, n_true = ca[-1].shape[1], cb[-1].shape[1]
     if mode == "mlebench" and n_true and n_pred > MLEBENCH_OVERSIZE * n_true:
         return dice, np.array([1.0])
     if not fast:
-        return dice, np.array([hausdorff_torch(p.any(-1), t.any(-1), device)])
+        return dice, np.array([hausdorff_torch(device_mask(p, device).any(-1), device_mask(t, device).any(-1))])
     return dice, np.array([pair_stats(ca[-1], cb[-1], p.shape[:3], fill)[1]])
 
 
