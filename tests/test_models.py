@@ -25,6 +25,7 @@ from gi_utils.models import (
     read_model_config,
     save_model,
 )
+from gi_utils.training import TrainConfig
 
 torch.set_num_threads(1)
 
@@ -195,6 +196,8 @@ def test_an_old_config_reads_with_the_defaults_and_an_unknown_key_is_named(saved
         ModelConfig.from_dict({"arch": "unet", "in_channels": 3, "classes": 3})
     run = {"arch": "unet", "encoder": "resnet34", "img_size": 96, "fold": 1, "epochs": 3, "threshold": 0.4}
     assert ModelConfig.from_run_config(run) == ModelConfig("unet", "resnet34", img_size=96, threshold=0.4)
+    for train in (TrainConfig(arch="segresnet3d", img_size=96), TrainConfig(slice_offsets=(-2, -1, 0, 1, 2))):
+        assert ModelConfig.from_run_config(train.to_dict()).in_channels == train.in_channels  # as the run derives it
 
 
 def test_load_checkpoint_of_another_arch_is_a_clear_error(saved_unet):

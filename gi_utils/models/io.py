@@ -107,10 +107,14 @@ class ModelConfig:
     def from_run_config(cls, values: Mapping[str, Any]) -> ModelConfig:
         """What a run's ``TrainConfig`` dict (its ``config.json``) says of its model: the
         fields the two share (input and post-processing: what the report reads of a run
-        whose model file it does not open). ``in_channels`` is no field of that dict (the
-        config derives it) and keeps its default."""
+        whose model file it does not open). ``in_channels`` is no field of that dict: it is
+        derived as the run's config derives it (the 2.5D neighbours, or 1 for a 3-D model)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        config = cls(**{k: v for k, v in values.items() if k in names})
+        spec = find_arch(config.arch)
+        if spec is None or (config.slice_offsets is None and not spec.is_3d):
+            return config  # an unknown arch (named when built) or an old dict without offsets
+        return dataclasses.replace(config, in_channels=spec.in_channels(config.slice_offsets or ()))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict :func:`save_model` writes."""
