@@ -12,7 +12,14 @@ import pytest
 import gi_utils.pipeline.cv as cv_mod
 from gi_utils.constants import CLASSES, SUBMISSION_COLUMNS
 from gi_utils.data import build_metadata, encode_rle, make_holdout, read_solution, solution_path
-from gi_utils.evaluation import OOFCollection, OOFSet, case_of, score_submission
+from gi_utils.evaluation import (
+    OOFCollection,
+    OOFSet,
+    case_of,
+    holdout_scores,
+    holdout_table,
+    score_submission,
+)
 from gi_utils.inference import make_submission
 from gi_utils.pipeline import cross_validate, parse_folds, submission_plan
 from gi_utils.report import BEST_CONFIG_NAME, find_runs, select, write_best_config
@@ -129,6 +136,9 @@ def test_holdout_made_from_training_cases(data, tmp_path, cv_runs):
     assert 0.0 <= score_submission(sub, solution_path(out), test).score <= 1.0
     with pytest.raises(Exception, match="exists already"):
         make_holdout(data, tmp_path / "held", 1)
+    for score in (lambda d: holdout_scores([], {}, d), lambda d: holdout_table([], d)):  # no truth beside it
+        with pytest.raises(FileNotFoundError, match=f"no hold-out truth at {solution_path(tmp_path / 'none')}"):
+            score(tmp_path / "none")
 
 
 def test_mlebench_rule_sets_oversized_predictions_to_distance_one():

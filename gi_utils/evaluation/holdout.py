@@ -79,6 +79,11 @@ def holdout_available(data_dir: str | os.PathLike) -> bool:
     return solution_path(data_dir).is_file() and not on_kaggle()
 
 
+def _check_holdout(data_dir: str | os.PathLike) -> None:
+    if not holdout_available(data_dir):
+        raise FileNotFoundError(f"no hold-out truth at {solution_path(data_dir)} (or this is Kaggle)")
+
+
 def holdout_scores(
     model_paths: Sequence[str | os.PathLike], posts: Mapping[str, PostProcess], data_dir: str | os.PathLike,
     weights: Sequence[float] | None = None, tta: bool = True, **metric: Any,
@@ -88,8 +93,7 @@ def holdout_scores(
     Raises:
         FileNotFoundError: there is no hold-out truth (:func:`holdout_available`).
     """
-    if not holdout_available(data_dir):
-        raise FileNotFoundError(f"no hold-out truth at {solution_path(data_dir)} (or this is Kaggle)")
+    _check_holdout(data_dir)
     subs = make_submissions(model_paths, data_dir, "test", posts, weights=weights, tta=tta, progress=False)
     meta = build_metadata(data_dir, "test", labels=False)
     return {name: score_submission(df, solution_path(data_dir), meta, **metric).score for name, df in subs.items()}
@@ -102,9 +106,11 @@ def holdout_table(candidates: Sequence[Any], data_dir: str | os.PathLike, tta: b
 
     Each model is run once per test scan and its probabilities are shared by every
     candidate it belongs to (blends weigh them), so the cost is that of the distinct models.
+
+    Raises:
+        FileNotFoundError: there is no hold-out truth (:func:`holdout_available`).
     """
-    if not holdout_available(data_dir):
-        raise FileNotFoundError(f"no hold-out truth at {solution_path(data_dir)} (or this is Kaggle)")
+    _check_holdout(data_dir)
     paths = list(dict.fromkeys(str(p) for c in candidates for p in c.model_paths))
     models = dict(zip(paths, load_models(paths, device), strict=True))
     meta = build_metadata(data_dir, "test", labels=False)
