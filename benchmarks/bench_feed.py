@@ -45,7 +45,7 @@ from collections.abc import Iterator  # noqa: E402
 import _common  # noqa: E402,F401 - sets the offline environment variables first
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import peak_rss_mb, result  # noqa: E402
+from _common import parse_args, peak_rss_mb, result  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from gi_utils.data import (  # noqa: E402
@@ -214,14 +214,13 @@ def report(tag: str, batch: int, got: dict[str, dict[str, float]], cuda: bool) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (what runs on a CPU)")
     ap.add_argument("--size", type=int, default=None, help="img_size (320 on CUDA, 64 on a CPU)")
     ap.add_argument("--batches", type=int, nargs="+", default=None,
                     help="2.5D batch sizes (16 64 on CUDA, 4 on a CPU; 3-D: the preset's)")  # fmt: skip
     ap.add_argument("--models", nargs="+", default=["unet", "segresnet3d"], choices=["unet", "segresnet3d"])
     ap.add_argument("--seconds", type=float, default=None, help="timed seconds per configuration")
     ap.add_argument("--budget", type=float, default=360.0, help="start no further configuration after this many seconds")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv, {"size": 64, "batches": [4], "seconds": 3.0})  # and 6 steps, the 3-D smoke preset
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     small = args.smoke or device.type != "cuda"
