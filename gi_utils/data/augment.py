@@ -161,8 +161,8 @@ def specs_3d(overrides: dict[str, dict[str, float]] | None = None) -> dict[str, 
 def build_transforms_3d(train: bool = True, overrides: dict[str, dict[str, float]] | None = None) -> Compose | None:
     """The 3-D training augmentation (MONAI dictionary transforms on ``image`` (1, D, S, S)
     and ``mask`` (3, D, S, S)) of :func:`default_3d_specs` (updated by ``overrides``, see
-    :func:`specs_3d`): left-right flip, an in-plane affine (rotate 15 degrees, scale
-    0.9-1.1, the slice axis kept), intensity scale and shift. Masks follow with nearest
+    :func:`specs_3d`; the ranges and probabilities are there): left-right flip, an in-plane
+    affine (the slice axis kept), intensity scale and shift. Masks follow with nearest
     neighbour. ``train=False`` returns ``None``. The caller seeds it per sample with
     ``set_random_state(seed=...)``."""
     if not train:
