@@ -37,7 +37,8 @@ _MAX_STEPS = 16  # the largest dilation r (the max pools' cost grows with r)
 
 
 def device_mask(x, device: torch.device | str | None = None) -> torch.Tensor:
-    """A ``(D, H, W)`` array or tensor as a bool tensor on ``device`` (default: where it is)."""
+    """A mask array or tensor (``(D, H, W)``, or a scan's ``(D, H, W, C)``) as a bool tensor
+    on ``device`` (default: where it is)."""
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     return t.to(device=device if device is not None else t.device).bool()
 

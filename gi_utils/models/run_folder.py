@@ -22,7 +22,7 @@ from typing import Any
 
 from gi_utils.models.registry import find_arch
 
-__all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "HISTORY_FILE", "METRICS_FILE",
+__all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "OOF_STAGING_DIR", "HISTORY_FILE", "METRICS_FILE",
            "FINISHED_FILES", "GATE_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",
            "model_stem", "run_name", "stem_of_run"]  # fmt: skip
 
@@ -31,6 +31,8 @@ SPLIT_FILE = "split.json"
 STATE_FILE = "last.pt"
 MODEL_FILE = "best.safetensors"
 OOF_DIR = "oof"
+#: Where validation writes the next out-of-fold set, moved to :data:`OOF_DIR` when it is the best.
+OOF_STAGING_DIR = f".{OOF_DIR}.tmp"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 #: What a finished run folder holds (the report reads these back).

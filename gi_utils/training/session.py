@@ -56,6 +56,7 @@ from gi_utils.models.run_folder import (
     METRICS_FILE,
     MODEL_FILE,
     OOF_DIR,
+    OOF_STAGING_DIR,
     RESUME_FREE_FIELDS,
     SPLIT_FILE,
     STATE_FILE,
@@ -303,7 +304,7 @@ class TrainingRun:
         if self.ema is not None and self.acc.num_processes > 1:
             sync_buffers(self.ema.module)
         row = validate(self.acc, self.scored, self.val_loader, self.loss_fn, self.data, self.post,
-                       self.out_dir / f".{OOF_DIR}.tmp", progress=self.cfg.progress, memory_format=self.layout,
+                       self.out_dir / OOF_STAGING_DIR, progress=self.cfg.progress, memory_format=self.layout,
                        sliding=self.sliding, hausdorff_device=self.hausdorff_device)  # fmt: skip
         return broadcast_object_list([row])[0]  # the metrics are computed on the main process
 
@@ -313,7 +314,7 @@ class TrainingRun:
         if not self.acc.is_main_process:
             return
         if self.validated:
-            replace_dir(self.out_dir / f".{OOF_DIR}.tmp", self.out_dir / OOF_DIR)
+            replace_dir(self.out_dir / OOF_STAGING_DIR, self.out_dir / OOF_DIR)
         best = self.ema.module if self.ema is not None else self.net
         check_room_for(self.out_dir / MODEL_FILE, best.state_dict(), "the best weights")
         save_model(self.out_dir / MODEL_FILE, best, self._model_config(row))
@@ -330,7 +331,7 @@ class TrainingRun:
         else:
             st["bad_epochs"] += 1
             if acc.is_main_process and self.validated:
-                shutil.rmtree(self.out_dir / f".{OOF_DIR}.tmp", ignore_errors=True)
+                shutil.rmtree(self.out_dir / OOF_STAGING_DIR, ignore_errors=True)
         st["history"].append(row)
         st.update(epoch=row["epoch"], loss_sum=0.0, n_batches=0)
         self.stopped_early = bool(cfg.patience) and st["bad_epochs"] >= cfg.patience
