@@ -16,6 +16,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+#: What a closing line of a ``--smoke`` run says instead of its target (:func:`result`).
+SMOKE_TARGET = "none: --smoke checks that it runs; its figures mean nothing"
+_smoke = False  # set by parse_args
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
@@ -42,8 +46,9 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
 
 
 def result(name: str, value: float, unit: str, target: str) -> None:
-    """Print the machine-readable closing line ``name: value unit (target: ...)``."""
-    print(f"{name}: {value:.4g} {unit} (target: {target})", flush=True)
+    """Print the machine-readable closing line ``name: value unit (target: ...)``; under
+    ``--smoke`` the target is :data:`SMOKE_TARGET` (its sizes cannot speak to one)."""
+    print(f"{name}: {value:.4g} {unit} (target: {SMOKE_TARGET if _smoke else target})", flush=True)
     sys.stdout.flush()
 
 
@@ -57,10 +62,15 @@ def parse_args(
 ) -> argparse.Namespace:
     """``parser``'s arguments plus ``--smoke``: the benchmark at its smallest size, ``smoke``'s
     values in place of the arguments (``make bench-smoke``, in CI: a check that it still
-    runs; its figures mean nothing)."""
+    runs; its figures mean nothing, and :func:`result` prints no target)."""
+    global _smoke
     sizes = ", ".join(f"{k} {v}" for k, v in smoke.items())
     parser.add_argument("--smoke", action="store_true", help=f"smallest size ({sizes}): a check that it runs")
     args = parser.parse_args(argv)
+    unknown = sorted(set(smoke) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"smoke sizes {unknown} are no arguments of {parser.prog}")
     if args.smoke:
         vars(args).update(smoke)
+    _smoke = bool(args.smoke)
     return args

@@ -245,32 +245,27 @@ def main(argv: list[str] | None = None) -> int:
                   f" ({'faster than linear' if ratio > slices_ratio * 1.1 else 'at most linear'})")
     scale = REAL_TRAIN_SLICES / last["slices"]
 
-    def closing(name: str, value: float, unit: str, target: str) -> None:
-        """The closing line; under ``--smoke`` without the target, which its sizes cannot speak to."""
-        smoke = "none: --smoke checks that the steps run; its figures mean nothing"
-        result(name, value, unit, smoke if args.smoke else target)
-
     def at_full(name: str, key: str) -> float:
         a, b = _slope(xs, [r[name][key] for r in rows])
         return last[name][key] if last["slices"] >= REAL_TRAIN_SLICES else a + b * full
 
     if "cache320" in steps:
-        closing("cache320_disk_gb_full", last["cache320"]["disk_gb"] * scale, "GB",
+        result("cache320_disk_gb_full", last["cache320"]["disk_gb"] * scale, "GB",
                 f"<= {0.25 * KAGGLE_DISK_GB:g} GB, 25% of Kaggle's {KAGGLE_DISK_GB:g} GB")  # fmt: skip
     if "cache320u8" in steps:
-        closing("cache320_compact_disk_gb_full", last["cache320u8"]["disk_gb"] * scale, "GB",
+        result("cache320_compact_disk_gb_full", last["cache320u8"]["disk_gb"] * scale, "GB",
                 f"<= {0.25 * KAGGLE_DISK_GB:g} GB")  # fmt: skip
     if "loader" in steps:
-        closing("loader_320px_aug_2workers", last["loader"]["samples_per_s"], "samples/s", ">= 200 (feeds a T4)")
-        closing("loader_320px_no_aug_2workers", last["loader"]["samples_per_s_no_aug"], "samples/s",
+        result("loader_320px_aug_2workers", last["loader"]["samples_per_s"], "samples/s", ">= 200 (feeds a T4)")
+        result("loader_320px_no_aug_2workers", last["loader"]["samples_per_s_no_aug"], "samples/s",
                 "report: the same loader without augmentation (what the augmentation costs)")  # fmt: skip
     if "score" in steps:
-        closing("score_all_case_days_seconds_full", last["score"]["seconds"] * scale, "s", "report")
+        result("score_all_case_days_seconds_full", last["score"]["seconds"] * scale, "s", "report")
     if "train" in steps:
         where = f"at {last['slices']} slices, linear extrapolation to {REAL_TRAIN_SLICES}"
-        closing("train_peak_rss_gb_full", at_full("train", "peak_rss_mb") / 1024, "GB",
+        result("train_peak_rss_gb_full", at_full("train", "peak_rss_mb") / 1024, "GB",
                 f"report: counts the pages of memory-mapped files read ({where})")  # fmt: skip
-        closing("train_peak_anon_gb_full", at_full("train", "peak_anon_mb") / 1024, "GB", f"< 8 GB ({where})")
+        result("train_peak_anon_gb_full", at_full("train", "peak_anon_mb") / 1024, "GB", f"< 8 GB ({where})")
     if not args.work:
         shutil.rmtree(root, ignore_errors=True)
     return 0
