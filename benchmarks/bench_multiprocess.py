@@ -15,7 +15,9 @@ fair baseline on a shared 2-core machine: OpenMP threads then wait on each other
 GPUs each process has a device of its own and the ratio is close to the number of GPUs
 (expect about 1.7-1.9 x on Kaggle's 2 x T4 at 256-384 px; not measured here).
 
-``--smoke``: 2 timed steps of batch 4 after 1, one round, less data (a check that it runs).
+Usage: ``python benchmarks/bench_multiprocess.py [--smoke] [--steps 10] [--batch 8] [--rounds 2]``
+(``--help`` lists the rest). ``--smoke``: 2 timed steps of batch 4 after 1, one round,
+less data (a check that it runs).
 """
 
 from __future__ import annotations
@@ -34,19 +36,15 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import _common  # noqa: E402,F401 - sets the offline environment variables first
-from _common import peak_rss_mb, result  # noqa: E402
+from _common import parse_args, peak_rss_mb, result  # noqa: E402
 
-WARMUP, STEPS, BATCH, SIZE, ROUNDS = 2, 10, 8, 64, 2
-
-
-def use_smoke_sizes() -> None:
-    """The smallest sizes (``--smoke``), in the main process and in each worker."""
-    global WARMUP, STEPS, BATCH, ROUNDS
-    WARMUP, STEPS, BATCH, ROUNDS = 1, 2, 4, 1
+SIZE = 64
+#: The sizes of a run: each worker's steps (warm-up, then timed) and batch, and the data.
+SIZES = ("warmup", "steps", "batch")
 
 
-def worker(data_dir: str, out_dir: str) -> None:
-    """One process of a run (under torch.distributed.run): time STEPS steps after WARMUP."""
+def worker(data_dir: str, out_dir: str, warmup: int, steps: int, batch: int) -> None:
+    """One process of a run (under torch.distributed.run): time ``steps`` steps after ``warmup``."""
     if hasattr(os, "sched_setaffinity"):  # Linux: every worker on the same core
         os.sched_setaffinity(0, {int(os.environ["BENCH_CORE"])})
     import torch
@@ -56,9 +54,9 @@ def worker(data_dir: str, out_dir: str) -> None:
     from gi_utils.models import build_model
     from gi_utils.training import TrainConfig, load_train_data, make_accelerator, train_one_epoch
 
-    cfg = TrainConfig(data_dir=data_dir, out_dir=out_dir, img_size=SIZE, batch_size=BATCH,
+    cfg = TrainConfig(data_dir=data_dir, out_dir=out_dir, img_size=SIZE, batch_size=batch,
                       n_folds=2, device="cpu", progress=False, cache="memory",
-                      max_steps_per_epoch=WARMUP + STEPS)  # fmt: skip
+                      max_steps_per_epoch=warmup + steps)  # fmt: skip
     acc = make_accelerator(cfg)
     data = load_train_data(cfg, acc.num_processes)
     net = build_model(cfg.arch, cfg.encoder, len(cfg.slice_offsets), 3)
@@ -68,7 +66,7 @@ def worker(data_dir: str, out_dir: str) -> None:
     marks: dict[str, float] = {}
 
     def on_step(loss_sum: float, n_batches: int) -> None:
-        if n_batches == WARMUP:
+        if n_batches == warmup:
             acc.wait_for_everyone()
             marks["t0"] = time.perf_counter()
 
@@ -77,22 +75,22 @@ def worker(data_dir: str, out_dir: str) -> None:
                                    progress=False, on_step=on_step)  # fmt: skip
     acc.wait_for_everyone()
     seconds = time.perf_counter() - marks["t0"]
-    if n_batches != WARMUP + STEPS:
-        raise RuntimeError(f"{n_batches} batches per process, expected {WARMUP + STEPS}: more data")
+    if n_batches != warmup + steps:
+        raise RuntimeError(f"{n_batches} batches per process, expected {warmup + steps}: more data")
     record = {"rank": acc.process_index, "processes": acc.num_processes, "seconds": seconds,
-              "samples": STEPS * BATCH * acc.num_processes, "peak_rss_mb": peak_rss_mb(),
+              "samples": steps * batch * acc.num_processes, "peak_rss_mb": peak_rss_mb(),
               "params": sum(p.numel() for p in net.parameters())}  # fmt: skip
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps(record))
 
 
-def run(processes: int, data_dir: Path, out_dir: Path, smoke: bool = False) -> dict:
+def run(processes: int, data_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
     """Start one run; return rank 0's record plus the largest worker RSS."""
     core = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_CORE": str(core), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(processes), __file__, "--worker", str(data_dir), str(out_dir),
-           *(["--smoke"] if smoke else [])]  # fmt: skip
+           *(f"--{name}={getattr(args, name)}" for name in SIZES)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{processes}-process run failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -100,17 +98,17 @@ def run(processes: int, data_dir: Path, out_dir: Path, smoke: bool = False) -> d
     return {**records[0], "worker_rss_mb": max(r["peak_rss_mb"] for r in records)}
 
 
-def main(smoke: bool = False) -> None:
+def main(args: argparse.Namespace) -> None:
     from gi_utils.synthetic import generate_dataset
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_mp_") as tmp:
-        data_dir = generate_dataset(Path(tmp) / "data", n_cases=4 if smoke else 8, n_test_cases=1, seed=2,
-                                    slices_per_scan=16 if smoke else 32)  # fmt: skip
+        data_dir = generate_dataset(Path(tmp) / "data", n_cases=args.cases, n_test_cases=1, seed=2,
+                                    slices_per_scan=args.slices)  # fmt: skip
         best: dict[int, dict] = {}
-        for k in range(ROUNDS):
+        for k in range(args.rounds):
             for processes in (1, 2):
-                rec = run(processes, data_dir, Path(tmp) / f"run{processes}_{k}", smoke)
+                rec = run(processes, data_dir, Path(tmp) / f"run{processes}_{k}", args)
                 rate = rec["samples"] / rec["seconds"]
                 print(f"  round {k + 1}, {processes} process(es): {rec['samples']} samples in "
                       f"{rec['seconds']:.2f} s = {rate:.1f} samples/s", flush=True)  # fmt: skip
@@ -119,11 +117,11 @@ def main(smoke: bool = False) -> None:
     one, two = best[1], best[2]
     ratio = two["rate"] / one["rate"]
     print(f"1 process, 1 thread, 1 core: {one['rate']:.1f} samples/s "
-          f"({STEPS} steps x batch {BATCH})")  # fmt: skip
+          f"({args.steps} steps x batch {args.batch})")  # fmt: skip
     print(f"2 processes, 1 thread each, the same core: {two['rate']:.1f} samples/s "
-          f"({STEPS} steps x batch {BATCH} x 2; all-reduce of {two['params'] / 1e6:.1f} M "
+          f"({args.steps} steps x batch {args.batch} x 2; all-reduce of {two['params'] / 1e6:.1f} M "
           "gradients per step over gloo)")  # fmt: skip
-    print(f"model unet/resnet18, {SIZE}x{SIZE}, tiny synthetic data, fastest of {ROUNDS} rounds, "
+    print(f"model unet/resnet18, {SIZE}x{SIZE}, tiny synthetic data, fastest of {args.rounds} rounds, "
           f"CPU, {time.perf_counter() - t_start:.0f} s in all")  # fmt: skip
     print("note: one core for both runs, so the ratio is data-parallel overhead (ideal 1.0), "
           "not speed-up; on GPUs (one device per process) expect about 1.7-1.9 x with 2 GPUs")  # fmt: skip
@@ -140,11 +138,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--worker", nargs=2, metavar=("DATA_DIR", "OUT_DIR"), help=argparse.SUPPRESS
     )
-    parser.add_argument("--smoke", action="store_true", help="smallest size: 2 steps, 1 round")
-    args = parser.parse_args()
-    if args.smoke:
-        use_smoke_sizes()
+    for name, default, text in (("warmup", 2, "untimed steps first"), ("steps", 10, "timed steps"),
+                                ("batch", 8, "samples per step and process"), ("rounds", 2, "rounds of 1 then 2 processes"),
+                                ("cases", 8, "synthetic cases"), ("slices", 32, "slices per scan")):  # fmt: skip
+        parser.add_argument(f"--{name}", type=int, default=default, help=f"{text} (default {default})")
+    args = parse_args(parser, None, {"warmup": 1, "steps": 2, "batch": 4, "rounds": 1, "cases": 4, "slices": 16})
     if args.worker:
-        worker(*args.worker)
+        worker(*args.worker, *(getattr(args, name) for name in SIZES))
     else:
-        main(args.smoke)
+        main(args)
