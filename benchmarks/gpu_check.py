@@ -42,12 +42,13 @@ def _params(args, data: Path, runs: Path) -> dict:
             "runs_dir": str(runs), "n_overlays": 1}  # fmt: skip
 
 
-def _cli(params: dict, out_dir: Path, device: str, data_path: str = "workers") -> list[str]:
-    return [sys.executable, "-m", "gi_utils.training", "--preset", "gpu", "--weights", "", "--encoder",
-            params["encoder"], "--img-size", str(params["img_size"]), "--epochs", "1",
-            "--max-steps-per-epoch", str(params["max_steps_per_epoch"]), "--num-workers", "2", "--amp", "auto",
-            "--data-dir", params["data_dir"], "--out-dir", str(out_dir), "--save-every-steps", "2",
-            "--device", device, "--data-path", data_path, "--no-progress"]  # fmt: skip
+def _cli(params: dict, out_dir: Path, device: str) -> list[str]:
+    """The command line of 02's run (``params``, its notebook parameters) into ``out_dir``."""
+    same = ("preset", "weights", "encoder", "img_size", "epochs", "max_steps_per_epoch", "num_workers", "data_path",
+            "amp", "data_dir")  # fmt: skip
+    given = [arg for k in same for arg in (f"--{k.replace('_', '-')}", str(params[k]))]
+    return [sys.executable, "-m", "gi_utils.training", *given, "--out-dir", str(out_dir), "--save-every-steps", "2",
+            "--device", device, "--no-progress"]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", type=int, default=24)
     p.add_argument("--slices", type=int, default=80)
     p.add_argument("--out", default="", help="working folder (default: a temporary one)")
-    args = parse_args(p, argv, {"img_size": 64, "steps": 6, "cases": 6, "slices": 16})
+    smoke = {"img_size": 64, "steps": 6, "cases": 6, "slices": 16}
+    args = parse_args(p, argv, smoke)
     if args.smoke and (args.cpu or not torch.cuda.is_available()):
-        print("skipped: no GPU here; the CPU run at the smallest size (--cpu --img-size 64 --steps 6 --cases 6 "
-              "--slices 16) is tests/test_gpu_check.py, which `make test` runs")  # fmt: skip
+        sizes = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in smoke.items())
+        print(f"skipped: no GPU here; the CPU run at the smallest size (--cpu {sizes}) is "
+              "tests/test_gpu_check.py, which `make test` runs")  # fmt: skip
         return 0
     device = "cpu" if args.cpu else "auto"
     os.environ["GI_HEADLESS"] = "1"  # the notebooks run headless: text progress
@@ -93,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     cut_w = load_file(cut / "best.safetensors") if resumed.returncode == 0 else {}
     identical = bool(cut_w) and all((full_w[k] == cut_w[k]).all() for k in full_w) and full_w.keys() == cut_w.keys()
     # the same epoch on the device data path (its own augmentation draws: not compared for equality)
-    on_device = subprocess.run(_cli(params, work / "runs_device" / name, device, "device"), env=env,
+    on_device = subprocess.run(_cli({**params, "data_path": "device"}, work / "runs_device" / name, device), env=env,
                                capture_output=True, text=True)  # fmt: skip
-    if on_device.returncode:
+    if on_device.returncode:  # reported, and the rest still measured and printed
         print(on_device.stdout[-2000:], on_device.stderr[-2000:], sep="\n")
-        return 1
-    dev_metrics = json.loads((work / "runs_device" / name / "metrics.json").read_text())
+    dev_metrics = (json.loads((work / "runs_device" / name / "metrics.json").read_text())
+                   if on_device.returncode == 0 else None)  # fmt: skip
     pm.execute_notebook(str(nb / "04_submission.ipynb"), str(work / "04_submission.ipynb"),
                         parameters={"runs_dir": str(work / "runs"), "runs": name, "data_dir": str(data)},
                         cwd=str(nb), kernel_name="python3", progress_bar=False)  # fmt: skip
@@ -108,18 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     peak = metrics.get("peak_gpu_memory_mb")
     print(f"device: {metrics['device']}")
     print(f"amp mode: {metrics['mixed_precision']}")
-    dev_s = float(dev_metrics["final"]["epoch_time_s"])
     print(f"seconds per epoch: {epoch_s:.1f} ({samples} samples at {args.img_size} px, 2 workers, validation included)")
     print(f"samples/s: {samples / epoch_s:.1f}")
-    print(f"seconds per epoch, device path: {dev_s:.1f} (the same epoch, data and augmentation on the {metrics['device']})")
-    print(f"samples/s, device path: {int(dev_metrics['samples_per_epoch']) / dev_s:.1f}")
-    print(f"device path / 2 workers: {epoch_s / dev_s:.2f}x")
+    if dev_metrics is None:
+        print(f"device path: FAILED (exit {on_device.returncode}, output above)")
+    else:
+        dev_s = float(dev_metrics["final"]["epoch_time_s"])
+        print(f"seconds per epoch, device path: {dev_s:.1f} (the same epoch, data and augmentation on the "
+              f"{metrics['device']})")  # fmt: skip
+        print(f"samples/s, device path: {int(dev_metrics['samples_per_epoch']) / dev_s:.1f}")
+        print(f"device path / 2 workers: {epoch_s / dev_s:.2f}x")
     print(f"peak GPU memory: {'n/a (CPU)' if peak is None else f'{peak:.0f} MiB'}")
     print(f"resume identical: {'yes' if identical else 'no'} (killed mid-epoch: {'yes' if killed else 'no'}, "
           f"resume exit {resumed.returncode})")
     print(f"submission rows: {sub_rows}")
     print(f"total: {time.perf_counter() - t0:.0f} s, peak RSS of this script {peak_rss_mb():.0f} MiB")
-    return 0 if identical and killed and resumed.returncode == 0 else 1
+    return 0 if identical and killed and resumed.returncode == 0 and dev_metrics is not None else 1
 
 
 if __name__ == "__main__":
