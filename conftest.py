@@ -46,7 +46,8 @@ def pytest_configure(config) -> None:
         os.environ["GI_RUNS_DIR"] = path
         _OWN_RUNS.append(path)
     if hasattr(config, "workerinput"):  # an xdist worker: the cores shared out, kernels and subprocesses included
-        threads = str(max(1, (os.cpu_count() or 1) // int(config.workerinput["workercount"])))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = str(max(1, cores // int(config.workerinput["workercount"])))
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(name, threads)
         if "torch" in sys.modules:  # imported already by tests/conftest.py

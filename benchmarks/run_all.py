@@ -28,11 +28,12 @@ RESULT_RE = re.compile(r"^[a-z0-9_]+: \S+ .*\(target: .*\)$")
 SMOKE_ONLY = ("fullsize", "gpu_check", "memory_3d")
 
 
-def run_one(script: Path, smoke: bool, threads: int) -> tuple[subprocess.CompletedProcess, float]:
+def run_one(script: Path, smoke: bool, threads: int | None) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``script`` (with ``--smoke`` when ``smoke``) with ``threads`` OpenMP threads
-    unless ``OMP_NUM_THREADS`` is set; its output and its seconds."""
+    (``None``: the libraries' own choice) unless ``OMP_NUM_THREADS`` is set; its output and
+    its seconds."""
     t0 = time.perf_counter()
-    env = {"OMP_NUM_THREADS": str(threads), **os.environ}
+    env = {**({"OMP_NUM_THREADS": str(threads)} if threads else {}), **os.environ}
     proc = subprocess.run([sys.executable, str(script), *(["--smoke"] if smoke else [])],
                           capture_output=True, text=True, env=env)  # fmt: skip
     return proc, time.perf_counter() - t0
@@ -49,9 +50,9 @@ def main(argv: list[str]) -> int:
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(s.stem for s in found))}")
     scripts = sorted(s for s in found if not args.names or s.stem in args.names)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     jobs = max(1, args.jobs or (min(2, cores) if args.smoke else 1))
-    threads = max(1, cores // jobs)  # the jobs share the cores instead of oversubscribing them
+    threads = max(1, cores // jobs) if jobs > 1 else None  # jobs share the cores instead of oversubscribing them
     summary, failed = [], []
     with ThreadPoolExecutor(jobs) as pool:  # timing runs one at a time unless asked
         for script, (proc, seconds) in zip(scripts, pool.map(lambda s: run_one(s, args.smoke, threads), scripts)):
