@@ -4,6 +4,7 @@ hold-out, on tiny synthetic data."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -136,9 +137,13 @@ def test_holdout_made_from_training_cases(data, tmp_path, cv_runs):
     assert 0.0 <= score_submission(sub, solution_path(out), test).score <= 1.0
     with pytest.raises(Exception, match="exists already"):
         make_holdout(data, tmp_path / "held", 1)
-    for score in (lambda d: holdout_scores([], {}, d), lambda d: holdout_table([], d)):  # no truth beside it
-        with pytest.raises(FileNotFoundError, match=f"no hold-out truth at {solution_path(tmp_path / 'none')}"):
-            score(tmp_path / "none")
+
+
+@pytest.mark.parametrize("score", [lambda d: holdout_scores([], {}, d), lambda d: holdout_table([], d)],
+                         ids=["holdout_scores", "holdout_table"])  # fmt: skip
+def test_holdout_without_its_truth_is_an_error_naming_where_it_looked(score, tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no hold-out truth at {solution_path(tmp_path / 'none')}")):
+        score(tmp_path / "none")
 
 
 def test_mlebench_rule_sets_oversized_predictions_to_distance_one():

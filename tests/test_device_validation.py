@@ -93,10 +93,10 @@ def test_a_run_validates_alike_on_both_paths(synth, tmp_path, tiny_config, capsy
     hd = ["val_hausdorff", "val_score"]
     np.testing.assert_allclose(runs["workers"][hd].to_numpy(), runs["device"][hd].to_numpy(), rtol=0, atol=1e-9)
     post = PostProcess((0.5,) * 3, (0,) * 3, size_ref=S)
-    cpu, on_device = score_oof(OOFSet(d), post), score_oof(OOFSet(d), post, method="torch", device="cpu")
+    cpu, torch_cpu = score_oof(OOFSet(d), post), score_oof(OOFSet(d), post, method="torch", device="cpu")
     assert np.isfinite(cpu.hausdorff)
     for key in ("score", "dice", "hausdorff"):
-        assert abs(getattr(cpu, key) - getattr(on_device, key)) <= 1e-9, key
+        assert abs(getattr(cpu, key) - getattr(torch_cpu, key)) <= 1e-9, key
 
 
 @pytest.mark.slow
