@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parse_args  # noqa: E402
+from _common import parse_args, result  # noqa: E402
 
 from gi_utils.constants import CLASSES  # noqa: E402
 from gi_utils.data import (  # noqa: E402
@@ -268,15 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     val = res["val cached"][0] / res["val naive"][0]
     train = res["train cached"][0] / res["train naive"][0]
-    print(f"loader_val_cached: {res['val cached'][0]:.0f} samples/s (target: report)")
-    print(
-        f"loader_val_cached_compact: {res['val cached compact'][0]:.0f} samples/s (target: report)"
-    )
     compact = res["val cached compact"][0] / res["val naive"][0]
-    print(f"loader_val_speedup: {val:.1f} x (target: >= 5 x)")
-    print(f"loader_val_speedup_compact: {compact:.1f} x (target: >= 5 x)")
-    print(f"loader_train_speedup: {train:.1f} x (target: report)")
-    print(f"loader_train_cached: {res['train cached'][0]:.0f} samples/s (target: >= 150 samples/s)")
+    result("loader_val_cached", res["val cached"][0], "samples/s", "report")
+    result("loader_val_cached_compact", res["val cached compact"][0], "samples/s", "report")
+    result("loader_val_speedup", val, "x", ">= 5 x")
+    result("loader_val_speedup_compact", compact, "x", ">= 5 x")
+    result("loader_train_speedup", train, "x", "report")
+    result("loader_train_cached", res["train cached"][0], "samples/s", ">= 150 samples/s")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Run: ``.venv/bin/python benchmarks/bench_metric.py [--volumes 10] [--repeats 3] 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parse_args, shape  # noqa: E402
+from _common import parse_args, peak_rss_mb, result, shape  # noqa: E402
 
 from gi_utils.evaluation import competition_score  # noqa: E402
 
@@ -123,16 +122,12 @@ def validation_set(
 
 
 def _timed(fn, repeats: int):
-    best, result = float("inf"), None
+    best, out = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()
-        result = fn()
+        out = fn()
         best = min(best, time.perf_counter() - start)
-    return result, best
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out, best
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,12 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     fast, t_fast = _timed(lambda: competition_score(pred, true), args.repeats)
     print(
         f"fast:      {t_fast:8.3f} s  ({t_fast / args.volumes * 1e3:.1f} ms per volume, best of {args.repeats})"
-        f"  peak RSS {_peak_rss_mib():.0f} MiB"
+        f"  peak RSS {peak_rss_mb():.0f} MiB"
     )
     ref, t_ref = _timed(lambda: competition_score(pred, true, method="reference"), 1)
     n_vc = len(ref.table)
     print(
-        f"reference: {t_ref:8.3f} s  ({t_ref / n_vc:.2f} s per volume-class)  peak RSS {_peak_rss_mib():.0f} MiB"
+        f"reference: {t_ref:8.3f} s  ({t_ref / n_vc:.2f} s per volume-class)  peak RSS {peak_rss_mb():.0f} MiB"
     )
 
     cols = ["dice", "hausdorff", "score"]
@@ -175,11 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         f"reference score {ref.score:.6f}; NaN pattern equal: {same_nan}"
     )
     print(fast.per_class.round(4).to_string())
-    print(f"metric_fast_time: {t_fast:.3f} s (target: -)")
-    print(f"metric_reference_time: {t_ref:.3f} s (target: -)")
-    print(f"metric_max_abs_diff: {diff:.2e} (target: <= 1e-9)")
-    print(f"metric_peak_rss: {_peak_rss_mib():.0f} MiB (target: -)")
-    print(f"metric_speedup: {t_ref / t_fast:.1f} x (target: >= 30 x)")
+    result("metric_fast_time", t_fast, "s", "-")
+    result("metric_reference_time", t_ref, "s", "-")
+    result("metric_max_abs_diff", diff, "", "<= 1e-9")
+    result("metric_peak_rss", peak_rss_mb(), "MiB", "-")
+    result("metric_speedup", t_ref / t_fast, "x", ">= 30 x")
     if diff > 1e-9 or not same_nan:
         raise SystemExit("fast and reference metric disagree")
 
