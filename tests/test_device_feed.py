@@ -23,7 +23,6 @@ from gi_utils.data import (
     build_metadata,
     build_transforms,
     default_train_specs,
-    device_nbytes,
     make_transform,
     neighbour_rows,
 )
@@ -32,10 +31,8 @@ from gi_utils.training import (
     EpochSampler,
     SeededSamples,
     TrainConfig,
-    resolve_data_path,
     train,
 )
-from gi_utils.training import loaders as loaders_mod
 from gi_utils.training import session as session_mod
 
 torch.set_num_threads(1)
@@ -330,21 +327,6 @@ def test_draws_after_a_restart_equal_an_uninterrupted_epoch(meta):
 
 
 # --------------------------------------------------------------------------- choosing
-def test_auto_chooses_the_device_only_on_cuda_when_it_fits(meta, monkeypatch):
-    cache = VolumeCache(meta, S, None, progress=False)
-    n = 10
-    need = device_nbytes(cache, n)
-    assert need == n * S * S * 3  # float16 images + packed masks
-    cuda = torch.device("cuda")
-    assert resolve_data_path("auto", torch.device("cpu"), cache, n) == "workers"
-    assert resolve_data_path("device", torch.device("cpu"), cache, n) == "device"
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * need, 10 * need))
-    assert resolve_data_path("auto", cuda, cache, n) == "device"
-    assert resolve_data_path("auto", cuda, None, n) == "workers"
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * need - 1, 10 * need))
-    assert resolve_data_path("auto", cuda, cache, n) == "workers"
-
-
 def test_config_names_a_bad_data_path():
     with pytest.raises(ValueError, match="data_path='gpu' is not valid; choose one of auto, device, workers"):
         TrainConfig(data_path="gpu")
@@ -363,7 +345,7 @@ def test_training_on_the_device_path_runs_and_resumes(synth, tmp_path, tiny_conf
     data = synth
     kw = {"data_path": "device", "epochs": 2, "max_steps_per_epoch": 3, "save_every_steps": 1, "amp": "no", **model}
     full = train(tiny_config(data, tmp_path / "full", **kw))
-    assert "training data path: device" in capsys.readouterr().out
+    assert "feed plan: device path" in capsys.readouterr().out
     assert np.isfinite(full["train_loss"]).all() and len(full) == 2
     real = session_mod.TrainingRun._on_step
 
@@ -381,23 +363,3 @@ def test_training_on_the_device_path_runs_and_resumes(synth, tmp_path, tiny_conf
     np.testing.assert_array_equal(full["train_loss"].to_numpy(), resumed["train_loss"].to_numpy())
     a, b = load_state(tmp_path / "full" / "last.pt"), load_state(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-
-
-def test_a_run_resumes_only_on_the_path_it_started_on(synth, tmp_path, tiny_config, monkeypatch):
-    """data_path="auto" may resolve otherwise on another machine: last.pt records the path
-    and a resumption on the other one is refused, naming both."""
-    cfg = tiny_config(synth, tmp_path / "run", epochs=2, max_steps_per_epoch=2, save_every_steps=1, amp="no")
-    real = session_mod.TrainingRun._on_step
-
-    def interrupt(self, loss_sum, n_batches):
-        real(self, loss_sum, n_batches)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loaders_mod, "resolve_data_path", lambda *a, **k: "device")  # as on a GPU
-    monkeypatch.setattr(session_mod.TrainingRun, "_on_step", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.undo()
-    assert load_state(tmp_path / "run" / "last.pt")["data_path"] == "device"
-    with pytest.raises(ValueError, match="trained on data_path='device'.*resolved data_path='auto' to 'workers'"):
-        train(cfg)
