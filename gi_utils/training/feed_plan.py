@@ -97,7 +97,10 @@ def allowances(
 
 
 def _gb(n: int | float | None) -> str:
-    return "?" if n is None else f"{n / _GB:.2f} GB"
+    """Bytes for a reader: GB, or MB below 0.1 GB."""
+    if n is None:
+        return "?"
+    return f"{n / _GB:.2f} GB" if abs(n) >= 0.1 * _GB else f"{n / 1e6:.1f} MB"
 
 
 @dataclass(frozen=True)
