@@ -17,9 +17,9 @@ part that runs out says that it was cut and what it left out, and the next part 
   on it; the peak GPU memory of each;
 * 3-D (SegResNet, the ``gpu`` preset): batch and patch depth from probe steps; one epoch
   of the preset's patches on the device path and on 2 loader workers;
-* resume: a UNet run and a SegResNet run on the device path, killed (SIGKILL) after their
-  second checkpoint inside the epoch and resumed, end with the weights of uninterrupted
-  runs (``last.pt`` compared tensor by tensor);
+* resume: a UNet run and a SegResNet run on the device path, killed (SIGKILL) at their
+  checkpoint after batch 2 inside the epoch and resumed, end with the weights of
+  uninterrupted runs (``last.pt`` compared tensor by tensor);
 * predict: 04's prediction (:func:`gi_utils.inference.make_submission` on the trained
   UNet) in slices/s, with 04's defaults with and without flip TTA, against a
   slice-by-slice loop like the public notebooks' (the same masks in full precision); the
@@ -55,6 +55,7 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -199,9 +200,20 @@ def part_data(part: Part, chk: Check, work: Path, sizes: dict, device: str) -> d
     return {"meta": build_metadata(data), "unet": unet, "seg": seg}
 
 
+def busy_share(spans: list[tuple[float, float]], window: tuple[float, float]) -> float:
+    """Share of ``window`` covered by the union of the intervals ``spans`` (kernels that
+    overlap, on several streams, count once)."""
+    busy, end = 0.0, window[0]
+    for lo, hi in sorted(spans):
+        lo = max(lo, end)
+        busy += max(0.0, hi - lo)
+        end = max(end, hi)
+    return min(1.0, busy / max(window[1] - window[0], 1e-9))
+
+
 def kernel_share(step: Stepper, batches, n: int) -> tuple[float | None, int]:
-    """Share of a ``torch.profiler`` window of ``n`` steps in which a CUDA kernel ran (the
-    union of the kernels' intervals over the window's span); ``None`` off CUDA."""
+    """Share of a ``torch.profiler`` window of ``n`` steps in which a CUDA kernel ran
+    (:func:`busy_share` of the kernels over the span of every event); ``None`` off CUDA."""
     cuda = step.device.type == "cuda"
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
@@ -209,17 +221,11 @@ def kernel_share(step: Stepper, batches, n: int) -> tuple[float | None, int]:
             step(*next(batches))
         sync(step.device)
     events = prof.events()
-    spans = sorted((e.time_range.start, e.time_range.end) for e in events
-                   if e.device_type == torch.autograd.DeviceType.CUDA)  # fmt: skip
+    spans = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     if not spans:
         return None, len(events)
-    window = max(e.time_range.end for e in events) - min(e.time_range.start for e in events)
-    busy, end = 0, -1
-    for lo, hi in spans:  # union of the intervals
-        lo = max(lo, end)
-        busy += max(0, hi - lo)
-        end = max(end, hi)
-    return min(1.0, busy / window), len(events)
+    window = (min(e.time_range.start for e in events), max(e.time_range.end for e in events))
+    return busy_share(spans, window), len(events)
 
 
 def part_feed(part: Part, chk: Check, data: dict, sizes: dict, device: torch.device, amp: str, smoke: bool) -> None:
@@ -338,28 +344,40 @@ def part_3d(part: Part, chk: Check, data: dict, sizes: dict, device: torch.devic
                                                        "(target on a GPU >= 4)")  # fmt: skip
 
 
-def train_cli(cfg, log: Path, timeout: float, kill_after: tuple[str, str] | None = None) -> tuple[int, bool, str]:
-    """Train ``cfg`` in a new process (``python -m gi_utils.training --config``); with
-    ``kill_after=(start, part)``, SIGKILL it at the first line that starts with ``start``
-    and holds ``part``. ``(exit code, killed, output)``."""
-    cfg_file = log.with_suffix(".json")
-    cfg_file.write_text(json.dumps(cfg.to_dict()))
-    cmd = [sys.executable, "-m", "gi_utils.training", "--config", str(cfg_file)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    lines, killed, t0 = [], False, time.perf_counter()
-    for line in proc.stdout:
-        lines.append(line)
-        if kill_after and line.startswith(kill_after[0]) and kill_after[1] in line:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        if time.perf_counter() - t0 > timeout:
-            proc.kill()
-            break
-    proc.wait()
-    log.write_text("".join(lines))
-    return proc.returncode, killed, "".join(lines)
+class Training:
+    """A training process (``python -m gi_utils.training --config``) with its output in
+    ``log``, killed when ``timeout`` seconds have passed; with ``kill_after=(start, part)``
+    its output is followed and it is killed (SIGKILL) at the first line that starts with
+    ``start`` and holds ``part``."""
+
+    def __init__(self, cfg, log: Path, timeout: float, kill_after: tuple[str, str] | None = None) -> None:
+        cfg_file = log.with_suffix(".json")
+        cfg_file.write_text(json.dumps(cfg.to_dict()))
+        self.log, self.kill_after = log, kill_after
+        self.out = subprocess.PIPE if kill_after else open(log, "w")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen([sys.executable, "-m", "gi_utils.training", "--config", str(cfg_file)],
+                                     stdout=self.out, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        self.timer = threading.Timer(max(timeout, 0.0), self.proc.kill)
+        self.timer.start()
+
+    def wait(self) -> tuple[int, bool, str]:
+        """``(exit code, killed as asked, output)``; a run out of time exits -9, not killed as asked."""
+        killed = False
+        if self.kill_after:
+            lines = []
+            for line in self.proc.stdout:
+                lines.append(line)
+                if line.startswith(self.kill_after[0]) and self.kill_after[1] in line:
+                    self.proc.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+            self.log.write_text("".join(lines))
+        self.proc.wait()
+        self.timer.cancel()
+        if not self.kill_after:
+            self.out.close()
+        return self.proc.returncode, killed, self.log.read_text()
 
 
 def plan_block(text: str) -> str:
@@ -375,32 +393,36 @@ def plan_block(text: str) -> str:
 def part_resume(part: Part, chk: Check, work: Path, sizes: dict, device: str) -> dict:
     runs = {"UNet": run_config(work, "unet", sizes, device, batch_size=sizes["run_batch"]),
             "SegResNet": run_config(work, "seg", sizes, device, arch="segresnet3d", img_size=sizes["size_3d"])}
+    together = device != "cpu" and torch.cuda.get_device_properties(0).total_memory >= 40e9
     out = {}
     for name, cfg in runs.items():
-        cfg = cfg.replace(data_path="device", max_steps_per_epoch=sizes["run_steps"], save_every_steps=1,
+        if part.left() < 15:
+            part.cut(f"{name}'s runs")
+            continue
+        cfg = cfg.replace(data_path="device", max_steps_per_epoch=sizes["run_steps"], save_every_steps=2,
                           probe_size=False)  # fmt: skip
         full, cut = Path(cfg.out_dir), Path(cfg.out_dir + "_cut")
-        codes = []
-        for what, c, kill in (("uninterrupted run", cfg, None),
-                              ("killed run", cfg.replace(out_dir=str(cut)), ("saved checkpoint", "batch 2)")),
-                              ("resumed run", cfg.replace(out_dir=str(cut)), None)):  # fmt: skip
-            if part.left() < 10:
-                part.cut(f"{name}: the {what} and what follows")
-                break
-            code, killed, text = train_cli(c, work / f"{name}_{what.split()[0]}.log", part.left(), kill)
-            codes.append((code, killed))
-            if what == "uninterrupted run":
-                print(plan_block(text), flush=True)
-            if code and not killed:
+        # the uninterrupted run and the one to kill at once where the GPU has room for both
+        first = Training(cfg, work / f"{name}_full.log", part.left())
+        codes = [] if together else [first.wait()]
+        killed = Training(cfg.replace(out_dir=str(cut)), work / f"{name}_killed.log", part.left(),
+                          ("saved checkpoint", "batch 2)"))  # fmt: skip
+        codes = [first.wait(), killed.wait()] if together else [*codes, killed.wait()]
+        print(plan_block(codes[0][2]), flush=True)
+        if part.left() > 5:
+            codes.append(Training(cfg.replace(out_dir=str(cut)), work / f"{name}_resumed.log", part.left()).wait())
+        for code, was_killed, text in codes:
+            if code and not was_killed:
                 print(text[-3000:], flush=True)
-        if len(codes) < 3:
+        if len(codes) < 3 or any(code == -signal.SIGKILL and not k for code, k, _ in codes):
+            part.cut(f"{name}: {'the resumed run' if len(codes) < 3 else 'a run out of time'}")
             continue
         a, b = (load_state(p / "last.pt")["model"] for p in (full, cut))
         same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        ok = same and codes[1][1] and codes[2][0] == 0 and codes[0][0] == 0
-        chk.fact(f"resume identical, device path, {name}", f"{'yes' if same else 'NO'} (killed after its second "
-                 f"checkpoint inside the epoch: {'yes' if codes[1][1] else 'no'}; exits {codes[0][0]}, "
-                 f"{codes[2][0]})", ok)  # fmt: skip
+        ok = same and codes[1][1] and codes[0][0] == 0 and codes[2][0] == 0
+        chk.fact(f"resume identical, device path, {name}", f"{'yes' if same else 'NO'} (SIGKILL at the checkpoint "
+                 f"after batch 2 of {sizes['run_steps']}: {'yes' if codes[1][1] else 'no'}; exits {codes[0][0]}, "
+                 f"{codes[2][0]}; last.pt's weights compared)", ok)  # fmt: skip
         out[name] = full
     return out
 
@@ -414,7 +436,8 @@ def part_predict(part: Part, chk: Check, work: Path, runs: dict, sizes: dict, de
     meta = build_metadata(data, "test", labels=False)
     n, post = len(meta), PostProcess(size_ref=sizes["size"])
     timings, subs = {}, {}
-    for name, kw in (("no TTA", {"tta": False}), ("flip TTA", {"tta": True}), ("full precision", {"amp": "no"})):
+    exact = "full precision, batches of 1"  # the loop's kernels: its masks exactly
+    for name, kw in (("no TTA", {"tta": False}), ("flip TTA", {"tta": True}), (exact, {"amp": "no", "batch_size": 1})):
         if part.left() < 5:
             part.cut(f"the prediction {name}")
             continue
@@ -429,13 +452,13 @@ def part_predict(part: Part, chk: Check, work: Path, runs: dict, sizes: dict, de
     t0 = time.perf_counter()
     loop = reference_loop(m, meta, sizes["size"], post, device)
     t_loop = time.perf_counter() - t0
-    ours = [tuple(r) for r in subs["full precision"].itertuples(index=False)] if "full precision" in subs else []
-    agree = np.mean([a == b for a, b in zip(ours, loop)]) if len(ours) == len(loop) else float("nan")
+    ours = [tuple(r) for r in subs[exact].itertuples(index=False)] if exact in subs else []
+    agree = float(np.mean([a == b for a, b in zip(ours, loop)])) if len(ours) == len(loop) else float("nan")
     figures = ", ".join(f"{k} {n / v:.1f} slices/s ({t_loop / v:.2f}x the loop)" for k, v in timings.items())
     chk.fact("04 prediction", f"{figures}; slice-by-slice loop {n / t_loop:.1f} slices/s ({n} slices at "
-                              f"{sizes['size']} px, UNet/ResNet-34, batches of 16, 04's amp)")  # fmt: skip
-    chk.fact("04 prediction in full precision against the loop", f"{agree:.2%} of the RLE rows identical "
-             "(a GPU's kernels may differ with the batch size in the last bits)")  # fmt: skip
+                              f"{sizes['size']} px, UNet/ResNet-34; 04's batches of 16 and amp)")  # fmt: skip
+    chk.fact("04 prediction against the loop", f"{agree:.2%} of the RLE rows identical in full precision, batches "
+             "of 1 (larger batches may change the kernels' last bits)", agree == 1.0)  # fmt: skip
     if "no TTA" in subs:
         out = make_submission([model], data, "test", work / "submission.csv", post=post, progress=False, device=device)
         validate_submission(out, meta)
@@ -455,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and not args.smoke:
         print("no GPU here: the check at its smallest size is `make gpu-check SMOKE=1`", file=sys.stderr)
         return 2
+    if device.type == "cpu":  # the profiler's library reports the missing GPU as an error
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     amp = resolve_amp("auto", cuda=device.type == "cuda")
     work = Path(args.out or tempfile.mkdtemp(prefix="gi_gpu_check_"))
     t0 = time.perf_counter()

@@ -45,6 +45,12 @@ def test_a_part_out_of_time_is_cut_a_failing_one_reported_and_the_next_still_run
     assert chk.failed == ["data", "resume identical, device path, UNet"]
 
 
+def test_the_kernel_time_share_counts_overlapping_kernels_once():
+    assert gpu_check.busy_share([(20, 30), (0, 10), (5, 15)], (0, 40)) == 25 / 40
+    assert gpu_check.busy_share([(0, 50)], (0, 40)) == 1.0
+    assert gpu_check.busy_share([], (0, 40)) == 0.0
+
+
 def test_the_run_plan_printed_by_a_training_process_is_found():
     text = ("caching volumes\nfeed plan: device path (data_path='device'): training slices on the GPU; fits\n"
             "  cache 0.39 GB training + 0.00 GB validation slices\n  NVIDIA H100: ...\nsaved checkpoint x\n")  # fmt: skip
