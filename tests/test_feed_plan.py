@@ -136,6 +136,9 @@ def test_the_boundaries_of_the_decision():
     assert decide_feed("device", train_bytes=room + 1, **kw).train_resident is False
     oom = decide_feed("auto", train_bytes=1, **{**kw, "step_bytes": None})
     assert oom.path == "workers" and "ran out of memory" in oom.reason
+    big = decide_feed("workers", train_bytes=1, **{**kw, "step_bytes": 90 * GB})  # the workers' run is planned too
+    assert (big.path, big.free, big.step_bytes) == ("workers", mem.free, 90 * GB)
+    assert big.reason == "asked; the step and its allowances alone exceed the plannable memory: lower batch_size"
 
 
 def test_without_a_gpu_nothing_is_probed_and_explicit_values_are_kept():

@@ -237,39 +237,38 @@ def decide_feed(
     pinned host memory where they do not; ``auto`` takes the device path only on a GPU,
     with a cache and an augmentation it can run, when the training slices, the probe
     step and the allowances fit in ``headroom`` of the free memory (the validation
-    slices then resident too where they also fit), and the workers otherwise.
+    slices then resident too where they also fit), and the workers otherwise. On a GPU
+    the reason also says when the step alone does not fit, whatever the path.
     """
     allowance = dict(allowance or {})
     plan = {"asked": asked, "train_bytes": int(train_bytes), "val_bytes": int(val_bytes), "allowance": allowance,
             "headroom": headroom, "step_bytes": step_bytes, "sizes": sizes}  # fmt: skip
+    room, short = 0.0, ""  # bytes left beside the step and allowances; why there are none
     if memory is not None:
         plan.update(gpu=memory.name, free=memory.free, total=memory.total, cached=memory.cached)
-    if asked == "workers":
-        return FeedPlan("workers", reason="asked", **plan)
-    if asked == "auto" and not has_cache:
-        return FeedPlan("workers", reason="no cache to copy (cache='none')", **plan)
-    if asked == "auto" and not device_augment:
-        return FeedPlan("workers", reason="augment_kwargs the device augmentation cannot honour", **plan)
+        if step_bytes is None:
+            room, short = -1.0, "the probe step ran out of memory: lower batch_size (or img_size)"
+        else:
+            room = headroom * memory.free - step_bytes - sum(allowance.values())
+            short = "" if room >= 0 else "the step and its allowances alone exceed the plannable memory: lower batch_size"
+    if asked == "workers" or (asked == "auto" and (not has_cache or not device_augment)):
+        why = ("asked" if asked == "workers" else "no cache to copy (cache='none')" if not has_cache
+               else "augment_kwargs the device augmentation cannot honour")  # fmt: skip
+        return FeedPlan("workers", reason="; ".join(filter(None, (why, short))), **plan)
     if memory is None:
         if asked == "auto":
             return FeedPlan("workers", reason="no GPU; nothing probed", **plan)
         return FeedPlan("device", train_resident=True, val_resident=True,
-                            reason="asked; no GPU: host memory is the device's", **plan)  # fmt: skip
-    usable = headroom * memory.free
-    if step_bytes is None:
-        room, why = -1.0, "the probe step ran out of memory: lower batch_size (or img_size)"
-    else:
-        room = usable - step_bytes - sum(allowance.values())
-        why = "fits" if room >= 0 else "the step and its allowances alone exceed the plannable memory: lower batch_size"
+                        reason="asked; no GPU: host memory is the device's", **plan)  # fmt: skip
     train_fits = 0 <= train_bytes <= room
     val_fits = train_fits and train_bytes + val_bytes <= room
     if asked == "auto" and not train_fits:
-        short = why if room < 0 else f"the training slices do not fit beside the step ({_gb(train_bytes)} > {_gb(room)} left)"
-        return FeedPlan("workers", reason=short, **plan)
+        why = short or f"the training slices do not fit beside the step ({_gb(train_bytes)} > {_gb(room)} left)"
+        return FeedPlan("workers", reason=why, **plan)
     if train_fits:
         why = "fits" if val_fits or not val_bytes else "the training slices fit, the validation slices do not"
-    elif room >= 0:
-        why = f"asked; the slices do not fit beside the step ({_gb(train_bytes)} > {_gb(room)} left)"
+    else:
+        why = short or f"asked; the slices do not fit beside the step ({_gb(train_bytes)} > {_gb(room)} left)"
     return FeedPlan("device", train_resident=train_fits, val_resident=val_fits, reason=why, **plan)
 
 

@@ -138,7 +138,7 @@ def plan_feed(
     cfg = cfg.replace(**{k: sizes[k] for k in ("batch_size", "patch_depth")}) if sizes else cfg
     shape = batch_shape(cfg)
     memory = None
-    if device.type == "cuda" and cfg.data_path != "workers":
+    if device.type == "cuda":  # on the workers path too: the figures are the run plan's
         if step_bytes is None:
             step_bytes = probe_step(net, loss_fn, shape, device, amp, memory_format)
         memory = gpu_memory(device)  # after the probe: the libraries' handles exist, its blocks are cached
