@@ -100,6 +100,25 @@ def test_host_storage_gathers_the_same_batches(meta, dtype):
     assert not torch.equal(ia[0], ia[1])
 
 
+def test_loaders_reusing_one_dataset_yield_the_samples_of_a_fresh_one(meta):
+    """bench_feed's pattern: a DataLoader per worker count and batch size on one dataset
+    (wrapping its transform twice made the second one fail in its workers)."""
+    cache = VolumeCache(meta, S, None, progress=False)
+
+    def dataset():
+        return SliceDataset(meta, S, (-2, 0, 2), build_transforms(S, True), cache=cache)
+
+    def samples(ds, workers, batch):
+        sampler = EpochSampler(ds.meta["empty"].to_numpy(), 3, 0.5)
+        dl = DataLoader(SeededSamples(ds, 3), batch_size=batch, sampler=sampler, num_workers=workers)
+        return torch.cat([images for images, _ in dl])
+
+    expected = samples(dataset(), 0, 4)
+    shared = dataset()
+    for workers, batch in ((0, 4), (2, 8), (0, 2)):
+        assert torch.equal(samples(shared, workers, batch), expected), (workers, batch)
+
+
 # --------------------------------------------------------------------------- statistics
 def _albumentations_params(n: int) -> dict[str, list]:
     """Applied parameters of the worker path's pipeline (seeded per sample as there)."""

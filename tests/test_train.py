@@ -178,6 +178,18 @@ def test_augmentation_seed_depends_on_seed_epoch_and_sample_only():
     assert ds[3] == forward[3]
 
 
+def test_views_sharing_a_dataset_draw_the_samples_of_a_fresh_one():
+    """A benchmark makes one view per worker count and batch size on one dataset: the
+    transform is wrapped once and every view draws what a view of a fresh dataset draws."""
+    fresh = SeededSamples(_Recorder(), seed=7)
+    expected = [fresh[j] for j in range(10)]
+    shared = _Recorder()
+    first, second = SeededSamples(shared, seed=7), SeededSamples(shared, seed=7)
+    assert [second[j] for j in range(10)] == expected
+    assert [first[j] for j in range(10)] == expected
+    assert SeededSamples(shared, seed=8)[3] != expected[3]  # the view's own seed
+
+
 # --------------------------------------------------------------------------- training runs
 def test_one_epoch_writes_all_files(synth_dir, tmp_path, tiny_config):
     out = tmp_path / "run"
