@@ -24,14 +24,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
@@ -63,6 +61,7 @@ from gi_utils.models.run_folder import (
 )
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
+from gi_utils.training.determinism import seed_everything
 from gi_utils.training.loaders import load_train_data
 from gi_utils.training.scaling import effective_batch_size, effective_lr
 from gi_utils.training.schedule import WarmupCosine
@@ -70,16 +69,7 @@ from gi_utils.training.step import LossTally, NonFiniteLossError, train_one_epoc
 from gi_utils.training.tracking import start_trackers, wandb_key
 from gi_utils.training.validation import sync_buffers, validate
 
-__all__ = ["TrainingRun", "make_accelerator", "seed_everything"]
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; with ``deterministic``, cuDNN picks fixed kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+__all__ = ["TrainingRun", "make_accelerator"]
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -133,8 +123,8 @@ class TrainingRun:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.last_path = self.out_dir / STATE_FILE
+        seed_everything(cfg.seed, cfg.deterministic)  # before CUDA starts (cuBLAS's workspace setting)
         self.acc = make_accelerator(cfg)
-        seed_everything(cfg.seed, cfg.deterministic)
         self.state: dict[str, Any] = {"epoch": 0, "loss_sum": 0.0, "n_batches": 0, "best_score": -math.inf,
                                       "best_epoch": -1, "bad_epochs": 0, "history": []}  # fmt: skip
         self.saved: dict[str, Any] | None = None
