@@ -268,7 +268,7 @@ def test_a_run_records_its_plan_and_a_resume_reuses_it(synth_factory, tmp_path, 
     monkeypatch.setattr(session_mod, "plan_feed", lambda *a, **k: pytest.fail("a resumed run planned again"))
     capsys.readouterr()
     resumed = train(tiny_config(data, tmp_path / "cut", **kw))
-    assert "feed plan: device path (data_path='auto'): training slices in pinned host memory" in capsys.readouterr().out
+    assert "feed plan: device path (data_path='auto'): training slices in host memory" in capsys.readouterr().out
     assert full["train_loss"].tolist() == resumed["train_loss"].tolist()
     metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert metrics["feed_plan"] == planned.to_dict() and metrics["device_name"] == "cpu"

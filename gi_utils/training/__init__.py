@@ -4,6 +4,7 @@ loop with validation into out-of-fold files, and the multi-process launcher."""
 # Every public name of the stage, exported here only: each module's ``__all__``.
 from gi_utils.training.cli import *
 from gi_utils.training.config import *
+from gi_utils.training.determinism import *
 from gi_utils.training.device_feed import *
 from gi_utils.training.feed_plan import *
 from gi_utils.training.launcher import *
@@ -18,9 +19,10 @@ from gi_utils.training.session import *
 from gi_utils.training.step import *
 from gi_utils.training.tracking import *
 from gi_utils.training.validation import *
-from gi_utils.training import (cli, config, device_feed, feed_plan, launcher, loaders, loop, presets, probe,
-    sampler, scaling, schedule, session, step, tracking, validation)
+from gi_utils.training import (cli, config, determinism, device_feed, feed_plan, launcher, loaders, loop, presets,
+    probe, sampler, scaling, schedule, session, step, tracking, validation)
 
-__all__ = [*cli.__all__, *config.__all__, *device_feed.__all__, *feed_plan.__all__, *launcher.__all__, *loaders.__all__,
-    *loop.__all__, *presets.__all__, *probe.__all__, *sampler.__all__, *scaling.__all__,
+__all__ = [*cli.__all__, *config.__all__, *determinism.__all__, *device_feed.__all__, *feed_plan.__all__,
+    *launcher.__all__, *loaders.__all__, *loop.__all__, *presets.__all__, *probe.__all__, *sampler.__all__,
+    *scaling.__all__,
     *schedule.__all__, *session.__all__, *step.__all__, *tracking.__all__, *validation.__all__]

@@ -115,7 +115,7 @@ class TrainConfig:
     # bookkeeping
     out_dir: str = _f("runs/unet", "run folder (checkpoints, history, metrics, out-of-fold files)")
     seed: int = _f(42, "seed of weights, data order and augmentation")
-    deterministic: bool = _f(True, "deterministic cuDNN kernels")
+    deterministic: bool = _f(True, "deterministic kernels (torch, cuDNN, cuBLAS); docs/determinism.md: what repeats on CUDA")
     save_every_steps: int = _f(0, "also checkpoint every this many steps; 0: after each epoch only")
     resume: bool = _f(True, "continue from out_dir/last.pt when present")
     progress: bool = _f(True, "progress bars")

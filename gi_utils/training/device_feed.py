@@ -15,8 +15,14 @@ at ``(epoch, b)`` sees the batches of an uninterrupted one on the same device. S
 processes take the global batches in turn (process ``r`` of ``n``: ``r, r + n, ...``),
 as accelerate shards a DataLoader's batches.
 
-Which path a run takes, and whether its slices stay on the device or in pinned host
-memory, is decided once where it starts: :mod:`gi_utils.training.feed_plan`.
+Which path a run takes, and whether its slices stay on the device or in host memory, is
+decided once where it starts: :mod:`gi_utils.training.feed_plan`.
+
+Waiting: a batch is made without reading anything back from the device (the augmentation
+keeps its steps with ``torch.where``, indices travel through pinned memory), so the host
+queues batch ``b + 1`` while the device still runs step ``b``; with the slices in host
+memory, the host's gather of batch ``b + 1`` runs on a side thread during step ``b``
+(:func:`~gi_utils.data.device_batches.ahead`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from gi_utils.data.device_batches import DeviceBatches
+from gi_utils.data.device_batches import DeviceBatches, ahead, to_device
 from gi_utils.data.device_patches import DevicePatches
 from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.gpu_augment_3d import GpuAugment3d
@@ -77,7 +83,11 @@ class DeviceLoader:
 
     def batch(self, epoch: int, b: int, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Global batch ``b`` of ``epoch`` made of the rows ``index``."""
-        images, packed = self.data.gather(index, epoch)
+        return self._finish(epoch, b, self.data.stage(index, epoch))
+
+    def _finish(self, epoch: int, b: int, staged: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's part of global batch ``b``: loaded, augmented, masks unpacked."""
+        images, packed = self.data.finish(staged)
         if self.augment is not None:
             gen = batch_generator(self.seed, epoch, b, self.data.device)
             images, packed, _ = self.augment(images, packed, gen)
@@ -89,8 +99,14 @@ class DeviceLoader:
             raise ValueError(f"DeviceLoader: sampler.skip={skip} is not a whole number of batches of {bs}")
         order = self.sampler.indices(epoch)[skip:]
         first = skip // bs
-        for k in range(self.rank, len(self) * self.world, self.world):
-            yield self.batch(epoch, first + k, order[k * bs : (k + 1) * bs])
+        mine = range(self.rank, len(self) * self.world, self.world)
+
+        def stage(k: int) -> tuple[torch.Tensor, ...]:
+            return self.data.stage(order[k * bs : (k + 1) * bs], epoch)
+
+        staged = ahead(stage, mine) if self.data.prefetch else map(stage, mine)
+        for k, part in zip(mine, staged, strict=True):
+            yield self._finish(epoch, first + k, part)
 
 
 class DeviceValLoader:
@@ -117,4 +133,4 @@ class DeviceValLoader:
             index = torch.arange(b * bs, min(n, (b + 1) * bs)) if b < self.n_batches else torch.arange(min(n, bs))
             images, packed = self.data.gather(index)
             rows = index if b < self.n_batches else torch.full_like(index, -1)
-            yield images, self.data.unpack(packed), rows.to(self.data.device)
+            yield images, self.data.unpack(packed), to_device(rows, self.data.device)

@@ -1,7 +1,7 @@
 """The plan of a run's training feed, decided once where the run starts: which path makes
 the batches (``TrainConfig.data_path``: the device or loader workers), whether the
-training and validation slices stay on the GPU or in pinned host memory, and the
-figures the decision was taken from.
+training and validation slices stay on the GPU or in host memory (each batch gathered
+there and copied), and the figures the decision was taken from.
 
 The decision (:func:`decide_feed`) is a pure function of numbers: the cache's bytes, the
 GPU memory seen (:func:`gpu_memory`: what the driver reports free plus what torch's
@@ -111,7 +111,7 @@ class FeedPlan:
         path: ``"device"`` or ``"workers"``.
         asked: ``TrainConfig.data_path`` of the run (auto | device | workers).
         train_resident, val_resident: on the device path, the training (validation)
-            slices kept on the GPU; ``False``: in pinned host memory, each batch copied.
+            slices kept on the GPU; ``False``: in host memory, each batch gathered there and copied.
         reason: why, in words.
         train_bytes, val_bytes: the device path's copies of the training and (2.5D)
             validation slices (:func:`~gi_utils.data.device_batches.device_nbytes`).
@@ -181,7 +181,7 @@ class FeedPlan:
 
     def summary(self) -> str:
         """A few lines: the decision, the bytes, the GPU memory seen."""
-        where = {True: "on the GPU" if self.gpu else "in host memory (no GPU)", False: "in pinned host memory"}
+        where = {True: "on the GPU" if self.gpu else "in host memory (no GPU)", False: "in host memory"}
         if self.path == "device":
             head = f"device path (data_path={self.asked!r}): training slices {where[self.train_resident]}"
             if self.val_bytes:
@@ -234,7 +234,7 @@ def decide_feed(
         sizes: 3-D sizes chosen by probe steps, recorded with the plan.
 
     ``workers`` is kept; ``device`` is kept, its slices resident where they fit and in
-    pinned host memory where they do not; ``auto`` takes the device path only on a GPU,
+    host memory where they do not; ``auto`` takes the device path only on a GPU,
     with a cache and an augmentation it can run, when the training slices, the probe
     step and the allowances fit in ``headroom`` of the free memory (the validation
     slices then resident too where they also fit), and the workers otherwise. On a GPU

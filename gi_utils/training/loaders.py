@@ -153,7 +153,7 @@ def load_train_data(
     :class:`FeedPlan` (``None``: :func:`unprobed_plan`). On the device path, on ``device``
     (by default CUDA when ``cfg.device`` wants it), ``train_loader`` is a
     :class:`DeviceLoader` and the 2.5D ``val_loader`` a :class:`DeviceValLoader` for process
-    ``rank`` (the slices resident or in pinned host memory as the plan says; a 3-D model
+    ``rank`` (the slices resident or in host memory as the plan says; a 3-D model
     validates whole scans through its DataLoader).
     """
     fold = fold if fold is not None else load_fold_data(cfg)

@@ -24,14 +24,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
@@ -63,25 +61,17 @@ from gi_utils.models.run_folder import (
 )
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
+from gi_utils.training.determinism import seed_everything
 from gi_utils.training.feed_plan import FeedPlan
 from gi_utils.training.loaders import load_fold_data, load_train_data
 from gi_utils.training.probe import plan_feed
 from gi_utils.training.scaling import effective_batch_size, effective_lr
 from gi_utils.training.schedule import WarmupCosine
-from gi_utils.training.step import NonFiniteLossError, train_one_epoch
+from gi_utils.training.step import LossTally, NonFiniteLossError, train_one_epoch
 from gi_utils.training.tracking import start_trackers, wandb_key
 from gi_utils.training.validation import sync_buffers, validate
 
-__all__ = ["TrainingRun", "make_accelerator", "seed_everything"]
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; with ``deterministic``, cuDNN picks fixed kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+__all__ = ["TrainingRun", "make_accelerator"]
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -135,11 +125,12 @@ class TrainingRun:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.last_path = self.out_dir / STATE_FILE
+        seed_everything(cfg.seed, cfg.deterministic)  # before CUDA starts (cuBLAS's workspace setting)
         self.acc = make_accelerator(cfg)
-        seed_everything(cfg.seed, cfg.deterministic)
         self.state: dict[str, Any] = {"epoch": 0, "loss_sum": 0.0, "n_batches": 0, "best_score": -math.inf,
                                       "best_epoch": -1, "bad_epochs": 0, "history": []}  # fmt: skip
         self.saved: dict[str, Any] | None = None
+        self.tally: LossTally | None = None  # the running loss in the middle of an epoch
         self.stopped_early = False
         self.plan: FeedPlan | None = None  # the feed's plan: a resumed run's is the one it started with
         if cfg.resume and self.last_path.is_file():
@@ -249,6 +240,8 @@ class TrainingRun:
     def checkpoint(self, finished: bool = False) -> None:
         """Write ``last.pt`` (main process), then let every process go on together."""
         acc, st = self.acc, self.state
+        if self.tally is not None:  # every process reads its losses back: a NaN stops all before saving
+            st.update(loss_sum=self.tally.loss_sum, n_batches=self.tally.n_batches)
         if acc.is_main_process:
             state = {
                 **st, "config": self.cfg.to_dict(), "finished": finished, "model": self.net.state_dict(),
@@ -266,8 +259,8 @@ class TrainingRun:
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ one epoch
-    def _on_step(self, loss_sum: float, n_batches: int) -> None:
-        self.state.update(loss_sum=loss_sum, n_batches=n_batches)
+    def _on_step(self, tally: LossTally, n_batches: int) -> None:
+        self.tally, self.state["n_batches"] = tally, n_batches
         if self.ema is not None:
             self.ema.update(self.net, step=int(self.scheduler.last_epoch))
         every = self.cfg.save_every_steps
@@ -294,7 +287,7 @@ class TrainingRun:
             raise NonFiniteLossError(
                 f"{err}; training stopped, last good checkpoint kept: {self.last_path}"
             ) from None
-        self.data.sampler.skip = 0
+        self.data.sampler.skip, self.tally = 0, None
         return {"epoch": epoch + 1, "step": int(self.scheduler.last_epoch),
                 "lr": float(self.scheduler.get_last_lr()[0]), "train_loss": loss_sum / max(n, 1)}  # fmt: skip
 
