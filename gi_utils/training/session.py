@@ -44,7 +44,7 @@ from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_t
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
-from gi_utils.device import cuda_wanted, resolve_amp
+from gi_utils.device import check_gpu_supported, cuda_wanted, resolve_amp
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.sliding_window import SlidingWindow
 from gi_utils.losses import build_loss
@@ -85,7 +85,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
     cuda = cuda_wanted(cfg.device)
-    amp = resolve_amp(cfg.amp, cuda=cuda, device=int(os.environ.get("LOCAL_RANK", "0")) if cuda else None)
+    gpu = int(os.environ.get("LOCAL_RANK", "0")) if cuda else None
+    if cuda:
+        check_gpu_supported(gpu)  # a P100 under a torch without sm_60 kernels stops here, named
+    amp = resolve_amp(cfg.amp, cuda=cuda, device=gpu)
     if cfg.spec.is_3d and amp == "bf16" and not cuda:
         # measured here (torch 2.14.1): oneDNN's bf16 3-D convolutions gave non-finite
         # gradients within a few steps, the same steps in float32 or without oneDNN did not
