@@ -57,9 +57,9 @@ from gi_utils.models.run_folder import (
     MODEL_FILE,
     OOF_DIR,
     OOF_STAGING_DIR,
-    RESUME_FREE_FIELDS,
     SPLIT_FILE,
     STATE_FILE,
+    resume_differences,
 )
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
@@ -113,10 +113,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
-    now = cfg.to_dict()
-    diff = [k for k in now if k not in RESUME_FREE_FIELDS and now[k] != saved.get(k)]
+    diff = resume_differences(cfg.to_dict(), saved)
     if diff:
-        details = ", ".join(f"{k}: saved {saved.get(k)!r} != now {now[k]!r}" for k in diff)
+        details = ", ".join(f"{k}: saved {old!r} != now {new!r}" for k, (old, new) in diff.items())
         raise ValueError(
             f"{path} belongs to another run ({details}); pass resume=False to start over "
             "there, or choose another out_dir"
@@ -142,6 +141,7 @@ class TrainingRun:
                                       "best_epoch": -1, "bad_epochs": 0, "history": []}  # fmt: skip
         self.saved: dict[str, Any] | None = None
         self.stopped_early = False
+        self.extra_metrics: dict[str, Any] = {}  # more figures for metrics.json (the plan, the time limit)
         if cfg.resume and self.last_path.is_file():
             self.saved = load_state(self.last_path)
             _check_resumable(cfg, self.saved["config"], self.last_path)
@@ -391,5 +391,5 @@ class TrainingRun:
             "peak_lr": effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr),
             "samples_per_epoch": self.batches_per_epoch * cfg.batch_size * acc.num_processes,
             "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(acc.device) / 2**20
-                                   if acc.device.type == "cuda" else None),
+                                   if acc.device.type == "cuda" else None), **self.extra_metrics,
         })  # fmt: skip
