@@ -30,7 +30,7 @@ from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.sessions import adopt_attached_run, continue_hint
 from gi_utils.report.runs import load_run
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.launcher import launch
+from gi_utils.training.launcher import describe_processes, launch, resolve_num_processes
 from gi_utils.training.presets import preset_config
 
 __all__ = ["parse_folds", "fold_run_dir", "train_folds", "cross_validate", "cv_summary", "parse_overrides"]
@@ -69,7 +69,8 @@ def train_folds(
     cfg: TrainConfig, folds: str | int | Sequence[int], num_processes: int | str = 1
 ) -> dict[str, pd.DataFrame]:
     """Train ``cfg`` on each of ``folds`` (each a resumable run); ``{run name: history}``
-    of the runs that finished an epoch.
+    of the runs that finished an epoch. ``num_processes``: an int or ``"auto"`` (every
+    visible GPU), printed once with the effective batch and the learning-rate rule.
 
     Fold ``cfg.fold`` trains in ``cfg.out_dir``, the others beside it (:func:`fold_run_dir`).
     A run of the same settings attached as an input (Kaggle) is copied in and continued
@@ -79,6 +80,8 @@ def train_folds(
     """
     out = {}
     todo = parse_folds(folds, cfg.n_folds)
+    num_processes = resolve_num_processes(num_processes, cfg)  # "auto": every visible GPU
+    print(describe_processes(cfg, num_processes), flush=True)
     for n, k in enumerate(todo):
         run_dir = Path(cfg.out_dir) if k == cfg.fold else fold_run_dir(cfg, k)
         run_cfg = cfg.replace(fold=k, out_dir=str(run_dir))

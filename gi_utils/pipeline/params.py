@@ -19,7 +19,7 @@ from gi_utils.paths import default_runs_dir, platform_cache_dir
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.notebook import ParameterError, check_params
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.launcher import describe_processes, resolve_num_processes
+from gi_utils.training.launcher import resolve_num_processes
 from gi_utils.training.loop import resolve_config
 from gi_utils.training.presets import resolve_preset, with_preset
 from gi_utils.training.run_plan import training_slices
@@ -50,8 +50,8 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
         names the preset applied ("auto" resolved:
         :func:`gi_utils.training.presets.machine_preset`) and
         ``notebook_params["num_processes"]`` is a number ("auto" resolved:
-        :func:`gi_utils.training.launcher.resolve_num_processes`, printed with the
-        effective batch and the learning-rate rule).
+        :func:`gi_utils.training.launcher.resolve_num_processes`; ``train_folds`` prints it
+        with the effective batch and the learning-rate rule).
 
     Raises:
         ParameterError: an unknown parameter (with the valid names, and a close match), a
@@ -95,5 +95,4 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
             nb["num_processes"] = resolve_num_processes(nb["num_processes"], cfg)
         except ValueError as err:
             raise ParameterError(f"02_train parameters: {err}") from None
-        print(describe_processes(cfg, nb["num_processes"]), flush=True)
     return cfg, nb
