@@ -21,6 +21,7 @@ import pandas as pd
 from gi_utils.atomic import read_json
 from gi_utils.models.run_folder import CONFIG_FILE, HISTORY_FILE, STATE_FILE, resume_differences
 from gi_utils.paths import kaggle_input_dir, platform_name
+from gi_utils.runlock import LOCK_NAME
 from gi_utils.training.config import TrainConfig
 
 __all__ = ["ATTACHED_DEPTH", "attached_runs", "adopt_attached_run", "continue_hint"]
@@ -73,7 +74,8 @@ def adopt_attached_run(cfg: TrainConfig) -> Path | None:
     source = max(same, key=lambda f: (_epochs_done(f), (f / STATE_FILE).stat().st_mtime))
     staging = out.with_name(f".{out.name}.adopting")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, copy_function=shutil.copyfile)  # the input's read-only bits not copied
+    shutil.copytree(source, staging, copy_function=shutil.copyfile,  # the input's read-only bits not copied
+                    ignore=shutil.ignore_patterns(LOCK_NAME))  # a lock of the other session's process
     for folder, _, _ in os.walk(staging):
         os.chmod(folder, 0o755)  # copytree copies a folder's read-only mode
     if out.exists():  # a folder without last.pt: nothing trained there
