@@ -46,6 +46,7 @@ from gi_utils.models.run_folder import HISTORY_FILE
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loop import resolve_config, train
 from gi_utils.training.scaling import effective_batch_size, effective_lr
+from gi_utils.training.time_limit import SESSION_START_ENV, session_start
 
 __all__ = [
     "LAUNCH_METHODS",
@@ -197,7 +198,7 @@ def _notebook_launch(cfg: TrainConfig, num_processes: int, train_fn) -> None:
 
 
 def _torchrun_launch(cfg: TrainConfig, num_processes: int, threads: int | None) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", SESSION_START_ENV: repr(session_start())}  # one clock for all
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory(prefix="gi_launch_") as tmp:

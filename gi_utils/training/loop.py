@@ -36,8 +36,8 @@ def resolve_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
     """``config`` as a :class:`TrainConfig` whose ``data_dir`` and ``time_limit`` are
     resolved (a new object; the given one is not changed): the data folder found, the
     platform's limit (:func:`gi_utils.training.time_limit.platform_time_limit`), and the
-    session's start fixed for the processes this one launches. Entry points call it once
-    and pass the result down."""
+    session's start fixed (:func:`~gi_utils.training.time_limit.session_start`) before any
+    process is launched. Entry points call it once and pass the result down."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     if cfg.data_dir is None:
         cfg = cfg.replace(data_dir=str(resolve_data_dir()))

@@ -62,15 +62,18 @@ def platform_time_limit(platform: str | None = None) -> float:
     return hours - TIME_MARGIN_HOURS if hours else 0.0
 
 
+_START: list[float] = []  # this process's session start, once asked (a forked process inherits it)
+
+
 def session_start() -> float:
-    """Seconds since the epoch at which the session started: ``$GI_SESSION_START`` when set,
-    else the start of this process (the notebook's kernel), which is then written there so
-    that the processes it launches count from the same moment."""
+    """Seconds since the epoch at which the session started: ``$GI_SESSION_START`` when set
+    (a launcher passes it to the processes it starts), else the start of this process (the
+    notebook's kernel), remembered here: processes forked from it inherit it."""
     if os.environ.get(SESSION_START_ENV):
         return float(os.environ[SESSION_START_ENV])
-    start = psutil.Process(os.getpid()).create_time()
-    os.environ[SESSION_START_ENV] = repr(start)
-    return start
+    if not _START:
+        _START.append(psutil.Process(os.getpid()).create_time())
+    return _START[0]
 
 
 def session_clock() -> Callable[[], float]:
