@@ -315,9 +315,9 @@ def test_02_trains_on_both_gpus_of_a_t4_x2_by_default(synth_dir, tmp_path, monke
     monkeypatch.setattr(dist_mod, "notebook_launcher", on_cpus)
     cfg, nb = train_setup(given, types)
     assert nb["num_processes"] == 2
-    assert "2 processes (one per GPU); effective batch 4 = batch_size 2 x 2 processes" in capfd.readouterr().out
     histories = train_folds(cfg, cfg.fold, nb["num_processes"])
     printed = capfd.readouterr().out
+    assert "2 processes (one per GPU); effective batch 4 = batch_size 2 x 2 processes" in printed
     assert "launching 2 processes (notebook, GPU)" in printed
     metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["effective_batch_size"] == 4
