@@ -37,9 +37,10 @@ from gi_utils.synthetic import generate_dataset  # noqa: E402
 
 
 def _params(args, data: Path, runs: Path) -> dict:
+    # one process (not 02's "auto", every GPU): the run is compared with the command line's runs
     return {"preset": "gpu", "weights": "", "encoder": "resnet34", "img_size": args.img_size, "epochs": 1,
             "max_steps_per_epoch": args.steps, "num_workers": 2, "data_path": "workers", "amp": "auto", "data_dir": str(data),
-            "runs_dir": str(runs), "n_overlays": 1}  # fmt: skip
+            "runs_dir": str(runs), "n_overlays": 1, "num_processes": 1}  # fmt: skip
 
 
 def _cli(params: dict, out_dir: Path, device: str) -> list[str]:
