@@ -36,6 +36,10 @@ KAGGLE_COMPETITION: str = "uw-madison-gi-tract-image-segmentation"
 #: (read-only) and the notebook's own writable output folder.
 KAGGLE_INPUT_REL: str = "kaggle/input"
 KAGGLE_WORKING_REL: str = "kaggle/working"
+#: What Kaggle saves of ``/kaggle/working`` as a notebook's output, at most (about 20 GB).
+KAGGLE_OUTPUT_BYTES: int = 20 * 10**9
+#: Writable scratch folders of a Kaggle session, not saved with its output (tried in order).
+KAGGLE_SCRATCH_RELS: tuple[str, ...] = ("kaggle/temp", "tmp")
 #: Colab's local disk (lost when the runtime is recycled) and the Google Drive mount,
 #: relative to the platform root.
 COLAB_CONTENT_REL: str = "content"

@@ -7,12 +7,14 @@ kernel afterwards); these functions query it only when called.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 
 import torch
 
-__all__ = ["AMP_MODES", "BF16_MIN_CAPABILITY", "DEVICES", "default_device", "cuda_wanted", "cuda_has_bf16",
-           "device_name", "resolve_amp", "autocast_dtype", "inference_autocast"]  # fmt: skip
+__all__ = ["AMP_MODES", "BF16_MIN_CAPABILITY", "DEVICES", "SUPPORTED_GPU_ADVICE", "UnsupportedGPUError", "default_device",
+           "cuda_wanted", "cuda_has_bf16", "arch_runs_on", "check_gpu_supported", "device_name", "resolve_amp",
+           "autocast_dtype", "inference_autocast"]  # fmt: skip
 
 #: Mixed precision: "auto" = bf16 on a GPU of compute capability 8.0 or more (A100, L4,
 #: H100), fp16 on older GPUs (T4, P100, V100), bf16 on a CPU with native bf16 instructions
@@ -25,14 +27,77 @@ BF16_MIN_CAPABILITY: tuple[int, int] = (8, 0)
 DEVICES: tuple[str, ...] = ("auto", "cpu")
 
 
+#: What to choose instead of a GPU this torch has no kernels for (the message of
+#: :class:`UnsupportedGPUError`). Kaggle's 2026 image (torch 2.10, CUDA 12.8) has none for
+#: the P100 (compute capability 6.0); Kaggle offers T4s in pairs only.
+SUPPORTED_GPU_ADVICE = ("on Kaggle: Settings -> Accelerator -> GPU T4 x2; on Colab: Runtime -> Change runtime "
+                        "type -> T4 GPU; elsewhere a GPU of a capability listed, or device='cpu'")
+_ARCH = re.compile(r"^(sm|compute)_(\d+)(\d)[a-z]?$")
+
+
+class UnsupportedGPUError(RuntimeError):
+    """The installed torch has no kernels for the GPU's compute capability."""
+
+
+def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
+    """True when code compiled for ``arch`` (an entry of ``torch.cuda.get_arch_list()``,
+    e.g. ``"sm_75"``, ``"compute_90"``, ``"sm_90a"``) runs on a GPU of ``capability``.
+
+    CUDA's rules: a binary (``sm_XY``) runs on the same major version at a minor version
+    >= Y (``sm_80`` runs on 8.6, not on 9.0 or 7.5); PTX (``compute_XY``) is compiled by
+    the driver for any capability >= X.Y. An entry of another form counts as not running.
+    """
+    m = _ARCH.match(arch)
+    if m is None:
+        return False
+    built = (int(m.group(2)), int(m.group(3)))
+    if m.group(1) == "compute":
+        return tuple(capability) >= built
+    return capability[0] == built[0] and capability[1] >= built[1]
+
+
+def check_gpu_supported(device: torch.device | int | None = None) -> None:
+    """Stop at setup when the installed torch cannot run on the GPU ``device`` (``None``:
+    the current one): none of ``torch.cuda.get_arch_list()`` runs on its compute capability
+    (:func:`arch_runs_on`). Without this check such a run fails much later, deep inside the
+    first convolution, with ``cudaErrorNoKernelImageForDevice``. Initialises CUDA: call it
+    where the device is put to use, not before a notebook launcher forks.
+
+    Raises:
+        UnsupportedGPUError: naming the card, its capability, the torch and CUDA versions,
+            the architectures this torch has kernels for, and what to choose instead
+            (:data:`SUPPORTED_GPU_ADVICE`).
+    """
+    archs = list(torch.cuda.get_arch_list())
+    if not archs:  # a torch that does not say (or has no CUDA): nothing to check against
+        return
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if any(arch_runs_on(a, capability) for a in archs):
+        return
+    name = torch.cuda.get_device_name(device)
+    raise UnsupportedGPUError(
+        f"{name} (compute capability {capability[0]}.{capability[1]}) is not supported by this torch "
+        f"{torch.__version__} (CUDA {torch.version.cuda}), which has kernels for {', '.join(archs)} only: "
+        f"the first convolution would fail with 'no kernel image is available for execution on the device'. "
+        f"Choose another GPU: {SUPPORTED_GPU_ADVICE}"
+    )
+
+
 def cuda_wanted(device: str = "auto") -> bool:
     """True when ``device`` ("auto" | "cpu") asks for CUDA and a GPU is visible."""
     return device != "cpu" and torch.cuda.is_available()
 
 
 def default_device(device: str = "auto") -> torch.device:
-    """CUDA when present (and ``device`` is not "cpu"), else the CPU."""
-    return torch.device("cuda" if cuda_wanted(device) else "cpu")
+    """CUDA when present (and ``device`` is not "cpu"), else the CPU.
+
+    Raises:
+        UnsupportedGPUError: the GPU has no kernels in this torch (:func:`check_gpu_supported`).
+    """
+    if not cuda_wanted(device):
+        return torch.device("cpu")
+    check_gpu_supported()
+    return torch.device("cuda")
 
 
 def device_name(device: torch.device | str) -> str:

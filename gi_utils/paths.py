@@ -27,6 +27,10 @@ Runs folder (checkpoints, caches, folds, results): the argument, ``$GI_RUNS_DIR`
 ``/kaggle/working/runs`` on Kaggle, ``MyDrive/gi-tract-segmentation/runs`` on Colab with
 Drive mounted (``/content`` is lost when the runtime is recycled; without Drive the runs
 go to ``/content/runs`` with a warning that says so), ``runs/`` of the checkout, ``./runs``.
+
+Disk cache (:func:`platform_cache_dir`): on Kaggle a scratch folder outside the saved output
+(``/kaggle/temp``, else ``/tmp``) when it has room, on Colab the runtime's own disk
+(``/content/cache``); elsewhere, and as the fallback, ``<runs>/cache`` beside the runs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import os
 import warnings
 from pathlib import Path
 
+from gi_utils.atomic import SPACE_MARGIN, format_bytes, free_bytes
 from gi_utils.constants import (
     COLAB_CONTENT_REL,
     COLAB_DATA_DIRNAME,
@@ -43,6 +48,7 @@ from gi_utils.constants import (
     DATA_DIR_ENV,
     KAGGLE_COMPETITION,
     KAGGLE_INPUT_REL,
+    KAGGLE_SCRATCH_RELS,
     KAGGLE_WORKING_REL,
     LOCAL_DATA_DIRNAME,
     PLATFORM_ROOT_ENV,
@@ -57,6 +63,7 @@ __all__ = [
     "kaggle_input_dir",
     "kaggle_data_dir",
     "kaggle_working_dir",
+    "kaggle_scratch_dirs",
     "colab_content_dir",
     "colab_drive_dir",
     "on_kaggle",
@@ -66,6 +73,7 @@ __all__ = [
     "resolve_data_dir",
     "in_checkout",
     "default_runs_dir",
+    "platform_cache_dir",
     "runs_dirs",
     "output_dir",
     "default_pictures_dir",
@@ -99,6 +107,12 @@ def kaggle_data_dir() -> Path:
 def kaggle_working_dir() -> Path:
     """A Kaggle notebook's own writable output folder (``/kaggle/working``)."""
     return platform_root() / KAGGLE_WORKING_REL
+
+
+def kaggle_scratch_dirs() -> list[Path]:
+    """Writable folders of a Kaggle session that are **not** saved with the notebook's
+    output, in the order tried (``/kaggle/temp``, ``/tmp``)."""
+    return [platform_root() / rel for rel in KAGGLE_SCRATCH_RELS]
 
 
 def colab_content_dir() -> Path:
@@ -193,6 +207,32 @@ def default_runs_dir(runs_dir: str | os.PathLike | None = None) -> Path:
                       "or pass runs_dir", stacklevel=2)  # fmt: skip
         return colab_content_dir() / "runs"
     return (REPO_ROOT if in_checkout() else Path.cwd()) / "runs"
+
+
+def platform_cache_dir(need_bytes: int = 0) -> tuple[Path | None, str]:
+    """The folder of the disk cache on this platform, and a note to print (``""``: none).
+
+    * Kaggle: everything under ``/kaggle/working`` is saved as the notebook's output (20 GB
+      at most) and re-attached to every later notebook, so the cache (3.9 GB compact at
+      320 px) goes to the first existing scratch folder (:func:`kaggle_scratch_dirs`) with
+      room for ``need_bytes`` (plus a 5% margin), as ``<scratch>/gi-cache``; with none, the
+      note says so and the default (``None``: ``<runs>/cache``, in the output) is kept.
+    * Colab: ``/content/cache``, the runtime's local disk (Drive is slow and small for it).
+    * Elsewhere: ``None`` (``<runs>/cache``).
+    """
+    if on_kaggle():
+        tried = []
+        for folder in kaggle_scratch_dirs():
+            free = free_bytes(folder) if folder.is_dir() else None
+            if free is not None and free >= need_bytes * (1 + SPACE_MARGIN):
+                return folder / "gi-cache", ""
+            tried.append(f"{folder} ({'missing' if not folder.is_dir() else f'{format_bytes(free or 0)} free'})")
+        return None, (f"no scratch folder with {format_bytes(need_bytes)} free for the cache ({', '.join(tried)}): "
+                      f"it goes to the runs folder in {kaggle_working_dir()} and is saved with the notebook's "
+                      "output")  # fmt: skip
+    if on_colab():
+        return colab_content_dir() / "cache", ""
+    return None, ""
 
 
 def runs_dirs(runs_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -44,6 +44,12 @@ def kaggle_image() -> Path:
 
 
 @pytest.fixture(scope="session")
+def old_albumentations_image() -> Path:
+    """The Kaggle image stand-in with albumentations 1.4.20, older than gi_utils needs (1.4.21)."""
+    return build_kaggle_image({"albumentations": "1.4.20"})
+
+
+@pytest.fixture(scope="session")
 def base_image() -> Path:
     """A layer with only the base dependencies of gi_utils (no extras), cached."""
     return base_layer()

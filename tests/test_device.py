@@ -10,7 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gi_utils.device import inference_autocast, resolve_amp
+from gi_utils.device import (
+    UnsupportedGPUError,
+    arch_runs_on,
+    check_gpu_supported,
+    default_device,
+    inference_autocast,
+    resolve_amp,
+)
+from gi_utils.training import TrainConfig, make_accelerator
 
 GPUS = {(6, 0): "Tesla P100-PCIE-16GB", (7, 5): "Tesla T4", (8, 0): "NVIDIA A100-SXM4-40GB",
         (9, 0): "NVIDIA H100 80GB HBM3"}  # fmt: skip
@@ -69,3 +77,50 @@ def test_inference_autocast_asks_the_gpu_it_predicts_on(gpu):
     assert asked and all(d == device for d in asked)
     gpu((8, 0))
     assert inference_autocast(device, "auto").fast_dtype == torch.bfloat16
+
+
+#: ``torch.cuda.get_arch_list()`` of a CUDA 12.8 build (Kaggle's 2026 image: torch 2.10 +
+#: CUDA 12.8): no kernels below compute capability 7.5.
+CU128_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+
+
+@pytest.mark.parametrize(("arch", "capability", "runs"), [
+    ("sm_75", (7, 5), True), ("sm_75", (7, 0), False), ("sm_70", (7, 5), True),  # same major, minor >= built
+    ("sm_80", (8, 6), True), ("sm_80", (9, 0), False), ("sm_90a", (9, 0), True), ("sm_120", (12, 0), True),
+    ("sm_120", (6, 0), False), ("compute_70", (9, 0), True), ("compute_90", (8, 6), False), ("gfx90a", (9, 0), False),
+])  # fmt: skip
+def test_which_kernels_run_on_which_capability(arch, capability, runs):
+    assert arch_runs_on(arch, capability) is runs
+
+
+@pytest.fixture
+def cuda_card(monkeypatch, gpu):
+    """``cuda_card(capability, archs)``: a visible GPU of that capability under a torch built
+    for ``archs``."""
+
+    def make(capability: tuple[int, int], archs: list[str]) -> None:
+        gpu(capability)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(archs))
+
+    return make
+
+
+def test_a_p100_under_a_torch_without_sm_60_stops_at_setup_naming_what_to_choose(cuda_card):
+    cuda_card((6, 0), CU128_ARCHS)
+    message = r"Tesla P100-PCIE-16GB \(compute capability 6\.0\) is not supported.*sm_75.*GPU T4 x2"
+    with pytest.raises(UnsupportedGPUError, match=message):
+        check_gpu_supported()
+    with pytest.raises(UnsupportedGPUError, match=message):
+        default_device()  # inference resolves its device here
+    with pytest.raises(UnsupportedGPUError, match=message):
+        make_accelerator(TrainConfig(device="auto"))  # training: before any data or model is made
+    assert default_device("cpu") == torch.device("cpu")  # the CPU asks nothing
+
+
+def test_a_t4_passes_and_an_older_torch_runs_the_p100(cuda_card):
+    cuda_card((7, 5), CU128_ARCHS)
+    check_gpu_supported()
+    assert default_device() == torch.device("cuda")
+    cuda_card((6, 0), ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"])  # torch 2.5 + CUDA 12.1
+    check_gpu_supported()

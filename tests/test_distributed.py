@@ -28,11 +28,14 @@ import gi_utils.training.launcher as dist_mod
 from gi_utils.checkpoint import load_state
 from gi_utils.training import (
     TrainConfig,
+    describe_processes,
     effective_batch_size,
     effective_lr,
     launch,
     load_train_data,
     read_history,
+    resolve_config,
+    resolve_num_processes,
     train,
 )
 from gi_utils.training.cli import parse_args
@@ -211,7 +214,7 @@ def test_launch_on_gpus_hands_train_to_the_notebook_launcher(synth_dir, tmp_path
     monkeypatch.setattr(dist_mod, "gpu_count", lambda: 2)
     monkeypatch.setattr(dist_mod, "notebook_launcher", fake_launcher)
     history = launch(cfg, 2)
-    assert calls == [(train, (cfg,), 2, "bf16")]
+    assert calls == [(train, (resolve_config(cfg),), 2, "bf16")]  # time_limit resolved once, here
     assert history.to_dict("list") == {"epoch": [1], "val_score": [0.5]}
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(RuntimeError, match=r"CUDA is already initialised.*method='torchrun'"):
@@ -270,3 +273,52 @@ def test_two_process_launch_kill_and_resume_equals_uninterrupted_run(synth_dir, 
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert math.isfinite(resumed["val_score"].iloc[-1])
     assert np.array_equal(resumed["epoch"], [1, 2])
+
+
+# --------------------------------------------------------------------------- num_processes="auto"
+def test_auto_processes_is_every_visible_gpu_while_cuda_is_untouched(synth_dir, tmp_path, monkeypatch, capsys, tiny):
+    cfg = TrainConfig.from_dict({**tiny(synth_dir, tmp_path / "x").to_dict(), "device": "auto"})
+    for gpus, want in ((0, 1), (1, 1), (2, 2), (4, 4)):
+        monkeypatch.setattr(dist_mod, "gpu_count", lambda g=gpus: g)
+        assert resolve_num_processes("auto", cfg) == want
+    assert resolve_num_processes("auto", cfg.replace(device="cpu")) == 1
+    assert resolve_num_processes(3, cfg) == 3
+    with pytest.raises(ValueError, match=r"num_processes must be an int >= 1 or 'auto', got 'all'"):
+        resolve_num_processes("all", cfg)
+    assert describe_processes(cfg.replace(batch_size=16, scale_lr="sqrt"), 4) == (
+        "4 processes (one per GPU); effective batch 64 = batch_size 16 x 4 processes x grad_accum 1; "
+        "peak lr 0.004 (scale_lr='sqrt': lr 0.002 scaled by the sqrt rule)")  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # a cell put a tensor on the GPU
+    assert resolve_num_processes("auto", cfg) == 1
+    assert "CUDA is already initialised in this kernel" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_02_trains_on_both_gpus_of_a_t4_x2_by_default(synth_dir, tmp_path, monkeypatch, capfd):
+    """Kaggle's T4 x2 stood in: two visible GPUs (the count mocked) and CUDA untouched, so
+    02's default num_processes="auto" launches two processes through accelerate's notebook
+    launcher, the GPU path; here they are CPU processes (gloo)."""
+    from gi_utils.pipeline import notebook_annotations, train_folds, train_setup
+    from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR
+
+    types = notebook_annotations(NOTEBOOKS_DIR / "02_train.ipynb")
+    given = {"preset": "smoke", "folds": "", "data_dir": str(synth_dir), "run_name": "", "runs_dir": str(tmp_path),
+             "pictures_dir": "", "synthetic_if_missing": False, "n_overlays": 1, "img_size": 64, "batch_size": 2,
+             "n_folds": 2, "max_steps_per_epoch": 2, "model_kwargs": {"decoder_channels": [8, 8, 8, 8, 8]},
+             "num_processes": "auto"}  # fmt: skip
+    monkeypatch.setattr(dist_mod, "gpu_count", lambda: 2)
+    real_launcher = dist_mod.notebook_launcher
+
+    def on_cpus(function, args, num_processes, **kw):  # each GPU process stood in by a CPU one
+        return real_launcher(function, (args[0].replace(device="cpu"),), num_processes=num_processes, **kw)
+
+    monkeypatch.setattr(dist_mod, "notebook_launcher", on_cpus)
+    cfg, nb = train_setup(given, types)
+    assert nb["num_processes"] == 2
+    histories = train_folds(cfg, cfg.fold, nb["num_processes"])
+    printed = capfd.readouterr().out
+    assert "2 processes (one per GPU); effective batch 4 = batch_size 2 x 2 processes" in printed
+    assert "launching 2 processes (notebook, GPU)" in printed
+    metrics = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["effective_batch_size"] == 4
+    assert list(histories) == [Path(cfg.out_dir).name]

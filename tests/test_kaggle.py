@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+from importlib import metadata
 
 import nbformat
 import pytest
 import torch
+from packaging.utils import canonicalize_name
 from standin.image import new_session
 from standin.kaggle_cli import readme_commands, upload_dataset
 
@@ -23,7 +26,7 @@ from gi_utils.data import build_metadata
 from gi_utils.inference import PostProcess, make_submission, validate_submission
 from gi_utils.models import build_model, model_config, save_model
 from gi_utils.paths import REPO_ROOT
-from gi_utils.pipeline import build_kaggle_bundle, submission_plan
+from gi_utils.pipeline import build_kaggle_bundle, fallback_requirements, submission_plan
 from gi_utils.report import BEST_CONFIG_NAME
 
 SMALL = {"decoder_channels": [8, 8, 8, 8, 8]}
@@ -146,6 +149,33 @@ def test_bundle_installs_offline_on_the_kaggle_image(runs, tmp_path, kaggle_imag
     gi_file, smp_file, rows = run.stdout.split()[-3:]
     assert gi_file.startswith(str(session.site)) and smp_file.startswith(str(session.site))  # from the wheels
     assert int(rows) == 3 * len(build_metadata(data, "test", labels=False))
+
+
+@pytest.mark.slow
+def test_an_image_with_an_older_albumentations_installs_the_bundled_one(bundle_wheels, old_albumentations_image,
+                                                                        tmp_path):  # fmt: skip
+    """An image with albumentations 1.4.20 (gi_utils needs 1.4.21): without the fallback
+    wheels the offline install fails as users saw it; with the bundle's, pip installs them
+    there, and only there (the current image keeps its own: the test above)."""
+    fallback = {canonicalize_name(r.split("==")[0]) for r in fallback_requirements()}
+    assert {"albumentations", "albucore"} <= fallback and not fallback & {"numpy", "scipy", "torch"}
+    bare = tmp_path / "without"  # the bundle as it was: gi_utils, smp and MONAI only
+    bare.mkdir()
+    for wheel in bundle_wheels.glob("*.whl"):
+        if canonicalize_name(wheel.name.split("-")[0]) not in fallback:
+            shutil.copyfile(wheel, bare / wheel.name)
+    install = ["-m", "pip", "install", "-q", "--no-index", "--find-links"]
+    session = new_session(old_albumentations_image, tmp_path / "s0", tmp_path, network=False)
+    done = session.run([*install, str(bare), "gi-utils"], cwd=tmp_path)
+    assert done.returncode != 0 and "No matching distribution found for albumentations>=1.4.21" in done.stderr
+    session = new_session(old_albumentations_image, tmp_path / "s1", tmp_path, network=False)
+    done = session.run([*install, str(bundle_wheels), "gi-utils"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {"gi-utils", "segmentation-models-pytorch", "monai", "albumentations", "albucore"} <= session.installed()
+    done = session.run(["-c", "import albumentations as A; from gi_utils.data import build_transforms; "
+                        "build_transforms(64, train=True, seed=0); print(A.__version__)"], cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == metadata.version("albumentations")  # the bundled one
 
 
 @pytest.mark.slow

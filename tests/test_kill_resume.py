@@ -131,7 +131,7 @@ def test_remove_stale_temps_removes_only_temporary_files(tmp_path):
 # --------------------------------------------------------------------------- SIGKILL + resume
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_dice", "val_hausdorff",
                   "val_score", "dice_large_bowel", "dice_small_bowel", "dice_stomach"]  # fmt: skip
-TIMING_KEYS = {"train_time_s", "epoch_time_s"}
+TIMING_KEYS = {"train_time_s", "epoch_time_s", "plan"}  # the plan: measured seconds per step, free disk
 KILLS, KILL_SEED, MAX_DELAY_S = 3, 6, 0.6
 #: A small model keeps each of the 12 checkpoints of a run (one per step) cheap to write.
 SMALL_DECODER = json.dumps({"decoder_channels": [32, 16, 16, 8, 8]})

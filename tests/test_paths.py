@@ -88,3 +88,30 @@ def test_kaggle_runs_and_submission_go_to_the_working_folder(isolated, monkeypat
     attached.mkdir(parents=True)
     assert paths.output_dir("", [attached]) == paths.kaggle_working_dir() / "runs"  # inputs are read-only
     assert paths.runs_dirs(f"{attached}, other") == [attached, paths.Path("other")]
+
+
+def test_kaggle_cache_goes_to_a_scratch_folder_with_room_else_to_the_output_said_so(isolated, monkeypatch):
+    """On Kaggle /kaggle/working is the saved output: the cache goes to /kaggle/temp (or
+    /tmp) when it has room; without one, the runs folder, with a note that says so."""
+    monkeypatch.delenv("GI_RUNS_DIR", raising=False)
+    paths.kaggle_working_dir().mkdir(parents=True)
+    temp, tmp = paths.kaggle_scratch_dirs()
+    assert (temp, tmp) == (paths.platform_root() / "kaggle" / "temp", paths.platform_root() / "tmp")
+    free = {temp: 10 * 2**30, tmp: 50 * 2**30}
+    monkeypatch.setattr(paths, "free_bytes", lambda p: free[p])
+    assert paths.platform_cache_dir(4 * 2**30) == (None, paths.platform_cache_dir(4 * 2**30)[1])  # none exists yet
+    assert "it goes to the runs folder" in paths.platform_cache_dir(4 * 2**30)[1]
+    temp.mkdir(parents=True)
+    tmp.mkdir()
+    assert paths.platform_cache_dir(4 * 2**30) == (temp / "gi-cache", "")
+    assert paths.platform_cache_dir(20 * 2**30) == (tmp / "gi-cache", "")  # /kaggle/temp too small: /tmp
+    folder, note = paths.platform_cache_dir(60 * 2**30)
+    assert folder is None and note == (
+        f"no scratch folder with 60.0 GiB free for the cache ({temp} (10.0 GiB free), {tmp} (50.0 GiB free)): it "
+        f"goes to the runs folder in {paths.kaggle_working_dir()} and is saved with the notebook's output")
+
+
+def test_colab_cache_on_the_runtime_disk_and_none_elsewhere(isolated, monkeypatch):
+    assert paths.platform_cache_dir(1) == (None, "")
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
+    assert paths.platform_cache_dir(1) == (paths.colab_content_dir() / "cache", "")

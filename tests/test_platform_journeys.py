@@ -30,6 +30,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import torch
+from safetensors.torch import load_file
 from standin.image import Session, new_session
 
 from gi_utils.constants import (
@@ -43,6 +45,7 @@ from gi_utils.inference import validate_submission
 from gi_utils.paths import REPO_ROOT
 from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR
 from gi_utils.synthetic import generate_dataset
+from gi_utils.training import CLOCK_TICK_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +183,51 @@ def test_colab_journey_resumes_from_drive_after_a_recycled_runtime(kaggle_image,
     run_notebook(second, "04_submission", content)
     submission = pd.read_csv(runs / "submission.csv", keep_default_na=False)
     validate_submission(submission, build_metadata(drive / COLAB_DATA_DIRNAME, "test", labels=False))
+
+
+def test_kaggle_time_limit_journey_continues_in_the_next_session(kaggle_image, bundle_wheels, journey_data, tmp_path):
+    """(b') A session's limit on Kaggle: 02 with a time limit it reaches in its second epoch
+    saves last.pt, finishes its cells on the epoch trained and says how to continue; the
+    next session, with that output attached (Add Input -> Your Work -> the notebook), copies
+    the run from /kaggle/input and finishes it, with the weights of an uninterrupted run.
+    The cache stays in Kaggle's scratch folder, out of the saved output. The clock is
+    ``$GI_CLOCK_TICK_S`` (a minute per reading), so the stop does not depend on this
+    machine's speed (tests/test_time_limit.py)."""
+    params = {"arch": "unet", **TINY, "epochs": 2, "max_steps_per_epoch": 4}
+    run = "unet_resnet18_32px_fold0"
+
+    def platform(name: str) -> tuple[Path, Path, Path]:
+        root = tmp_path / name
+        inputs, working = root / KAGGLE_INPUT_REL, root / KAGGLE_WORKING_REL
+        shutil.copytree(journey_data, inputs / KAGGLE_COMPETITION)
+        shutil.copytree(bundle_wheels, inputs / "gi-tract-segmentation-bundle")
+        working.mkdir(parents=True)
+        (root / "kaggle" / "temp").mkdir()  # Kaggle's scratch folder, not saved with the output
+        return root, inputs, working
+
+    root, inputs, working = platform("platform")
+    first = new_session(kaggle_image, tmp_path / "session0", root, network=False)
+    first.extra_env[CLOCK_TICK_ENV] = "60"
+    printed = run_notebook(first, "02_train", working, **params, time_limit=14 / 60)
+    notebook = (working / "02_train.out.ipynb").read_text()
+    assert "time limit: the session's 0.23 h" in notebook and "plan of " + run in notebook
+    assert "to continue " + run + ": this version's output keeps last.pt" in notebook, printed[-2000:]
+    assert len(pd.read_csv(working / "runs" / run / "history.csv")) == 1  # the cells after training ran on it
+    assert (working / "runs" / run / "last.pt").is_file() and not (working / "runs" / "cache").exists()
+    assert (root / "kaggle" / "temp" / "gi-cache").is_dir()
+    mount = attach_output(working, inputs, "train-unet")  # the next version: this output attached
+    shutil.rmtree(root / "kaggle" / "temp")
+    (root / "kaggle" / "temp").mkdir()  # a new session's scratch folder is empty
+    run_notebook(new_session(kaggle_image, tmp_path / "session1", root, network=False), "02_train", working, **params)
+    notebook = (working / "02_train.out.ipynb").read_text()
+    assert f"continuing {run} from the attached {mount / 'runs' / run} (1 of 2 epochs done)" in notebook
+    assert re.search(r"resuming .*last\.pt at epoch 2, batch 2", notebook), notebook[-3000:]
+    # the same notebook uninterrupted, in a platform of its own
+    ref_root, _, ref_working = platform("reference")
+    run_notebook(new_session(kaggle_image, tmp_path / "session2", ref_root, network=False), "02_train", ref_working,
+                 **params)  # fmt: skip
+    done, ref = working / "runs" / run, ref_working / "runs" / run
+    pd.testing.assert_frame_equal(pd.read_csv(done / "history.csv").drop(columns="epoch_time_s"),
+                                  pd.read_csv(ref / "history.csv").drop(columns="epoch_time_s"), check_exact=True)
+    wa, wb = load_file(done / "best.safetensors"), load_file(ref / "best.safetensors")  # paths differ in its header
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -209,7 +209,7 @@ def test_one_epoch_writes_all_files(synth_dir, tmp_path, tiny_config):
     } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == tiny_config(
-        synth_dir, out, epochs=1, max_steps_per_epoch=3
+        synth_dir, out, epochs=1, max_steps_per_epoch=3, time_limit=0.0  # resolved where it starts: none here
     )
     model, cfg = load_model(out / "best.safetensors")
     assert (cfg.arch, cfg.img_size, cfg.slice_offsets) == ("unet", 64, [-2, 0, 2])

@@ -8,7 +8,9 @@ from gi_utils.inference.postprocessing import *
 from gi_utils.inference.predict import *
 from gi_utils.inference.sliding_window import *
 from gi_utils.inference.submission import *
-from gi_utils.inference import (blending, postprocessing, predict, sliding_window, submission)
+from gi_utils.inference.timing import *
+from gi_utils.inference import (blending, postprocessing, predict, sliding_window, submission,
+    timing)
 
 __all__ = [*blending.__all__, *postprocessing.__all__, *predict.__all__, *sliding_window.__all__,
-    *submission.__all__]
+    *submission.__all__, *timing.__all__]

@@ -24,7 +24,7 @@ from gi_utils.models.registry import find_arch
 
 __all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "OOF_STAGING_DIR", "HISTORY_FILE", "METRICS_FILE",
            "FINISHED_FILES", "GATE_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",
-           "model_stem", "run_name", "stem_of_run"]  # fmt: skip
+           "model_stem", "run_name", "stem_of_run", "resume_differences"]  # fmt: skip
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
@@ -46,7 +46,7 @@ _FOLD_SUFFIX = re.compile(r"_fold(\d+|all)$")
 #: how fast they are read and what is logged. The one list: the two below derive from it.
 NUMBER_FREE_FIELDS = frozenset(
     {"out_dir", "data_dir", "folds_dir", "num_workers", "cache", "cache_dir", "cache_masks", "progress",
-     "resume", "save_every_steps", "log_with", "log_project"}
+     "resume", "save_every_steps", "log_with", "log_project", "time_limit"}
 )  # fmt: skip
 #: Fields that may differ between a run and its resumption: the number-free ones and
 #: ``patience`` (a resumed run may stop sooner or later; the epochs trained stay as they were).
@@ -90,3 +90,11 @@ def stem_of_run(name: str) -> str:
     """A run folder's name without its fold suffix: ``unet_resnet18_320px_fold0`` ->
     ``unet_resnet18_320px`` (``_foldall`` too); a name without one is returned as it is."""
     return _FOLD_SUFFIX.sub("", name) or name
+
+
+def resume_differences(now: Mapping[str, Any], saved: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings that keep a run from continuing another's state: ``{field: (saved,
+    now)}`` for every field of ``now`` (a config dict) that ``saved`` (the config of a
+    ``last.pt`` or ``config.json``) holds otherwise, :data:`RESUME_FREE_FIELDS` left out.
+    Empty: the same run."""
+    return {k: (saved.get(k), v) for k, v in now.items() if k not in RESUME_FREE_FIELDS and v != saved.get(k)}

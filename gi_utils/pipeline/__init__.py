@@ -10,9 +10,10 @@ from gi_utils.pipeline.notebook import *
 from gi_utils.pipeline.notebook_files import *
 from gi_utils.pipeline.params import *
 from gi_utils.pipeline.series import *
+from gi_utils.pipeline.sessions import *
 from gi_utils.pipeline.submit import *
 from gi_utils.pipeline import (cv, data_root, docs, kaggle, notebook, notebook_files, params,
-    series, submit)
+    series, sessions, submit)
 
 __all__ = [*cv.__all__, *data_root.__all__, *docs.__all__, *kaggle.__all__, *notebook.__all__,
-    *notebook_files.__all__, *params.__all__, *series.__all__, *submit.__all__]
+    *notebook_files.__all__, *params.__all__, *series.__all__, *sessions.__all__, *submit.__all__]

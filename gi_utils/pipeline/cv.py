@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gi_utils.atomic import atomic_write_json
-from gi_utils.models.run_folder import model_stem, run_name
+from gi_utils.atomic import atomic_write_json, read_json
+from gi_utils.models.run_folder import METRICS_FILE, model_stem, run_name
 from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.data_root import ensure_data
+from gi_utils.pipeline.sessions import adopt_attached_run, continue_hint
 from gi_utils.report.runs import load_run
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.launcher import launch
+from gi_utils.training.launcher import describe_processes, launch, resolve_num_processes
 from gi_utils.training.presets import preset_config
 
 __all__ = ["parse_folds", "fold_run_dir", "train_folds", "cross_validate", "cv_summary", "parse_overrides"]
@@ -64,17 +65,35 @@ def fold_run_dir(cfg: TrainConfig, fold: int) -> Path:
     return Path(cfg.out_dir).parent / run_name(cfg, fold)
 
 
-def train_folds(cfg: TrainConfig, folds: str | int | Sequence[int], num_processes: int = 1) -> dict[str, pd.DataFrame]:
-    """Train ``cfg`` on each of ``folds`` (each a resumable run); ``{run name: history}``.
+def train_folds(
+    cfg: TrainConfig, folds: str | int | Sequence[int], num_processes: int | str = 1
+) -> dict[str, pd.DataFrame]:
+    """Train ``cfg`` on each of ``folds`` (each a resumable run); ``{run name: history}``
+    of the runs that finished an epoch. ``num_processes``: an int or ``"auto"`` (every
+    visible GPU), printed once with the effective batch and the learning-rate rule.
 
     Fold ``cfg.fold`` trains in ``cfg.out_dir``, the others beside it (:func:`fold_run_dir`).
+    A run of the same settings attached as an input (Kaggle) is copied in and continued
+    (:func:`gi_utils.pipeline.sessions.adopt_attached_run`). When the session's time limit
+    stops a run (``last.pt`` saved), the later folds are not begun and one line says how
+    to continue (:func:`gi_utils.pipeline.sessions.continue_hint`).
     """
     out = {}
-    for k in parse_folds(folds, cfg.n_folds):
+    todo = parse_folds(folds, cfg.n_folds)
+    num_processes = resolve_num_processes(num_processes, cfg)  # "auto": every visible GPU
+    print(describe_processes(cfg, num_processes), flush=True)
+    for n, k in enumerate(todo):
         run_dir = Path(cfg.out_dir) if k == cfg.fold else fold_run_dir(cfg, k)
+        run_cfg = cfg.replace(fold=k, out_dir=str(run_dir))
+        adopt_attached_run(run_cfg)
         print(f"=== fold {k} of {cfg.n_folds}: {run_dir.name}", flush=True)
-        history = launch(cfg.replace(fold=k, out_dir=str(run_dir)), num_processes)
-        out[run_dir.name] = history
+        history = launch(run_cfg, num_processes)
+        metrics = run_dir / METRICS_FILE
+        if metrics.is_file():  # an epoch at least was trained
+            out[run_dir.name] = history
+        if not metrics.is_file() or read_json(metrics).get("time_limit_stop"):
+            print(continue_hint(run_dir, len(todo) - n - 1), flush=True)
+            break
     return out
 
 

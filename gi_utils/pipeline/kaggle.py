@@ -19,6 +19,17 @@ official ``kaggle`` CLI, under ``dist/kaggle/``:
 How the missing wheels were decided: the package's dependencies, each looked up in the
 Kaggle Python image's package list (Kaggle/docker-python); what is not there is bundled.
 The bundled versions are the ones installed here (what the project was tested with).
+
+An image may also ship a dependency older than gi_utils needs: an albumentations before
+1.4.21 (``Compose(seed=)``) fails the offline install with ``No matching distribution found
+for albumentations>=1.4.21``. The bundle therefore also carries :data:`KAGGLE_FALLBACK`
+(albumentations and what it needs beyond the image's numpy, scipy, PyYAML and OpenCV:
+:func:`fallback_requirements`, at the versions installed here); pip's default
+``only-if-needed`` strategy installs them from the bundle **only** where the image's own
+do not satisfy gi_utils (an image with albumentations 1.4.21 or later keeps its own). The
+compiled ones (simsimd, stringzilla, pydantic-core) are the wheels for the Python that runs
+``make kaggle``: run it with the image's Python version (3.11 in the 2026 image) for them
+to install there.
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement  # accelerate's dependency
+from packaging.utils import canonicalize_name
+
 from gi_utils.atomic import atomic_write_json
 from gi_utils.constants import KAGGLE_COMPETITION
 from gi_utils.paths import REPO_ROOT
@@ -39,9 +53,12 @@ from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 
 __all__ = [
     "KAGGLE_MISSING",
+    "KAGGLE_FALLBACK",
+    "KAGGLE_IMAGE_BASE",
     "KAGGLE_BUNDLE_SLUG",
     "KAGGLE_DIR",
     "bundle_requirements",
+    "fallback_requirements",
     "build_wheels",
     "kernel_best_config",
     "build_kaggle_bundle",
@@ -49,6 +66,12 @@ __all__ = [
 
 #: Distributions the notebooks need that the Kaggle Python image does not ship.
 KAGGLE_MISSING: tuple[str, ...] = ("segmentation-models-pytorch", "monai")
+#: Distributions the image ships, perhaps older than gi_utils needs: bundled with what they
+#: need (:func:`fallback_requirements`), installed from the bundle only where the image's are too old.
+KAGGLE_FALLBACK: tuple[str, ...] = ("albumentations",)
+#: What every Kaggle image ships at versions gi_utils works with (never bundled: large,
+#: compiled, and required by gi_utils itself).
+KAGGLE_IMAGE_BASE: tuple[str, ...] = ("numpy", "scipy", "pyyaml", "opencv-python-headless", "torch", "torchvision")
 #: The dataset's name on Kaggle (``<user>/<slug>``), mounted at ``/kaggle/input/<slug>``.
 KAGGLE_BUNDLE_SLUG = "gi-tract-segmentation-bundle"
 #: Where ``make kaggle`` writes (relative to the working folder: the checkout for make).
@@ -67,9 +90,30 @@ def bundle_requirements(extra: tuple[str, ...] = KAGGLE_MISSING) -> list[str]:
     return pins
 
 
-def build_wheels(out_dir: str | os.PathLike, extra: tuple[str, ...] = KAGGLE_MISSING) -> list[Path]:
-    """``pip wheel --no-deps`` of this project and of ``extra`` (at the versions installed
-    here, :func:`bundle_requirements`) into ``out_dir``, flat.
+def fallback_requirements(roots: tuple[str, ...] = KAGGLE_FALLBACK,
+                          base: tuple[str, ...] = KAGGLE_IMAGE_BASE) -> list[str]:  # fmt: skip
+    """``roots`` and the installed distributions they need (their requirements followed,
+    markers evaluated here; ``base`` not followed), pinned ``name==version`` as installed."""
+    skip = {canonicalize_name(n) for n in base}
+    todo, seen = [Requirement(r) for r in roots], {}
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in skip or name in seen:
+            continue
+        try:
+            seen[name] = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: nothing to bundle
+        todo += [r for r in map(Requirement, seen[name].requires or []) if not r.marker or r.marker.evaluate()]
+    return sorted(f"{d.metadata['Name']}=={d.version}" for d in seen.values())
+
+
+def build_wheels(out_dir: str | os.PathLike, extra: tuple[str, ...] = KAGGLE_MISSING,
+                 fallback: tuple[str, ...] = KAGGLE_FALLBACK) -> list[Path]:  # fmt: skip
+    """``pip wheel --no-deps`` of this project, of ``extra`` (at the versions installed
+    here, :func:`bundle_requirements`) and of ``fallback`` with what it needs
+    (:func:`fallback_requirements`) into ``out_dir``, flat.
 
     Raises:
         RuntimeError: pip failed (its command and output are in the message).
@@ -77,7 +121,7 @@ def build_wheels(out_dir: str | os.PathLike, extra: tuple[str, ...] = KAGGLE_MIS
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(out), str(REPO_ROOT),
-           *bundle_requirements(extra)]  # fmt: skip
+           *bundle_requirements(extra), *(fallback_requirements(fallback) if fallback else [])]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")

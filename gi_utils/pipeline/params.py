@@ -13,12 +13,16 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from gi_utils.data.cache import cache_nbytes
 from gi_utils.models.run_folder import run_name
-from gi_utils.paths import colab_content_dir, default_runs_dir, on_colab
+from gi_utils.paths import default_runs_dir, platform_cache_dir
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.notebook import ParameterError, check_params
 from gi_utils.training.config import TrainConfig
+from gi_utils.training.launcher import resolve_num_processes
+from gi_utils.training.loop import resolve_config
 from gi_utils.training.presets import resolve_preset, with_preset
+from gi_utils.training.run_plan import training_slices
 
 __all__ = ["CONFIG_FIELDS", "train_setup"]
 
@@ -38,9 +42,16 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
     Returns:
         ``(config, notebook_params)``: ``config.data_dir`` is resolved (the synthetic
         dataset is written if no data are found and ``synthetic_if_missing``, locally),
-        ``config.out_dir`` is ``<runs_dir>/<run_name>``, on Colab the disk cache is on the
-        runtime's local disk, and ``notebook_params["preset"]`` names the preset applied
-        ("auto" resolved: :func:`gi_utils.training.presets.machine_preset`).
+        ``config.out_dir`` is ``<runs_dir>/<run_name>``, the disk cache is where the
+        platform wants it (:func:`gi_utils.paths.platform_cache_dir`: on Kaggle outside the
+        saved output, on Colab on the runtime's local disk), ``time_limit`` is a number (the
+        platform's when not given: :func:`gi_utils.training.loop.resolve_config`),
+        ``notebook_params["preset"]``
+        names the preset applied ("auto" resolved:
+        :func:`gi_utils.training.presets.machine_preset`) and
+        ``notebook_params["num_processes"]`` is a number ("auto" resolved:
+        :func:`gi_utils.training.launcher.resolve_num_processes`; ``train_folds`` prints it
+        with the effective batch and the learning-rate rule).
 
     Raises:
         ParameterError: an unknown parameter (with the valid names, and a close match), a
@@ -71,6 +82,17 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
     name = nb.get("run_name") or run_name(probe)
     out_dir = default_runs_dir(nb.get("runs_dir", "")) / name
     local = {}
-    if on_colab() and probe.cache == "disk" and probe.cache_dir is None:
-        local["cache_dir"] = str(colab_content_dir() / "cache")  # Colab's local disk: Drive is slow and small
-    return probe.replace(data_dir=str(root), out_dir=str(out_dir), **local), nb
+    if probe.cache == "disk" and probe.cache_dir is None:
+        need = cache_nbytes(training_slices(root), probe.img_size, probe.cache_dtype, probe.cache_masks)
+        cache_dir, note = platform_cache_dir(need)
+        if cache_dir is not None:
+            local["cache_dir"] = str(cache_dir)
+        if note:
+            print(note, flush=True)
+    cfg = resolve_config(probe.replace(data_dir=str(root), out_dir=str(out_dir), **local))  # and time_limit
+    if "num_processes" in nb:
+        try:
+            nb["num_processes"] = resolve_num_processes(nb["num_processes"], cfg)
+        except ValueError as err:
+            raise ParameterError(f"02_train parameters: {err}") from None
+    return cfg, nb

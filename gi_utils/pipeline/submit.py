@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gi_utils.inference.postprocessing import PostProcess
+from gi_utils.inference.timing import SubmissionTime, measure_speed, project_submission_time
 from gi_utils.models.io import read_model_config
 from gi_utils.paths import kaggle_input_dir
 from gi_utils.report.runs import as_roots, ensemble_paths
 from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 
-__all__ = ["SubmissionPlan", "find_best_config", "submission_plan"]
+__all__ = ["SubmissionPlan", "find_best_config", "submission_plan", "submission_time"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,12 @@ def submission_plan(
         default = PostProcess.from_model_configs([read_model_config(p) for p in paths])
         post, source = default, "the models' own settings"
     return SubmissionPlan(paths, weights, post.override(thresholds, min_size), default, source)
+
+
+def submission_time(plan: SubmissionPlan, data_dir: str | os.PathLike, split: str = "test", tta: bool = True,
+                    batch_size: int = 16) -> SubmissionTime:  # fmt: skip
+    """04's projection of the hidden test's time with ``plan``'s members, ``tta`` and their
+    3-D windows, from their speed on the first scan (:mod:`gi_utils.inference.timing`),
+    against the competition's 9 hours; printable (a table and, when over, what fits)."""
+    members, overhead, _ = measure_speed(plan.model_paths, data_dir, split, plan.post, tta=tta, batch_size=batch_size)
+    return project_submission_time(members, overhead)

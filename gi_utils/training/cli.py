@@ -45,7 +45,8 @@ def config_parser() -> argparse.ArgumentParser:
         elif base.startswith("dict"):
             kw["type"] = json.loads
         elif f.type.endswith("| None"):
-            kw["type"] = lambda s: None if s.lower() in ("", "none", "null") else s
+            kind = {"int": int, "float": float}.get(base, str)
+            kw["type"] = lambda s, kind=kind: None if s.lower() in ("", "none", "null") else kind(s)
         else:
             kw["type"] = {"int": int, "float": float, "str": str}[base]
         parser.add_argument(f"--{f.name.replace('_', '-')}", **kw)

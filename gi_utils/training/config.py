@@ -118,6 +118,11 @@ class TrainConfig:
     deterministic: bool = _f(True, "deterministic kernels (torch, cuDNN, cuBLAS); docs/determinism.md: what repeats on CUDA")
     save_every_steps: int = _f(0, "also checkpoint every this many steps; 0: after each epoch only")
     resume: bool = _f(True, "continue from out_dir/last.pt when present")
+    time_limit: float | None = _f(None, "hours this session may train, from its start: a step or validation that "
+                                 "would cross it is not begun, last.pt is saved and the run stops (run it again, "
+                                 "in the next session, to continue); None: the platform's, 12 h Kaggle and Colab "
+                                 "sessions (9 h interactive Kaggle) less 30 min for saving and the last cells: "
+                                 "11.5 (8.5); 0: none")
     progress: bool = _f(True, "progress bars")
     log_with: str = _f("none", "none | tensorboard (event files in out_dir/logs) | wandb (key: Kaggle secret or "
                        "env WANDB_API_KEY, or `wandb login`)")
@@ -174,6 +179,8 @@ class TrainConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.time_limit is not None and not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
+            raise ValueError(f"time_limit must be hours >= 0 (0: none) or None (the platform's), got {self.time_limit}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.ema_decay < 1:

@@ -3,6 +3,9 @@
 :func:`gi_utils.training.train` is already data-parallel through Hugging Face ``accelerate``;
 this module only starts it in ``num_processes`` processes and reads the result back:
 
+* ``num_processes="auto"`` (``02_train``'s default; :func:`resolve_num_processes`): every
+  visible GPU when there are several and CUDA is untouched in this process (Kaggle's T4 x2:
+  two processes), else 1;
 * ``num_processes=1``: ``train(config)`` in this process (nothing to start);
 * GPUs (``method="notebook"``, the default when GPUs are visible): accelerate's
   :func:`accelerate.notebook_launcher` forks one process per GPU (NCCL). It needs CUDA
@@ -42,11 +45,15 @@ from accelerate.state import AcceleratorState
 from gi_utils.models.run_folder import HISTORY_FILE
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.loop import resolve_config, train
-from gi_utils.training.scaling import effective_batch_size
+from gi_utils.training.scaling import effective_batch_size, effective_lr
+from gi_utils.training.time_limit import SESSION_START_ENV, session_start
 
 __all__ = [
     "LAUNCH_METHODS",
+    "AUTO_PROCESSES",
     "gpu_count",
+    "resolve_num_processes",
+    "describe_processes",
     "torchrun_command",
     "launch",
     "read_history",
@@ -54,11 +61,51 @@ __all__ = [
 
 #: How :func:`launch` starts several processes ("auto": notebook on GPUs, torchrun on CPU).
 LAUNCH_METHODS: tuple[str, ...] = ("auto", "notebook", "torchrun")
+#: ``num_processes`` that stands for "every visible GPU" (:func:`resolve_num_processes`).
+AUTO_PROCESSES = "auto"
 
 
 def gpu_count() -> int:
     """Visible CUDA GPUs, counted through NVML so that CUDA stays uninitialised (fork-safe)."""
     return int(torch.cuda.device_count())
+
+
+def resolve_num_processes(num_processes: int | str, cfg: TrainConfig) -> int:
+    """The processes a run trains in: ``num_processes`` itself when an int (checked), and
+    for ``"auto"`` (:data:`AUTO_PROCESSES`) the number of visible GPUs when there are more
+    than one (one process each, data-parallel through accelerate's notebook launcher) and
+    CUDA is untouched in this process (the launcher forks it); else 1 (one GPU, the CPU,
+    ``device="cpu"``, or CUDA initialised already: a note says to restart the kernel).
+
+    Raises:
+        ValueError: neither an int >= 1 nor "auto".
+    """
+    if num_processes == AUTO_PROCESSES:
+        gpus = 0 if cfg.device == "cpu" else gpu_count()
+        if gpus > 1 and torch.cuda.is_initialized():
+            print(f"num_processes='auto': {gpus} GPUs are visible but CUDA is already initialised in this "
+                  "kernel, so it cannot be forked: training in one process (restart the kernel and run the "
+                  "notebook from the top to use them all)", flush=True)  # fmt: skip
+            return 1
+        return gpus if gpus > 1 else 1
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes must be an int >= 1 or {AUTO_PROCESSES!r}, got {num_processes!r}")
+    return num_processes
+
+
+def describe_processes(cfg: TrainConfig, num_processes: int) -> str:
+    """One line: the processes, the effective batch and the learning-rate rule, e.g.
+    ``2 processes (one per GPU); effective batch 32 = batch_size 16 x 2 processes x
+    grad_accum 1; peak lr 0.002 (scale_lr='none': not scaled with the batch)``."""
+    where = "one per GPU" if cfg.device != "cpu" and gpu_count() >= num_processes > 1 else (
+        "this process" if num_processes == 1 else "CPU")  # fmt: skip
+    batch = effective_batch_size(cfg.batch_size, num_processes, cfg.grad_accum)
+    lr = effective_lr(cfg.lr, num_processes, cfg.grad_accum, cfg.scale_lr)
+    rule = ("not scaled with the batch; 'linear' or 'sqrt' scale it" if cfg.scale_lr == "none"
+            else f"lr {cfg.lr:.3g} scaled by the {cfg.scale_lr} rule")  # fmt: skip
+    return (f"{num_processes} process{'es' if num_processes > 1 else ''} ({where}); effective batch {batch} = "
+            f"batch_size {cfg.batch_size} x {num_processes} process{'es' if num_processes > 1 else ''} x "
+            f"grad_accum {cfg.grad_accum}; peak lr {lr:.3g} (scale_lr={cfg.scale_lr!r}: {rule})")
 
 
 def torchrun_command(config_path: str | os.PathLike, num_processes: int) -> list[str]:
@@ -75,7 +122,7 @@ def read_history(out_dir: str | os.PathLike) -> pd.DataFrame | None:
 
 
 def launch(
-    config: TrainConfig | dict[str, Any], num_processes: int = 1, method: str = "auto"
+    config: TrainConfig | dict[str, Any], num_processes: int | str = 1, method: str = "auto"
 ) -> pd.DataFrame | None:
     """Train ``config`` in ``num_processes`` data-parallel processes; return the history.
 
@@ -83,7 +130,8 @@ def launch(
         config: a :class:`gi_utils.training.TrainConfig` or a dict of its fields (its
             ``data_dir`` is resolved here, once, for all processes).
         num_processes: 1 trains in this process; on GPUs, at most the number of visible
-            GPUs (one process each); on CPU (``device="cpu"`` or no GPU), any number.
+            GPUs (one process each); on CPU (``device="cpu"`` or no GPU), any number;
+            ``"auto"``: every visible GPU (:func:`resolve_num_processes`).
         method: ``"auto"`` (``"notebook"`` with GPUs, ``"torchrun"`` otherwise),
             ``"notebook"`` (:func:`accelerate.notebook_launcher`, forks this process) or
             ``"torchrun"`` (a subprocess; works whatever this process did before).
@@ -98,13 +146,15 @@ def launch(
         RuntimeError: already inside a launched process, CUDA initialised before a
             ``"notebook"`` launch, or the training processes failed (their last output).
     """
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes must be an int >= 1, got {num_processes!r}")
     if method not in LAUNCH_METHODS:
         raise ValueError(
             f"method={method!r} is not valid; choose one of {', '.join(LAUNCH_METHODS)}"
         )
     cfg = resolve_config(config)
+    if num_processes == AUTO_PROCESSES:
+        num_processes = resolve_num_processes(num_processes, cfg)
+        print(describe_processes(cfg, num_processes), flush=True)
+    num_processes = resolve_num_processes(num_processes, cfg)
     if num_processes == 1:
         return train(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -148,7 +198,7 @@ def _notebook_launch(cfg: TrainConfig, num_processes: int, train_fn) -> None:
 
 
 def _torchrun_launch(cfg: TrainConfig, num_processes: int, threads: int | None) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", SESSION_START_ENV: repr(session_start())}  # one clock for all
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory(prefix="gi_launch_") as tmp:

@@ -42,7 +42,7 @@ from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_t
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
-from gi_utils.device import cuda_wanted, device_name, resolve_amp
+from gi_utils.device import check_gpu_supported, cuda_wanted, device_name, resolve_amp
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.sliding_window import SlidingWindow
 from gi_utils.losses import build_loss
@@ -55,9 +55,9 @@ from gi_utils.models.run_folder import (
     MODEL_FILE,
     OOF_DIR,
     OOF_STAGING_DIR,
-    RESUME_FREE_FIELDS,
     SPLIT_FILE,
     STATE_FILE,
+    resume_differences,
 )
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
@@ -77,7 +77,10 @@ __all__ = ["TrainingRun", "make_accelerator"]
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
     cuda = cuda_wanted(cfg.device)
-    amp = resolve_amp(cfg.amp, cuda=cuda, device=int(os.environ.get("LOCAL_RANK", "0")) if cuda else None)
+    gpu = int(os.environ.get("LOCAL_RANK", "0")) if cuda else None
+    if cuda:
+        check_gpu_supported(gpu)  # a P100 under a torch without sm_60 kernels stops here, named
+    amp = resolve_amp(cfg.amp, cuda=cuda, device=gpu)
     if cfg.spec.is_3d and amp == "bf16" and not cuda:
         # measured here (torch 2.14.1): oneDNN's bf16 3-D convolutions gave non-finite
         # gradients within a few steps, the same steps in float32 or without oneDNN did not
@@ -102,10 +105,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
-    now = cfg.to_dict()
-    diff = [k for k in now if k not in RESUME_FREE_FIELDS and now[k] != saved.get(k)]
+    diff = resume_differences(cfg.to_dict(), saved)
     if diff:
-        details = ", ".join(f"{k}: saved {saved.get(k)!r} != now {now[k]!r}" for k in diff)
+        details = ", ".join(f"{k}: saved {old!r} != now {new!r}" for k, (old, new) in diff.items())
         raise ValueError(
             f"{path} belongs to another run ({details}); pass resume=False to start over "
             "there, or choose another out_dir"
@@ -133,6 +135,7 @@ class TrainingRun:
         self.tally: LossTally | None = None  # the running loss in the middle of an epoch
         self.stopped_early = False
         self.plan: FeedPlan | None = None  # the feed's plan: a resumed run's is the one it started with
+        self.extra_metrics: dict[str, Any] = {}  # more figures for metrics.json (the plan, the time limit)
         if cfg.resume and self.last_path.is_file():
             self.saved = load_state(self.last_path)
             self.plan = FeedPlan.from_state(self.saved)
@@ -287,6 +290,7 @@ class TrainingRun:
             raise NonFiniteLossError(
                 f"{err}; training stopped, last good checkpoint kept: {self.last_path}"
             ) from None
+        st.update(loss_sum=loss_sum, n_batches=n)  # read back: a save before validation keeps them
         self.data.sampler.skip, self.tally = 0, None
         return {"epoch": epoch + 1, "step": int(self.scheduler.last_epoch),
                 "lr": float(self.scheduler.get_last_lr()[0]), "train_loss": loss_sum / max(n, 1)}  # fmt: skip
@@ -389,5 +393,5 @@ class TrainingRun:
             "samples_per_epoch": self.batches_per_epoch * cfg.batch_size * acc.num_processes,
             "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(acc.device) / 2**20
                                    if acc.device.type == "cuda" else None),
-            "device_name": device_name(acc.device), "feed_plan": self.plan.to_dict(),
+            "device_name": device_name(acc.device), "feed_plan": self.plan.to_dict(), **self.extra_metrics,
         })  # fmt: skip

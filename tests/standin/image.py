@@ -130,7 +130,8 @@ def link_distributions(dists: Iterable[metadata.Distribution], dest_site: Path) 
 
 def _pip(python: Path, *args: str) -> None:
     cmd = [str(python), "-m", "pip", "--disable-pip-version-check", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on it would be seen as installed
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
@@ -154,21 +155,28 @@ def _build_layer(name: str, key_text: str, build) -> Path:
     return prefix
 
 
-def kaggle_image() -> Path:
+def kaggle_image(pins: dict[str, str] | None = None) -> Path:
     """The Kaggle image layer (built once, then reused): ``kaggle_image.txt`` installed
-    with pip over torch and torchvision hard-linked from this environment. Returns its
-    prefix (a virtual environment)."""
-    pins = _requirements(KAGGLE_REQUIREMENTS)
-    pinned = [Requirement(p).name for p in pins]
+    with pip over torch and torchvision hard-linked from this environment. ``pins``
+    replaces some of its pins (``{"albumentations": "1.4.20"}``: an older image), a layer
+    of its own. Returns its prefix (a virtual environment)."""
+    pins = {canonicalize_name(k): v for k, v in (pins or {}).items()}
+    lines = [f"{Requirement(p).name}=={pins[canonicalize_name(Requirement(p).name)]}"
+             if canonicalize_name(Requirement(p).name) in pins else p for p in _requirements(KAGGLE_REQUIREMENTS)]
+    pinned = [Requirement(p).name for p in lines]
     linked = dependency_closure(KAGGLE_LINKED, exclude=pinned)
-    key = "\n".join([KAGGLE_REQUIREMENTS.read_text(), *(f"{d.metadata['Name']}=={d.version}" for d in linked)])
+    text = "\n".join(lines) if pins else KAGGLE_REQUIREMENTS.read_text()  # the image's key as it was
+    key = "\n".join([text, *(f"{d.metadata['Name']}=={d.version}" for d in linked)])
 
     def build(prefix: Path) -> None:
         link_distributions([*linked, *dependency_closure(["pip"])], site_packages(prefix))
-        _pip(prefix / "bin" / "python", "install", "-q", "-r", str(KAGGLE_REQUIREMENTS))
+        requirements = prefix / "kaggle_image.txt"
+        requirements.write_text("\n".join(lines) + "\n")
+        _pip(prefix / "bin" / "python", "install", "-q", "-r", str(requirements))
         _pip(prefix / "bin" / "python", "check")
 
-    return _build_layer("kaggle-image", key, build)
+    name = "kaggle-image" + "".join(f"-{k}-{v}" for k, v in sorted(pins.items()))
+    return _build_layer(name, key, build)
 
 
 def base_requirements() -> list[str]:
