@@ -6,6 +6,7 @@ from gi_utils.training.cli import *
 from gi_utils.training.config import *
 from gi_utils.training.device_feed import *
 from gi_utils.training.launcher import *
+from gi_utils.training.levers import *
 from gi_utils.training.loaders import *
 from gi_utils.training.loop import *
 from gi_utils.training.presets import *
@@ -16,9 +17,9 @@ from gi_utils.training.session import *
 from gi_utils.training.step import *
 from gi_utils.training.tracking import *
 from gi_utils.training.validation import *
-from gi_utils.training import (cli, config, device_feed, launcher, loaders, loop, presets, sampler,
+from gi_utils.training import (cli, config, device_feed, launcher, levers, loaders, loop, presets, sampler,
     scaling, schedule, session, step, tracking, validation)
 
-__all__ = [*cli.__all__, *config.__all__, *device_feed.__all__, *launcher.__all__, *loaders.__all__,
+__all__ = [*cli.__all__, *config.__all__, *device_feed.__all__, *launcher.__all__, *levers.__all__, *loaders.__all__,
     *loop.__all__, *presets.__all__, *sampler.__all__, *scaling.__all__,
     *schedule.__all__, *session.__all__, *step.__all__, *tracking.__all__, *validation.__all__]

@@ -27,6 +27,7 @@ from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
 from gi_utils.models.registry import arch_names, check_encoder, check_img_size, find_arch
 from gi_utils.training.device_feed import DATA_PATHS
+from gi_utils.training.levers import check_levers
 from gi_utils.training.scaling import LR_SCALING
 
 __all__ = ["CACHE_MODES", "LOGGERS", "TrainConfig"]
@@ -106,6 +107,9 @@ class TrainConfig:
     threshold: float = _f(0.5, "probability threshold of validation and the default post-processing")
     min_size: int = _f(0, "remove predicted components under this many pixels (at img_size) before scoring")
     patience: int = _f(0, "early stop after this many epochs without a better score; 0 is off")
+    # the levers of the top solutions (docs/levers.md: who used each, what they reported)
+    drop_tail: int = _f(0, "leave out of training the N slices past each scan's last annotated one (the 1st "
+                        "place's splits_notail: 5); 2.5D only; 0 is off")
     # cheap runs
     sample_empty_fraction: float = _f(1.0, "share of the slices without any organ drawn each epoch")
     max_steps_per_epoch: int = _f(0, "cut each epoch to this many steps; 0 is the whole epoch")
@@ -196,6 +200,7 @@ class TrainConfig:
             except (KeyError, ValueError, TypeError) as err:
                 msg = err.args[0] if err.args else str(err)
                 raise ValueError(f"augment_kwargs: {msg}") from None
+        check_levers(self)
         if self.augment_kwargs and self.data_path == "device":
             try:  # and one the device augmentation cannot honour
                 GpuAugment(self.img_size, self.augment_kwargs)

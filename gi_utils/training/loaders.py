@@ -23,6 +23,7 @@ from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.data.layout import build_metadata
 from gi_utils.data.patches_3d import PatchDataset, VolumeDataset
 from gi_utils.data.shm import batch_nbytes, check_shared_memory
+from gi_utils.data.tail import tail_slices
 from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.device_feed import (
@@ -115,7 +116,8 @@ def load_train_data(
         empty, empty_fraction, unit = train_ds.meta["empty"].to_numpy(), cfg.sample_empty_fraction, "slices"
         n_val = len(val_meta)  # 2.5D validation reads the same path
     max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
-    sampler = EpochSampler(empty, cfg.seed, empty_fraction, max_samples)
+    exclude = tail_slices(train_ds.meta, cfg.drop_tail) if cfg.drop_tail else None  # the 1st place's tail filter
+    sampler = EpochSampler(empty, cfg.seed, empty_fraction, max_samples, exclude=exclude)
     if len(sampler) < cfg.batch_size * num_processes:
         raise ValueError(
             f"fold {cfg.fold} draws {len(sampler)} training {unit} per epoch, fewer than one batch "

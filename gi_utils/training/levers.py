@@ -1,0 +1,28 @@
+"""The checks of the levers the top solutions credit (``TrainConfig`` fields; what each
+does and its source: ``docs/levers.md``), kept beside the config so that its module stays
+about settings, not about them: :func:`check_levers` raises a ``ValueError`` that names
+the field, as the config's own checks do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["check_levers"]
+
+
+def _refuse_3d(cfg: Any, name: str, why: str) -> None:
+    if cfg.spec.is_3d:
+        raise ValueError(f"{name}={getattr(cfg, name)!r} does not apply to the 3-D {cfg.arch}: {why}")
+
+
+def check_levers(cfg: Any) -> None:
+    """Validate the lever fields of a ``TrainConfig`` (called from its ``__post_init__``).
+
+    Raises:
+        ValueError: a value out of range, or a lever that does not apply to the model
+            (the field and what was expected named).
+    """
+    if cfg.drop_tail < 0:
+        raise ValueError(f"drop_tail must be >= 0 (0 is off), got {cfg.drop_tail}")
+    if cfg.drop_tail:
+        _refuse_3d(cfg, "drop_tail", "3-D patches are cut from whole scans")
