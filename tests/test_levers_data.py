@@ -12,10 +12,13 @@ import torch
 from conftest import write_kaggle_tree
 from gi_utils.data import (
     TAIL_SLICES,
+    BatchMix,
     DeviceBatches,
     SliceDataset,
     VolumeCache,
     build_metadata,
+    cut_box,
+    mix_generator,
     neighbour_rows,
     tail_slices,
 )
@@ -122,3 +125,63 @@ def test_five_slice_stacks_hold_the_right_neighbours_at_the_edges(two_scans, pat
     got = [_slice_numbers(images[i], int(depth[i])) for i in range(10)]
     assert got[0] == [1, 1, 1, 2, 3] and got[1] == [1, 1, 2, 3, 4] and got[5] == [4, 5, 6, 6, 6]
     assert got[6] == [1, 1, 1, 2, 3] and got[9] == [2, 3, 4, 4, 4]  # the second scan, its own edges
+
+
+# --------------------------------------------------------------------------- CutMix / MixUp
+def _batch(n: int = 4, s: int = 16, depth: int | None = None):
+    """Sample k: image k + 1 in every channel, its own mask (class k % 3 in a corner block)."""
+    lead = (n, 3) if depth is None else (n, 1, depth)
+    images = torch.arange(1, n + 1, dtype=torch.float32).reshape(n, *[1] * (len(lead) + 1)) * torch.ones(*lead, s, s)
+    masks = torch.zeros(n, 3, *([] if depth is None else [depth]), s, s)
+    for k in range(n):
+        masks[k, k % 3, ..., : 4 + 2 * k, : 4 + 2 * k] = 1
+    return images, masks
+
+
+@pytest.mark.parametrize("depth", [None, 4], ids=["2.5d", "3d"])
+def test_a_cutmix_box_carries_the_mask_of_its_source(depth):
+    images, masks = _batch(depth=depth)
+    mixed, mixed_masks, d = BatchMix("cutmix", p=1.0)(images, masks, mix_generator(7, 2, 5))
+    assert d["apply"] and d["method"] == "cutmix"
+    y0, x0, y1, x1 = d["box"]
+    assert (y1 - y0) * (x1 - x0) > 0
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[y0:y1, x0:x1] = True
+    for i, j in enumerate(d["perm"].tolist()):
+        assert torch.equal(mixed[i][..., inside], images[j][..., inside])
+        assert torch.equal(mixed_masks[i][..., inside], masks[j][..., inside])  # the source's mask
+        assert torch.equal(mixed[i][..., ~inside], images[i][..., ~inside])
+        assert torch.equal(mixed_masks[i][..., ~inside], masks[i][..., ~inside])
+    assert torch.equal(images, _batch(depth=depth)[0])  # the input is left as it was
+
+
+def test_cut_box_area_is_one_minus_lambda():
+    assert cut_box((32, 32), 0.75, (0.5, 0.5)) == (8, 8, 24, 24)  # (1 - 0.75) * 32 * 32 = 16 x 16
+    assert cut_box((32, 32), 0.75, (0.0, 1.0)) == (0, 24, 8, 32)  # clipped at the border
+
+
+def test_mixup_targets_are_the_same_mix_as_its_inputs():
+    images, masks = _batch()
+    mixed, mixed_masks, d = BatchMix("mixup", p=1.0)(images, masks, mix_generator(1, 0, 0))
+    lam, perm = d["lam"], d["perm"]
+    assert d["method"] == "mixup" and 0 < lam < 1
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images[perm])
+    torch.testing.assert_close(mixed_masks, lam * masks + (1 - lam) * masks[perm])
+    for i, j in enumerate(perm.tolist()):  # the weight read off the image is the masks' weight
+        w = ((mixed[i, 0, 0, 0] - (j + 1)) / ((i + 1) - (j + 1))).item() if i != j else lam
+        torch.testing.assert_close(mixed_masks[i], w * masks[i] + (1 - w) * masks[j])
+
+
+def test_mixing_is_a_function_of_seed_epoch_batch_and_p():
+    images, masks = _batch()
+    mix = BatchMix("cutmix_mixup", p=0.33)
+    draws = [mix.draw(4, mix_generator(3, e, b)) for e in range(3) for b in range(20)]
+    again = [mix.draw(4, mix_generator(3, e, b)) for e in range(3) for b in range(20)]
+    assert [(d["apply"], d["method"], d["perm"].tolist()) for d in draws] == [
+        (d["apply"], d["method"], d["perm"].tolist()) for d in again]
+    share = np.mean([d["apply"] for d in draws])
+    assert 0.15 < share < 0.55 and {d["method"] for d in draws} == {"cutmix", "mixup"}
+    same = BatchMix("mixup", p=0.0)(images, masks, mix_generator(3, 0, 0))
+    assert same[0] is images and same[1] is masks
+    with pytest.raises(ValueError, match="mix='blend'"):
+        BatchMix("blend", 0.5)

@@ -18,6 +18,7 @@ from gi_utils.data.images import *
 from gi_utils.data.labels import *
 from gi_utils.data.layout import *
 from gi_utils.data.masks import *
+from gi_utils.data.mixing import *
 from gi_utils.data.names import *
 from gi_utils.data.patches_3d import *
 from gi_utils.data.preprocess import *
@@ -25,9 +26,9 @@ from gi_utils.data.rle import *
 from gi_utils.data.shm import *
 from gi_utils.data.tail import *
 from gi_utils.data import (augment, cache, dataset, device_batches, device_patches, errors, folds, gpu_augment,
-    gpu_augment_3d, holdout, images, labels, layout, masks, names, patches_3d, preprocess, rle, shm, tail)
+    gpu_augment_3d, holdout, images, labels, layout, masks, mixing, names, patches_3d, preprocess, rle, shm, tail)
 
 __all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *device_batches.__all__, *device_patches.__all__,
     *errors.__all__, *folds.__all__, *gpu_augment.__all__, *gpu_augment_3d.__all__, *holdout.__all__,
-    *images.__all__, *labels.__all__, *layout.__all__, *masks.__all__, *names.__all__, *patches_3d.__all__,
+    *images.__all__, *labels.__all__, *layout.__all__, *masks.__all__, *mixing.__all__, *names.__all__, *patches_3d.__all__,
     *preprocess.__all__, *rle.__all__, *shm.__all__, *tail.__all__]

@@ -110,6 +110,9 @@ class TrainConfig:
     # the levers of the top solutions (docs/levers.md: who used each, what they reported)
     drop_tail: int = _f(0, "leave out of training the N slices past each scan's last annotated one (the 1st "
                         "place's splits_notail: 5); 2.5D only; 0 is off")
+    mix: str = _f("none", "none | cutmix | mixup | cutmix_mixup: mix a batch with a shuffled copy of itself, "
+                  "masks as images (the 3rd place: cutmix_mixup)")
+    mix_p: float = _f(0.33, "probability that a batch is mixed when mix is on (the 3rd place: 0.33)")
     # cheap runs
     sample_empty_fraction: float = _f(1.0, "share of the slices without any organ drawn each epoch")
     max_steps_per_epoch: int = _f(0, "cut each epoch to this many steps; 0 is the whole epoch")

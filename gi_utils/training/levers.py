@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gi_utils.data.mixing import MIX_MODES
+
 __all__ = ["check_levers"]
 
 
@@ -26,3 +28,7 @@ def check_levers(cfg: Any) -> None:
         raise ValueError(f"drop_tail must be >= 0 (0 is off), got {cfg.drop_tail}")
     if cfg.drop_tail:
         _refuse_3d(cfg, "drop_tail", "3-D patches are cut from whole scans")
+    if cfg.mix not in MIX_MODES:
+        raise ValueError(f"mix={cfg.mix!r} is not valid; choose one of {', '.join(MIX_MODES)}")
+    if not 0 <= cfg.mix_p <= 1:
+        raise ValueError(f"mix_p must be in [0, 1], got {cfg.mix_p}")

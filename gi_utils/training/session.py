@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps, replace_dir
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
+from gi_utils.data.mixing import BatchMix, mix_generator
 from gi_utils.data.preprocess import NORM_VERSION
 from gi_utils.device import cuda_wanted, resolve_amp
 from gi_utils.inference.postprocessing import PostProcess
@@ -209,6 +210,7 @@ class TrainingRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, schedule)
         self.ema = (ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True, device=acc.device)
                     if cfg.ema_decay else None)  # fmt: skip
+        self.mixer = BatchMix(cfg.mix, cfg.mix_p) if cfg.mix != "none" else None  # CutMix/MixUp in the step
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
         # 3-D validation: whole scans by sliding windows, their sum kept on the device
         self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.spec.is_3d else None
@@ -281,7 +283,7 @@ class TrainingRun:
                 self.acc, self.model, self.train_loader, self.optimizer, self.scheduler, self.loss_fn,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress, loss_sum=st["loss_sum"],
                 n_batches=st["n_batches"], on_step=self._on_step, memory_format=self.layout,
-                gate_weight=cfg.gate_weight,
+                gate_weight=cfg.gate_weight, mix=self._mix(epoch) if self.mixer is not None else None,
             )  # fmt: skip
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
@@ -290,6 +292,16 @@ class TrainingRun:
         self.data.sampler.skip = 0
         return {"epoch": epoch + 1, "step": int(self.scheduler.last_epoch),
                 "lr": float(self.scheduler.get_last_lr()[0]), "train_loss": loss_sum / max(n, 1)}  # fmt: skip
+
+    def _mix(self, epoch: int):
+        """CutMix/MixUp of batch ``b`` of ``epoch`` on this process, drawn from (seed, epoch, global batch)."""
+        rank, world = self.acc.process_index, self.acc.num_processes
+
+        def mix(images: torch.Tensor, masks: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+            gen = mix_generator(self.cfg.seed, epoch, b * world + rank, images.device)
+            return self.mixer(images, masks, gen)[:2]
+
+        return mix
 
     # ------------------------------------------------------------------ validation
     @property

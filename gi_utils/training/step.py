@@ -34,6 +34,7 @@ def train_one_epoch(
     on_step=None,
     memory_format: torch.memory_format = torch.contiguous_format,
     gate_weight: float = 0.0,
+    mix=None,
 ) -> tuple[float, int]:
     """One pass over ``loader``: forward, loss, backward, optimizer and scheduler step.
 
@@ -46,6 +47,9 @@ def train_one_epoch(
             channels-last model).
         gate_weight: weight of the classifier gate's BCE against the presence of each
             class on each slice (models with a gate head; the segmentation loss has weight 1).
+        mix: ``mix(images, masks, b) -> (images, masks)`` applied to batch ``b`` of the
+            epoch (counted from 0 on this process) before the forward pass: CutMix/MixUp
+            (:class:`gi_utils.data.BatchMix`); ``None``: the batches as they come.
 
     Returns:
         ``(loss_sum, n_batches)``; the epoch's mean loss is their ratio.
@@ -56,6 +60,8 @@ def train_one_epoch(
     model.train()
     bar = progress_bar(loader, desc, progress, leave=False)
     for images, masks in bar:
+        if mix is not None:
+            images, masks = mix(images, masks, n_batches)
         images = images.contiguous(memory_format=memory_format)
         with acc.accumulate(model):
             seg, gate = split_outputs(model(images))
