@@ -10,16 +10,19 @@ from gi_utils.training.levers import *
 from gi_utils.training.loaders import *
 from gi_utils.training.loop import *
 from gi_utils.training.presets import *
+from gi_utils.training.run_levers import *
 from gi_utils.training.sampler import *
 from gi_utils.training.scaling import *
 from gi_utils.training.schedule import *
 from gi_utils.training.session import *
 from gi_utils.training.step import *
+from gi_utils.training.swa import *
 from gi_utils.training.tracking import *
 from gi_utils.training.validation import *
-from gi_utils.training import (cli, config, device_feed, launcher, levers, loaders, loop, presets, sampler,
-    scaling, schedule, session, step, tracking, validation)
+from gi_utils.training import (cli, config, device_feed, launcher, levers, loaders, loop, presets, run_levers,
+    sampler, scaling, schedule, session, step, swa, tracking, validation)
 
 __all__ = [*cli.__all__, *config.__all__, *device_feed.__all__, *launcher.__all__, *levers.__all__, *loaders.__all__,
-    *loop.__all__, *presets.__all__, *sampler.__all__, *scaling.__all__,
-    *schedule.__all__, *session.__all__, *step.__all__, *tracking.__all__, *validation.__all__]
+    *loop.__all__, *presets.__all__, *run_levers.__all__, *sampler.__all__,
+    *scaling.__all__, *schedule.__all__, *session.__all__, *step.__all__, *swa.__all__, *tracking.__all__,
+    *validation.__all__]

@@ -113,6 +113,12 @@ class TrainConfig:
     mix: str = _f("none", "none | cutmix | mixup | cutmix_mixup: mix a batch with a shuffled copy of itself, "
                   "masks as images (the 3rd place: cutmix_mixup)")
     mix_p: float = _f(0.33, "probability that a batch is mixed when mix is on (the 3rd place: 0.33)")
+    swa_epochs: int = _f(0, "average the validated weights of the last N epochs (SWA; BatchNorm statistics "
+                         "recomputed), validated and kept like an epoch's; 0 is off")
+    init_from: str | None = _f(None, "start from an earlier run's weights: a run folder or a .safetensors model "
+                               "(all weights when the models match, else the encoder's)")
+    seg_weight: float = _f(1.0, "weight of the segmentation loss; 0 with gate=True trains the classifier alone "
+                           "(the 3rd place's classification model, then init_from it)")
     # cheap runs
     sample_empty_fraction: float = _f(1.0, "share of the slices without any organ drawn each epoch")
     max_steps_per_epoch: int = _f(0, "cut each epoch to this many steps; 0 is the whole epoch")

@@ -32,3 +32,10 @@ def check_levers(cfg: Any) -> None:
         raise ValueError(f"mix={cfg.mix!r} is not valid; choose one of {', '.join(MIX_MODES)}")
     if not 0 <= cfg.mix_p <= 1:
         raise ValueError(f"mix_p must be in [0, 1], got {cfg.mix_p}")
+    if not 0 <= cfg.swa_epochs <= cfg.epochs:
+        raise ValueError(f"swa_epochs must be in 0..epochs ({cfg.epochs}), got {cfg.swa_epochs}")
+    if cfg.seg_weight < 0:
+        raise ValueError(f"seg_weight must be >= 0, got {cfg.seg_weight}")
+    if cfg.seg_weight == 0 and not cfg.gate:
+        raise ValueError("seg_weight=0 trains nothing without the classifier gate: set gate=True "
+                         "(the classification-first run)")

@@ -35,6 +35,7 @@ def train_one_epoch(
     memory_format: torch.memory_format = torch.contiguous_format,
     gate_weight: float = 0.0,
     mix=None,
+    seg_weight: float = 1.0,
 ) -> tuple[float, int]:
     """One pass over ``loader``: forward, loss, backward, optimizer and scheduler step.
 
@@ -46,10 +47,11 @@ def train_one_epoch(
         memory_format: layout the images are put in (``torch.channels_last`` to match a
             channels-last model).
         gate_weight: weight of the classifier gate's BCE against the presence of each
-            class on each slice (models with a gate head; the segmentation loss has weight 1).
+            class on each slice (models with a gate head).
         mix: ``mix(images, masks, b) -> (images, masks)`` applied to batch ``b`` of the
             epoch (counted from 0 on this process) before the forward pass: CutMix/MixUp
             (:class:`gi_utils.data.BatchMix`); ``None``: the batches as they come.
+        seg_weight: weight of the segmentation loss (0: a classifier-only run).
 
     Returns:
         ``(loss_sum, n_batches)``; the epoch's mean loss is their ratio.
@@ -65,7 +67,7 @@ def train_one_epoch(
         images = images.contiguous(memory_format=memory_format)
         with acc.accumulate(model):
             seg, gate = split_outputs(model(images))
-            loss = loss_fn(seg.float(), masks)
+            loss = seg_weight * loss_fn(seg.float(), masks)
             if gate is not None:
                 present = masks.flatten(2).amax(-1).to(gate.dtype)  # (N, 3): organ on the slice
                 loss = loss + gate_weight * F.binary_cross_entropy_with_logits(gate.float(), present.float())
