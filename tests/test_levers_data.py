@@ -14,6 +14,8 @@ from gi_utils.data import (
     TAIL_SLICES,
     BatchMix,
     DeviceBatches,
+    DevicePatches,
+    PatchDataset,
     SliceDataset,
     VolumeCache,
     build_metadata,
@@ -185,3 +187,31 @@ def test_mixing_is_a_function_of_seed_epoch_batch_and_p():
     assert same[0] is images and same[1] is masks
     with pytest.raises(ValueError, match="mix='blend'"):
         BatchMix("blend", 0.5)
+
+
+# --------------------------------------------------------------------------- 3-D small crops
+def test_3d_crops_are_windows_of_the_patches_on_both_paths(synth_factory):
+    meta = build_metadata(synth_factory(n_cases=4, seed=0, slices_per_scan=12, size=(80, 72)))
+    cache = VolumeCache(meta, 32, None, progress=False)
+    whole = PatchDataset(meta, cache, 8, None, patches_per_volume=2)
+    cropped = PatchDataset(meta, cache, 8, None, patches_per_volume=2, crop=16)
+    on_device = DevicePatches(cropped, cache, "cpu", seed=5)
+    key = (5, 1)
+    corners = set()
+    for i in range(len(whole)):
+        whole.seed_sample((*key, i))
+        cropped.seed_sample((*key, i))
+        (wi, wm), (ci, cm) = whole[i], cropped[i]
+        y, x = cropped.crop_of((*key, i), i)
+        corners.add((y, x))
+        assert ci.shape == (1, 8, 16, 16) and cm.shape == (3, 8, 16, 16)
+        assert torch.equal(ci, wi[..., y : y + 16, x : x + 16]) and torch.equal(cm, wm[..., y : y + 16, x : x + 16])
+    assert len(corners) > 1  # placed at random
+    index = np.arange(len(cropped))
+    images, packed = on_device.gather(index, epoch=1)
+    for i in index:
+        cropped.seed_sample((5, 1, int(i)))
+        ci, cm = cropped[int(i)]
+        assert torch.equal(images[i], ci) and torch.equal(on_device.unpack(packed[i : i + 1])[0], cm)
+    with pytest.raises(ValueError, match="crop=40 must be in 0..img_size"):
+        PatchDataset(meta, cache, 8, None, crop=40)

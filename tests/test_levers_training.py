@@ -198,3 +198,34 @@ def test_a_run_with_every_lever_resumes_to_the_uninterrupted_numbers(synth_dir, 
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     sa, sb = load_state(tmp_path / "full" / "last.pt"), load_state(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(sa["swa"][k], sb["swa"][k]) for k in sa["swa"])
+
+
+# --------------------------------------------------------------------------- the config of the levers
+@pytest.mark.parametrize(("values", "message"), [
+    ({"drop_tail": -1}, "drop_tail must be >= 0"),
+    ({"arch": "segresnet3d", "drop_tail": 5}, "drop_tail=5 does not apply to the 3-D segresnet3d"),
+    ({"mix": "blend"}, "mix='blend' is not valid"),
+    ({"mix": "cutmix", "mix_p": 1.5}, r"mix_p must be in \[0, 1\]"),
+    ({"swa_epochs": 11}, r"swa_epochs must be in 0..epochs \(10\)"),
+    ({"seg_weight": 0.0}, "seg_weight=0 trains nothing without the classifier gate"),
+    ({"patch_size": 64}, "patch_size=64 applies to 3-D models"),
+    ({"arch": "segresnet3d", "patch_size": 60}, "patch_size must be a multiple of 8"),
+    ({"arch": "segresnet3d", "patch_size": 256}, r"at most img_size \(128\)"),
+])  # fmt: skip
+def test_lever_values_are_checked_with_the_field_named(values, message):
+    from gi_utils.training import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**values)
+    assert TrainConfig().to_dict() == TrainConfig.from_dict(TrainConfig().to_dict()).to_dict()
+
+
+@pytest.mark.slow
+def test_3d_small_crops_then_a_short_fine_tune_on_whole_slices(synth_dir, tmp_path, tiny_config, capsys):
+    kw = {"arch": "segresnet3d", "patch_depth": 16, "batch_size": 2, "amp": "no", "max_steps_per_epoch": 2}
+    round1 = tiny_config(synth_dir, tmp_path / "round1", patch_size=32, **kw)
+    train(round1)
+    round2 = tiny_config(synth_dir, tmp_path / "round2", init_from=str(tmp_path / "round1"), lr=1e-4, **kw)
+    train(round2)
+    assert f"initialised {INIT_ALL} from {tmp_path / 'round1'}" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "round2" / "history.csv")["val_score"].notna().all()

@@ -66,7 +66,8 @@ class DevicePatches:
         """The patches ``index`` of ``epoch`` without augmentation.
 
         Returns:
-            ``(images float32 (N, 1, P, S, S), packed uint8 (N, P, S, S))`` on the device.
+            ``(images float32 (N, 1, P, S, S), packed uint8 (N, P, S, S))`` on the device
+            (S the patches' crop when they have one).
         """
         rows, inside = self.rows(np.asarray(index), epoch)
         n, p = rows.shape
@@ -76,6 +77,11 @@ class DevicePatches:
         keep = torch.from_numpy(inside).to(images.device)
         images = torch.where(keep[:, :, None, None], images.reshape(n, p, s, s), 0.0)[:, None]
         packed = torch.where(keep[:, :, None, None], packed.reshape(n, p, s, s), 0)
+        c = self.patches.crop
+        if c:  # the worker path's in-plane crops (PatchDataset.crop_of)
+            at = [self.patches.crop_of((self.seed, epoch, int(i)), int(i)) for i in np.asarray(index)]
+            images = torch.stack([images[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(at)])
+            packed = torch.stack([packed[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(at)])
         return images, packed
 
     unpack = staticmethod(DeviceBatches.unpack)  # (N, P, S, S) -> float32 (N, 3, P, S, S)

@@ -117,6 +117,8 @@ class TrainConfig:
                          "recomputed), validated and kept like an epoch's; 0 is off")
     init_from: str | None = _f(None, "start from an earlier run's weights: a run folder or a .safetensors model "
                                "(all weights when the models match, else the encoder's)")
+    patch_size: int = _f(0, "3-D: in-plane side of the training patches, a random window of the slices (the 1st "
+                         "place: 160 px, then a short fine-tune on larger ones, init_from); 0: whole slices")
     seg_weight: float = _f(1.0, "weight of the segmentation loss; 0 with gate=True trains the classifier alone "
                            "(the 3rd place's classification model, then init_from it)")
     # cheap runs

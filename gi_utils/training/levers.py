@@ -34,6 +34,14 @@ def check_levers(cfg: Any) -> None:
         raise ValueError(f"mix_p must be in [0, 1], got {cfg.mix_p}")
     if not 0 <= cfg.swa_epochs <= cfg.epochs:
         raise ValueError(f"swa_epochs must be in 0..epochs ({cfg.epochs}), got {cfg.swa_epochs}")
+    if cfg.patch_size:
+        if not cfg.spec.is_3d:
+            raise ValueError(f"patch_size={cfg.patch_size} applies to 3-D models; a 2.5D {cfg.arch} trains on "
+                             "whole slices (patch_size=0)")  # fmt: skip
+        stride = cfg.spec.depth_stride(cfg.model_kwargs)
+        if not 0 < cfg.patch_size <= cfg.img_size or cfg.patch_size % stride:
+            raise ValueError(f"patch_size must be a multiple of {stride} for {cfg.arch}, at most img_size "
+                             f"({cfg.img_size}), or 0; got {cfg.patch_size}")  # fmt: skip
     if cfg.seg_weight < 0:
         raise ValueError(f"seg_weight must be >= 0, got {cfg.seg_weight}")
     if cfg.seg_weight == 0 and not cfg.gate:

@@ -106,7 +106,7 @@ def load_train_data(
     is_3d = cfg.spec.is_3d
     if is_3d:  # 3-D: patches of slices; every patch is a sample (no empty-slice draw)
         train_ds = PatchDataset(train_meta, cache, cfg.patch_depth, build_transforms_3d(cfg.augment),
-                                cfg.patches_per_volume)  # fmt: skip
+                                cfg.patches_per_volume, crop=cfg.patch_size)  # fmt: skip
         empty, empty_fraction, unit = np.zeros(len(train_ds), bool), 1.0, "patches"
         n_val = 0  # whole scans through a DataLoader, not the training path
     else:
