@@ -18,12 +18,19 @@ from gi_utils.data import (
     PatchDataset,
     SliceDataset,
     VolumeCache,
+    body_box,
     build_metadata,
     cut_box,
+    intensity_clip,
     mix_generator,
     neighbour_rows,
+    preprocess_mask,
+    restore_size,
+    scan_box,
     tail_slices,
 )
+from gi_utils.inference import predict_volume
+from gi_utils.models import ModelConfig
 from gi_utils.training import EpochSampler
 
 
@@ -215,3 +222,100 @@ def test_3d_crops_are_windows_of_the_patches_on_both_paths(synth_factory):
         assert torch.equal(images[i], ci) and torch.equal(on_device.unpack(packed[i : i + 1])[0], cm)
     with pytest.raises(ValueError, match="crop=40 must be in 0..img_size"):
         PatchDataset(meta, cache, 8, None, crop=40)
+
+
+# --------------------------------------------------------------------------- body crop
+def _body_scan(d: int = 3, h: int = 70, w: int = 80):
+    """Air (0) around a body (200) at rows 13:39, columns 23:49, an organ (1000) inside it:
+    the body box, 3 pixels of margin on each side, is 32 x 32 at (10, 42, 20, 52)."""
+    vol = np.zeros((d, h, w), np.uint16)
+    vol[:, 13:39, 23:49] = 200
+    mask = np.zeros((d, h, w, 3), bool)
+    mask[:, 18:30, 27:41] = True  # every class: the organ
+    mask[1, 20:25, 30:33, 1] = False
+    vol[mask[..., 0]] = 1000
+    return vol, mask
+
+
+def test_body_box_of_a_scan():
+    vol, _ = _body_scan()
+    assert body_box(vol, intensity_clip(vol)) == (10, 42, 20, 52)
+    assert body_box(np.zeros((2, 40, 50), np.uint16), 0.0) == (0, 40, 0, 50)  # an empty scan: all of it
+    thin = np.zeros((1, 100, 100), np.uint16)
+    thin[0, 49:52, 10:90] = 500  # a thin bright band: the box keeps a quarter of the side
+    top, bottom, left, right = body_box(thin, 500.0)
+    assert bottom - top == 25 and top <= 50 < bottom and (left, right) == (6, 94)
+
+
+def test_body_crop_round_trip_returns_the_original_mask():
+    """Crop, resize, predict the truth, uncrop: the original mask (the box is 32 px, the
+    model's input 64: every pixel maps to a 2 x 2 block and back)."""
+    vol, mask = _body_scan()
+    box = scan_box(vol, "crop")
+    truth = preprocess_mask(mask, 64, "crop", box)  # (D, 3, 64, 64): what the cache holds
+    pred = np.moveaxis(truth, 1, -1)  # a model that predicts the truth
+    np.testing.assert_array_equal(restore_size(pred, vol.shape[1:], "crop", box), mask)
+    probs = restore_size(pred.astype(np.float32), vol.shape[1:], "crop", box)
+    np.testing.assert_array_equal(probs > 0.5, mask)
+    with pytest.raises(ValueError, match="needs the scan's body box"):
+        restore_size(pred, vol.shape[1:], "crop")
+
+
+class _Thresholds(torch.nn.Module):
+    """A stand-in model that predicts the truth of _body_scan: the organ is the bright part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(1000.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.gain * (x[:, :1] - 0.6)).expand(-1, 3, -1, -1)
+
+
+def test_predict_volume_maps_the_body_crop_back_exactly(tmp_path):
+    vol, mask = _body_scan()
+    organ = mask[..., 0]
+    config = ModelConfig(arch="unet", encoder="resnet18", in_channels=1, img_size=64, resize_mode="crop",
+                         slice_offsets=[0])  # fmt: skip
+    probs, _ = predict_volume([(_Thresholds(), config)], vol)
+    assert probs.shape == (*vol.shape, 3)
+    np.testing.assert_array_equal(probs[..., 0] > 0.5, organ)
+    assert (probs[:, :10] == 0).all() and (probs[:, :, 52:] == 0).all()  # outside the box: no organ
+
+
+def test_a_crop_cache_keeps_each_scans_box_and_cuts_its_masks(tmp_path):
+    vol, mask = _body_scan()
+    root = tmp_path / "data"
+    for case_day, flip in (("case1_day0", False), ("case2_day0", True)):
+        v, m = (vol[:, :, ::-1].copy(), mask[:, :, ::-1].copy()) if flip else (vol, mask)
+        _write_scan(root, case_day, v, m)
+    meta = build_metadata(root, "train")
+    cache = VolumeCache(meta, 64, tmp_path / "cache", mode="crop", progress=False)
+    assert cache.boxes == {"case1_day0": (10, 42, 20, 52), "case2_day0": (10, 42, 28, 60)}
+    again = VolumeCache(meta, 64, tmp_path / "cache", mode="crop", progress=False)
+    assert again.reused and again.boxes == cache.boxes  # read back from the folder's index
+    np.testing.assert_array_equal(cache.mask("case1_day0"), preprocess_mask(mask, 64, "crop", cache.boxes["case1_day0"]))
+    ds = SliceDataset(meta, 64, (0,), cache=cache, mode="crop")
+    assert ds[1][1].shape == (3, 64, 64) and ds[1][1].sum() > 0
+    with pytest.raises(ValueError, match="mode='crop' reads the cache"):
+        SliceDataset(meta, 64, (0,), mode="crop")
+
+
+def _write_scan(root, case_day: str, vol: np.ndarray, mask: np.ndarray) -> None:
+    """One scan in the Kaggle layout (train.csv appended)."""
+    import cv2
+
+    from gi_utils.data import encode_rle
+
+    case = case_day.split("_")[0]
+    folder = root / "train" / case / case_day / "scans"
+    folder.mkdir(parents=True)
+    d, h, w = vol.shape
+    rows = []
+    for k in range(d):
+        assert cv2.imwrite(str(folder / f"slice_{k + 1:04d}_{w}_{h}_1.50_1.50.png"), vol[k])
+        rows += [(f"{case_day}_slice_{k + 1:04d}", name, encode_rle(mask[k, ..., c])) for c, name in
+                 enumerate(("large_bowel", "small_bowel", "stomach"))]  # fmt: skip
+    csv = root / "train.csv"
+    table = pd.DataFrame(rows, columns=["id", "class", "segmentation"])
+    table.to_csv(csv, mode="a", header=not csv.exists(), index=False)

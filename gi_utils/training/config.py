@@ -73,7 +73,8 @@ class TrainConfig:
     folds_dir: str | None = _f(None, "folder of the folds files; None: <out_dir>/../folds")
     drop_bad_cases: bool = _f(True, "drop the case-days with known annotation problems")
     img_size: int = _f(128, "model input side in pixels, a multiple of 32 (320-384 on a GPU)")
-    resize_mode: str = _f("resize", "resize (stretch each slice to img_size) or pad (centred)")
+    resize_mode: str = _f("resize", "resize (stretch each slice to img_size), pad (centred) or crop (to the scan's "
+                          "body box, then resized: the 2nd/3rd places' body crop; mapped back at inference)")
     slice_offsets: tuple[int, ...] = _f((-2, 0, 2), "2.5D: neighbour slices stacked as channels")
     patch_depth: int = _f(32, "3-D: consecutive slices per training patch and per sliding window")
     patches_per_volume: int = _f(4, "3-D: training patches drawn from each scan per epoch")

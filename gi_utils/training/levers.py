@@ -42,6 +42,10 @@ def check_levers(cfg: Any) -> None:
         if not 0 < cfg.patch_size <= cfg.img_size or cfg.patch_size % stride:
             raise ValueError(f"patch_size must be a multiple of {stride} for {cfg.arch}, at most img_size "
                              f"({cfg.img_size}), or 0; got {cfg.patch_size}")  # fmt: skip
+    if cfg.resize_mode == "crop" and (cfg.cache == "none" or not cfg.cache_masks):
+        raise ValueError(f"resize_mode='crop' needs a cache with masks (cache='memory' or 'disk', cache_masks=True): "
+                         f"each scan's body box is found, and its masks cut to it, when the cache is built; got "
+                         f"cache={cfg.cache!r}, cache_masks={cfg.cache_masks}")  # fmt: skip
     if cfg.seg_weight < 0:
         raise ValueError(f"seg_weight must be >= 0, got {cfg.seg_weight}")
     if cfg.seg_weight == 0 and not cfg.gate:
