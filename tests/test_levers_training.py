@@ -166,6 +166,25 @@ def test_classification_first_then_segmentation_from_its_encoder(synth_dir, tmp_
         kept["encoder.layer1.0.conv1.weight"]).any()  # a resumed run takes last.pt's weights instead
 
 
+def test_each_fold_starts_from_its_own_folds_run(synth_dir, tmp_path, tiny_config):
+    """A fold's out-of-fold scores must not come from weights that trained on its cases:
+    ``{fold}`` names each fold's own run; another fold's (or all cases') is refused."""
+    kw = {"model_kwargs": {"decoder_channels": [8] * 5}}
+    for fold in (0, 1, -1):
+        src = tiny_config(synth_dir, tmp_path, fold=fold, **kw)
+        folder = tmp_path / "pre" / run_name(src)
+        folder.mkdir(parents=True)
+        save_model(folder / "best.safetensors", _unet(), model_config(
+            "unet", "resnet18", 3, model_kwargs=kw["model_kwargs"], train_config=src.to_dict()))
+    template = str(tmp_path / "pre" / "unet_resnet18_64px_fold{fold}")
+    for fold in (0, 1, -1):  # each fold from its own; all cases may start from all cases
+        build_run_model(tiny_config(synth_dir, tmp_path / "seg", fold=fold, init_from=template, **kw))
+    with pytest.raises(ValueError, match=r"trained with \{'fold': 1.*this run validates fold 0"):
+        build_run_model(tiny_config(synth_dir, tmp_path / "seg", init_from=template.replace("{fold}", "1"), **kw))
+    with pytest.raises(ValueError, match="'fold': -1"):
+        build_run_model(tiny_config(synth_dir, tmp_path / "seg", init_from=template.replace("{fold}", "all"), **kw))
+
+
 # --------------------------------------------------------------------------- resume with every lever on
 LEVERS = {"epochs": 2, "max_steps_per_epoch": 2, "save_every_steps": 1, "swa_epochs": 2, "mix": "cutmix_mixup",
           "mix_p": 0.5, "drop_tail": 5, "loss": "bce_dice_lovasz", "slice_offsets": (-2, -1, 0, 1, 2)}  # fmt: skip
@@ -227,5 +246,20 @@ def test_3d_small_crops_then_a_short_fine_tune_on_whole_slices(synth_dir, tmp_pa
     train(round1)
     round2 = tiny_config(synth_dir, tmp_path / "round2", init_from=str(tmp_path / "round1"), lr=1e-4, **kw)
     train(round2)
-    assert f"initialised {INIT_ALL} from {tmp_path / 'round1'}" in capsys.readouterr().out
+    assert f"initialised {INIT_ALL} from {tmp_path / 'round1' / 'best.safetensors'}" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "round2" / "history.csv")["val_score"].notna().all()
+
+
+# --------------------------------------------------------------------------- larger encoders
+@pytest.mark.parametrize("encoder", ["efficientnet-b7", "tu-tf_efficientnetv2_l"])
+def test_the_write_ups_larger_encoders_build_offline_for_five_slices(encoder):
+    """The 1st place's EfficientNet-B7 and the 3rd place's EfficientNetV2-L, as smp/timm
+    names: built without weights (nothing fetched), 5 slices in, 3 classes out."""
+    from gi_utils.training import TrainConfig
+
+    cfg = TrainConfig(encoder=encoder, slice_offsets=(-2, -1, 0, 1, 2), img_size=64)
+    net = build_model(cfg.arch, cfg.encoder, cfg.in_channels, 3, weights=None).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 5, 64, 64))
+    assert out.shape == (1, 3, 64, 64)
+    assert sum(p.numel() for p in net.encoder.parameters()) > 60e6  # B7 ~64M, V2-L ~117M parameters

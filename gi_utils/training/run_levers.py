@@ -17,24 +17,50 @@ from torch import nn
 
 from gi_utils.constants import CLASSES
 from gi_utils.data.mixing import BatchMix, mix_generator
+from gi_utils.models.io import read_model_config
 from gi_utils.models.registry import build_model
-from gi_utils.models.transfer import init_from_weights
+from gi_utils.models.transfer import init_from_weights, init_source
 from gi_utils.training.swa import SwaAverage
 from gi_utils.training.validation import sync_buffers
 
-__all__ = ["RunLevers", "build_run_model"]
+__all__ = ["SPLIT_FIELDS", "RunLevers", "build_run_model", "init_path"]
+
+#: The settings that decide which cases a run trains and validates on.
+SPLIT_FIELDS: tuple[str, ...] = ("fold", "n_folds", "folds_seed", "drop_bad_cases")
+
+
+def init_path(cfg: Any) -> str:
+    """``cfg.init_from`` with ``{fold}`` replaced by the run's fold (``all`` for -1, as run
+    folders are named): one command starts every fold from its own fold's earlier run."""
+    return str(cfg.init_from).replace("{fold}", "all" if cfg.fold == -1 else str(cfg.fold))
+
+
+def _check_same_split(path: Any, cfg: Any) -> None:
+    """A validated run may start only from weights trained on its own fold's training cases:
+    weights that saw its validation cases would inflate its out-of-fold scores."""
+    trained = read_model_config(path).train_config
+    if cfg.fold == -1 or trained is None:
+        return
+    if trained.get("fold") == -1 or any(trained.get(k) != getattr(cfg, k) for k in SPLIT_FIELDS):
+        seen = {k: trained.get(k) for k in SPLIT_FIELDS}
+        raise ValueError(f"init_from: {path} was trained with {seen}, this run validates fold {cfg.fold} of "
+                         f"{cfg.n_folds} (folds_seed {cfg.folds_seed}): its validation cases would be scored by "
+                         "weights that trained on them; start each fold from its own fold's run "
+                         "(init_from='.../<run>_fold{fold}'), or train with fold=-1")  # fmt: skip
 
 
 def build_run_model(cfg: Any, resuming: bool = False) -> nn.Module:
     """The model of a run: built from ``cfg``; a new run with ``init_from`` then takes an
     earlier run's weights (all of them when the models match, else the encoder's:
-    :func:`gi_utils.models.init_from_weights`; no encoder weights are fetched first).
-    A resumed run takes its own from ``last.pt`` instead."""
+    :func:`gi_utils.models.init_from_weights`; no encoder weights are fetched first),
+    from the same fold's run (:func:`init_path`, checked). A resumed run takes its own
+    from ``last.pt`` instead."""
     weights = None if resuming or cfg.init_from else cfg.weights
     net = build_model(cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES), weights=weights, **cfg.build_kwargs)
     if cfg.init_from and not resuming:
-        took = init_from_weights(net, cfg.init_from)
-        print(f"initialised {took} from {cfg.init_from}", flush=True)
+        source = init_source(init_path(cfg))
+        _check_same_split(source, cfg)
+        print(f"initialised {init_from_weights(net, source)} from {source}", flush=True)
     return net
 
 
