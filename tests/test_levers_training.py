@@ -6,6 +6,7 @@ every lever on resumes to the numbers of an uninterrupted one, on both data path
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -263,3 +264,27 @@ def test_the_write_ups_larger_encoders_build_offline_for_five_slices(encoder):
         out = net(torch.zeros(1, 5, 64, 64))
     assert out.shape == (1, 3, 64, 64)
     assert sum(p.numel() for p in net.encoder.parameters()) > 60e6  # B7 ~64M, V2-L ~117M parameters
+
+
+# --------------------------------------------------------------------------- the recipe
+def test_the_recipe_table_is_the_presets():
+    from gi_utils.pipeline.docs import readme_block
+    from gi_utils.training.presets import recipe_table
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "levers.md"
+    assert readme_block("recipe", doc).strip() == recipe_table().strip()
+
+
+def test_the_recipes_are_valid_for_their_models():
+    from gi_utils.training.presets import RECIPES, preset_config, presets_table
+
+    seg = preset_config("kaggle_levers")
+    assert (seg.swa_epochs, seg.mix, seg.loss, seg.drop_tail, seg.resize_mode, seg.gate) == (
+        10, "cutmix_mixup", "bce_dice_lovasz", 5, "crop", True)
+    assert seg.in_channels == 5 and seg.cache_masks and seg.img_size == 320
+    cls = preset_config("kaggle_levers_cls")
+    assert run_name(cls).endswith(f"_gate{CLS_SUFFIX}_fold0") and not run_name(seg).endswith(CLS_SUFFIX + "_fold0")
+    for arch in ("segresnet3d", "unet3d"):  # round 1 of the 3-D rounds: 192 px crops, no 2.5D lever
+        cfg = preset_config("kaggle_levers", arch=arch)
+        assert cfg.patch_size == 192 and cfg.drop_tail == 0 and not cfg.gate
+    assert not any(f"`{name}`" in presets_table().splitlines()[0] for name in RECIPES)  # the README's table: machines
