@@ -288,3 +288,18 @@ def test_the_recipes_are_valid_for_their_models():
         cfg = preset_config("kaggle_levers", arch=arch)
         assert cfg.patch_size == 192 and cfg.drop_tail == 0 and not cfg.gate
     assert not any(f"`{name}`" in presets_table().splitlines()[0] for name in RECIPES)  # the README's table: machines
+
+
+@pytest.mark.slow
+def test_two_processes_mix_and_average(synth_dir, tmp_path, tiny_config):
+    """Data-parallel (two CPU processes, the notebook launcher's path): each process mixes
+    its own global batches, the average is the same model on both, validated once."""
+    from gi_utils.training import launch
+
+    cfg = tiny_config(synth_dir, tmp_path / "run", epochs=2, max_steps_per_epoch=2, swa_epochs=2,
+                      mix="cutmix_mixup", mix_p=1.0, loss="bce_dice_lovasz")  # fmt: skip
+    history = launch(cfg, 2, method="notebook")
+    assert history["epoch"].tolist() == [1, 2, 2] and history["model"].tolist()[-1] == "swa"
+    state = load_state(tmp_path / "run" / "last.pt")
+    assert state["num_processes"] == 2 and int(state["swa"]["n_averaged"]) == 2
+    assert pd.read_json(tmp_path / "run" / "metrics.json", typ="series")["num_processes"] == 2
