@@ -98,6 +98,8 @@ def test_a_run_averages_the_validated_weights_of_its_last_epochs(synth_dir, tmp_
     kept = load_file(out / "best.safetensors")
     if best_row.get("model") == "swa":  # the average won: it is the run's model, BN recomputed
         assert all(torch.equal(kept[k], swa[k]) for k in kept)
+    else:  # an epoch won: its validated (EMA) weights are kept
+        assert all(torch.equal(kept[k], p) for k, p in seen[int(best_row["epoch"])].items())
 
 
 # --------------------------------------------------------------------------- init_from

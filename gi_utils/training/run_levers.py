@@ -99,7 +99,8 @@ class RunLevers:
         """After ``run``'s epoch bookkeeping: add the epoch's weights to the SWA average;
         after the last epoch, validate the average as one more row of the history (its
         BatchNorm statistics recomputed first), kept as the best when it scores better
-        (always without validation: then it is the run's final model)."""
+        (always without validation, or without a segmentation score: then it is the run's
+        final model)."""
         if self.swa is None:
             return
         st = run.state
@@ -113,7 +114,7 @@ class RunLevers:
             sync_buffers(self.swa.module)
         val = run.validate_epoch(self.swa.module)
         row = {"epoch": st["epoch"], "model": "swa", **val, "epoch_time_s": time.perf_counter() - t0}
-        score = val.get("val_score", math.nan) if run.validated else math.inf
+        score = val.get("val_score", math.nan) if run.validated and self.cfg.seg_weight > 0 else math.inf
         improved = run.keep_if_best(row, score, self.swa.module)
         st["history"].append(row)
         figures = " ".join(f"{k} {val[k]:.4f}" for k in ("val_dice", "val_hausdorff", "val_score") if k in val)
