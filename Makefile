@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast demo docs notebooks bench bench-smoke bench-scale blend3d ablation wheel kaggle lint clean
+.PHONY: venv test test-fast demo docs notebooks bench bench-smoke bench-scale gpu-check blend3d ablation wheel kaggle lint clean
 
 venv: $(STAMP)
 
@@ -42,10 +42,16 @@ notebooks: venv
 bench: venv
 	$(PY) benchmarks/run_all.py
 
-# Every benchmark at its smallest size (fullsize.py, memory_3d.py and gpu_check.py too), two
-# at a time: a check that none has rotted, run by CI after the tests; its figures mean nothing.
+# Every benchmark at its smallest size (fullsize.py and memory_3d.py too), two at a time: a
+# check that none has rotted, run by CI after the tests; its figures mean nothing.
 bench-smoke: venv
 	$(PY) benchmarks/run_all.py --smoke
+
+# The GPU acceptance check (benchmarks/gpu_check.py): one line per fact, at most 6 minutes on
+# a fresh GPU machine. SMOKE=1: its smallest size, on a CPU too (CI). On a GPU image without
+# the venv: make gpu-check PY=python3 (the script's docstring gives the whole command line).
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),venv)
+	$(PY) benchmarks/gpu_check.py $(if $(SMOKE),--smoke)
 
 # Costs at the competition's size: 1/16 and 1/4 of the 38,496 slices, training included,
 # extrapolated to the full set (about 5 GB of disk and 20 minutes on 2 cores); FRACTIONS=0.0625,0.25,1

@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, peak memory, the result line, the
-``--smoke`` flag."""
+"""Helpers shared by the benchmark scripts: timing, peak memory, NVML's GPU utilisation,
+the result line, the ``--smoke`` flag."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import torch  # noqa: E402 - after the environment above
 
 #: What a closing line of a ``--smoke`` run says instead of its target (:func:`result`).
 SMOKE_TARGET = "none: --smoke checks that it runs; its figures mean nothing"
@@ -33,6 +36,49 @@ def timed(label: str, out: dict[str, float]):
     yield
     out[label] = time.perf_counter() - t0
     print(f"  {label}: {out[label]:.3f} s (peak RSS {peak_rss_mb():.0f} MiB)", flush=True)
+
+
+class NvmlBusy:
+    """NVML's utilisation of a GPU while a block runs (``torch.cuda.utilization``: the share
+    of the last sample period in which a kernel was running, not the SMs' occupancy),
+    sampled every ``period`` seconds: ``mean`` in %, or ``None`` with ``why``."""
+
+    def __init__(self, device, period: float = 0.1) -> None:
+        self.device, self.period = device, period
+        self.samples: list[float] = []
+        self.mean: float | None = None
+        self.why = "no GPU" if getattr(device, "type", "cpu") != "cuda" else ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> NvmlBusy:
+        if not self.why:
+            try:
+                torch.cuda.utilization(self.device)
+            except ModuleNotFoundError:
+                self.why = "not measured: nvidia-ml-py is not installed (pip install 'gi-utils[gpu]')"
+            except Exception as err:  # an NVML without the device, a driver without NVML
+                self.why = f"not measured: NVML failed ({type(err).__name__}: {err})"
+            else:
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append(float(torch.cuda.utilization(self.device)))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            if self.samples:
+                self.mean = sum(self.samples) / len(self.samples)
+            else:
+                self.why = "not measured: the block ended before the first sample"
+
+    def text(self) -> str:
+        return f"{self.mean:.0f}% ({len(self.samples)} samples)" if self.mean is not None else self.why
 
 
 def best_of(fn: Callable[[], object], repeat: int = 3) -> float:

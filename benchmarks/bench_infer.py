@@ -52,8 +52,9 @@ from gi_utils.synthetic import generate_dataset  # noqa: E402
 OFFSETS = (-2, 0, 2)
 
 
-def reference_loop(model, meta, size: int, post: PostProcess) -> list[tuple[str, str, str]]:
-    """Slice by slice: 3 PNG reads, one forward pass, resize, threshold, encode."""
+def reference_loop(model, meta, size: int, post: PostProcess, device: str | torch.device = "cpu") -> list[tuple[str, str, str]]:
+    """Slice by slice: 3 PNG reads, one forward pass (on ``device``, where ``model`` is),
+    resize, threshold, encode."""
     rows = []
     for _, scan in iter_volumes(meta):
         hi = intensity_clip(read_volume(scan))  # the per-scan clip (our normalisation)
@@ -62,7 +63,7 @@ def reference_loop(model, meta, size: int, post: PostProcess) -> list[tuple[str,
             idx = [min(max(i + o, 0), len(paths) - 1) for o in OFFSETS]
             x = np.stack([preprocess_slice(read_image(paths[k], hw), size, hi) for k in idx]).astype(np.float32)
             with torch.no_grad():
-                p = model(torch.from_numpy(x[None])).sigmoid()[0].numpy()
+                p = model(torch.from_numpy(x[None]).to(device)).sigmoid()[0].float().cpu().numpy()
             probs = restore_size(np.moveaxis(p, 0, -1)[None], hw)
             masks = post.apply(probs)[0]
             rows += [(sid, c, encode_rle(masks[..., k])) for k, c in enumerate(CLASSES)]

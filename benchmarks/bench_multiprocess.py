@@ -65,7 +65,7 @@ def worker(data_dir: str, out_dir: str, warmup: int, steps: int, batch: int) -> 
     sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda step: 1.0)
     marks: dict[str, float] = {}
 
-    def on_step(loss_sum: float, n_batches: int) -> None:
+    def on_step(tally, n_batches: int) -> None:
         if n_batches == warmup:
             acc.wait_for_everyone()
             marks["t0"] = time.perf_counter()

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, WarmupCosine(2, 10 * steps))
     ema = ModelEmaV3(net, decay=0.99, use_warmup=True)
 
-    def on_step(loss_sum: float, n_batches: int) -> None:  # what train() does after a step
+    def on_step(tally, n_batches: int) -> None:  # what train() does after a step
         ema.update(net, step=int(sched.last_epoch))
 
     bare_loop(bare_model, bare_opt, loss_fn, batches[:2])  # warm-up (allocator, kernels)

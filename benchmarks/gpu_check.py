@@ -1,132 +1,504 @@
-"""A GPU check ready to run: 02_train at 320 px with amp="auto" and 2 loader workers for one
-epoch on the synthetic data, the same run killed mid-epoch and resumed, the same epoch on
-the device data path (``data_path="device"``: the cache on the GPU, augmentation there),
-then 04_submission; one line per fact (device, amp mode, seconds per epoch and samples/s of
-both data paths, peak GPU memory, resume identical or not). Under 8 minutes on one GPU; `--cpu` runs it small on a CPU (CI).
+"""The GPU acceptance check (issue 27): one command on a fresh GPU machine, one line per
+fact, in at most 6 minutes including the data and caches it builds.
 
-    python benchmarks/gpu_check.py                 # on a GPU machine
-    python benchmarks/gpu_check.py --cpu --img-size 64 --steps 6 --cases 6 --slices 16
-    python benchmarks/gpu_check.py --smoke         # CI: the sizes above on a GPU; skipped without one
+    make gpu-check              # on a GPU machine: python benchmarks/gpu_check.py
+    make gpu-check SMOKE=1      # its smallest size, on a CPU too (CI): --smoke
 
-Without a GPU ``--smoke`` only imports and prints why it skips: the CPU run at those sizes
-executes two notebooks and takes minutes, and ``make test`` runs it already
-(``tests/test_gpu_check.py``).
+The facts come in parts, each with a time budget (:data:`BUDGETS`, seconds on a GPU): a
+part that runs out says that it was cut and what it left out, and the next part runs.
+
+* card: the device by name, compute capability, memory, torch / CUDA / cuDNN versions and
+  the mixed precision ``amp="auto"`` picks;
+* feed (UNet/ResNet-34, 320 px, batch 64): the run's feed plan (its probe step and the
+  free memory it saw); samples/s of the pure-step limit (one batch already on the
+  device), the device path, 2 loader workers and one worker per core; device/limit and
+  device/2 workers; NVML's busy % during the device run (``nvidia-ml-py``, the ``gpu``
+  extra: "a kernel was running") and the kernel-time share of a ``torch.profiler`` window
+  on it; the peak GPU memory of each;
+* 3-D (SegResNet, the ``gpu`` preset): batch and patch depth from probe steps; one epoch
+  of the preset's patches on the device path and on 2 loader workers;
+* resume: a UNet run and a SegResNet run on the device path, killed (SIGKILL) at their
+  checkpoint after batch 2 inside the epoch and resumed, end with the weights of
+  uninterrupted runs (``last.pt`` compared tensor by tensor);
+* predict: 04's prediction (:func:`gi_utils.inference.make_submission` on the trained
+  UNet) in slices/s, with 04's defaults with and without flip TTA, against a
+  slice-by-slice loop like the public notebooks' (the same masks in full precision); the
+  submission written and validated.
+
+On a GPU session of this project: build the wheels the GPU image lacks, here, from the
+project root after ``make venv`` (about 25 MB; ``python3 /work/shared/tools/gpu_wheels.py
+--help``)::
+
+    python3 /work/shared/tools/gpu_wheels.py                      # -> .whl/
+
+then run, on the device machine from the project root (carry ``.whl``; ``timeout_s`` 480)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl && \\
+      export PYTHONPATH=$PWD NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 GI_HEADLESS=1 && \\
+      make gpu-check PY=python3 2>&1 | tee $OUT/gpu_check.txt
+
+Exit status 1 when a part failed or a check did not hold (a resume not identical, a
+submission not valid); with ``--smoke`` a cut part counts as a failure too (CI must see
+every part run).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import papermill as pm  # noqa: E402
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import _common  # noqa: E402,F401 - sets the offline environment variables first
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import parse_args, peak_rss_mb  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from bench_feed import Stepper, cycle, measure, sync  # noqa: E402
+from bench_infer import reference_loop  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
-from gi_utils.models import run_name  # noqa: E402
-from gi_utils.paths import REPO_ROOT  # noqa: E402
+from gi_utils.checkpoint import load_state  # noqa: E402
+from gi_utils.data import (  # noqa: E402
+    DeviceBatches,
+    DevicePatches,
+    GpuAugment,
+    GpuAugment3d,
+    PatchDataset,
+    SliceDataset,
+    build_metadata,
+    build_transforms,
+    build_transforms_3d,
+)
+from gi_utils.device import device_name, resolve_amp  # noqa: E402
+from gi_utils.inference import PostProcess, load_models, make_submission, validate_submission  # noqa: E402
+from gi_utils.losses import build_loss  # noqa: E402
+from gi_utils.models import build_model  # noqa: E402
 from gi_utils.synthetic import generate_dataset  # noqa: E402
+from gi_utils.training import (  # noqa: E402
+    DeviceLoader,
+    EpochSampler,
+    SeededSamples,
+    available_cpus,
+    load_fold_data,
+    plan_feed,
+    preset_config,
+)
+
+SEED = 0
+#: Seconds each part may take on a GPU (355 s in all; the rest of the 6 minutes is the
+#: imports and the card's start). ``--time-scale`` multiplies them.
+BUDGETS: dict[str, float] = {"data": 45, "feed": 110, "3d": 60, "resume": 100, "predict": 40}
+FULL = {"size": 320, "batch": 64, "cases": 16, "folds": 4, "slices": 80, "test_cases": 2, "seconds": 12.0,
+        "size_3d": 320, "run_batch": 16, "run_steps": 6, "time_scale": 1.0}  # fmt: skip
+SMOKE = {"size": 64, "batch": 4, "cases": 3, "folds": 3, "slices": 16, "test_cases": 1, "seconds": 1.0,
+         "size_3d": 32, "run_batch": 4, "run_steps": 4, "time_scale": 4.0}  # fmt: skip
 
 
-def _params(args, data: Path, runs: Path) -> dict:
-    return {"preset": "gpu", "weights": "", "encoder": "resnet34", "img_size": args.img_size, "epochs": 1,
-            "max_steps_per_epoch": args.steps, "num_workers": 2, "data_path": "workers", "amp": "auto", "data_dir": str(data),
-            "runs_dir": str(runs), "n_overlays": 1}  # fmt: skip
+class Part:
+    """One part's clock: :meth:`left` seconds of its budget; :meth:`cut` records what it
+    had to leave out (printed when the part ends)."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name, self.seconds, self.t0, self.left_out = name, float(seconds), time.perf_counter(), []
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.t0)
+
+    def cut(self, what: str) -> None:
+        self.left_out.append(what)
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t0
 
 
-def _cli(params: dict, out_dir: Path, device: str) -> list[str]:
-    """The command line of 02's run (``params``, its notebook parameters) into ``out_dir``."""
-    same = ("preset", "weights", "encoder", "img_size", "epochs", "max_steps_per_epoch", "num_workers", "data_path",
-            "amp", "data_dir")  # fmt: skip
-    given = [arg for k in same for arg in (f"--{k.replace('_', '-')}", str(params[k]))]
-    return [sys.executable, "-m", "gi_utils.training", *given, "--out-dir", str(out_dir), "--save-every-steps", "2",
-            "--device", device, "--no-progress"]  # fmt: skip
+class Check:
+    """The parts of one check and their outcome (``failed``, ``cut``: part names)."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale, self.failed, self.cut, self.facts = scale, [], [], {}
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run part ``name`` within its budget; an exception is printed and the check goes on."""
+        part = Part(name, BUDGETS[name] * self.scale)
+        try:
+            out = fn(part, *args)
+        except Exception as err:  # reported; the other parts still run
+            traceback.print_exc()
+            print(f"{name}: FAILED after {part.spent():.0f} s ({type(err).__name__}: {err})", flush=True)
+            self.failed.append(name)
+            return None
+        if part.left_out:
+            self.cut.append(name)
+            print(f"{name}: cut at {part.spent():.0f} s of its {part.seconds:.0f} s; left out: "
+                  f"{'; '.join(part.left_out)}", flush=True)  # fmt: skip
+        else:
+            print(f"{name}: {part.spent():.0f} s of its {part.seconds:.0f} s", flush=True)
+        return out
+
+    def fact(self, key: str, text: str, ok: bool = True) -> None:
+        """Print one fact (``key: text``); ``ok=False`` makes the check fail."""
+        self.facts[key] = text
+        print(f"{key}: {text}", flush=True)
+        if not ok:
+            self.failed.append(key)
+
+
+def gb(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / 1e9:.2f} GB"
+
+
+def peak(r: dict[str, float], cuda: bool) -> str:
+    return f"peak GPU memory {r['peak_mb'] * 2**20 / 1e9:.2f} GB" if cuda else f"peak RSS {r['peak_mb']:.0f} MiB"
+
+
+# --------------------------------------------------------------------------- parts
+def part_card(chk: Check, device: torch.device, amp: str) -> None:
+    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}, cuDNN {torch.backends.cudnn.version()}"
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        chk.fact("card", f"{device_name(device)}, compute capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, "
+                         f"{gb(p.total_memory)}, {available_cpus()} CPU cores")  # fmt: skip
+    else:
+        chk.fact("card", f"none: {device_name(device)} with {available_cpus()} cores (the GPU facts below are n/a)")
+    chk.fact("versions", versions)
+    chk.fact("amp", f"{amp} (amp='auto' on this device)")
+
+
+def run_config(work: Path, name: str, sizes: dict, device: str, **values: Any):
+    """The TrainConfig of a run of this check (the ``gpu`` preset; on the CPU ``smoke``'s 3-D sizes)."""
+    preset = "gpu" if device != "cpu" else "smoke"
+    base = {"arch": "unet", "encoder": "resnet34", "weights": None, "img_size": sizes["size"], "epochs": 1,
+            "n_folds": sizes["folds"], "cache": "disk", "cache_dtype": "float16", "cache_masks": True, "num_workers": 2,
+            "data_dir": str(work / "data"), "out_dir": str(work / "runs" / name), "device": device,
+            "progress": False, "max_steps_per_epoch": 0}  # fmt: skip
+    return preset_config(preset, **{**base, **values})
+
+
+def part_data(part: Part, chk: Check, work: Path, sizes: dict, device: str) -> dict:
+    data = work / "data"
+    t0 = time.perf_counter()
+    if not (data / "train.csv").is_file():
+        generate_dataset(data, sizes["cases"], sizes["test_cases"], SEED, slices_per_scan=sizes["slices"])
+    made = time.perf_counter() - t0
+    unet = load_fold_data(run_config(work, "unet", sizes, device))  # builds the folds and the disk cache runs reuse
+    seg = load_fold_data(run_config(work, "seg", sizes, device, arch="segresnet3d", img_size=sizes["size_3d"]))
+    chk.fact("data", f"{sizes['cases']} synthetic cases x {sizes['slices']} slices (+{sizes['test_cases']} test) in "
+                     f"{made:.0f} s; caches at {sizes['size']} and {sizes['size_3d']} px in "
+                     f"{time.perf_counter() - t0 - made:.0f} s")  # fmt: skip
+    return {"meta": build_metadata(data), "unet": unet, "seg": seg}
+
+
+def busy_share(spans: list[tuple[float, float]], window: tuple[float, float]) -> float:
+    """Share of ``window`` covered by the union of the intervals ``spans`` (kernels that
+    overlap, on several streams, count once)."""
+    busy, end = 0.0, window[0]
+    for lo, hi in sorted(spans):
+        lo = max(lo, end)
+        busy += max(0.0, hi - lo)
+        end = max(end, hi)
+    return min(1.0, busy / max(window[1] - window[0], 1e-9))
+
+
+def kernel_share(step: Stepper, batches, n: int) -> tuple[float | None, int]:
+    """Share of a ``torch.profiler`` window of ``n`` steps in which a CUDA kernel ran
+    (:func:`busy_share` of the kernels over the span of every event); ``None`` off CUDA."""
+    cuda = step.device.type == "cuda"
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            step(*next(batches))
+        sync(step.device)
+    events = prof.events()
+    spans = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not spans:
+        return None, len(events)
+    window = (min(e.time_range.start for e in events), max(e.time_range.end for e in events))
+    return busy_share(spans, window), len(events)
+
+
+def part_feed(part: Part, chk: Check, data: dict, sizes: dict, device: torch.device, amp: str, smoke: bool) -> None:
+    cuda, s, b = device.type == "cuda", sizes["size"], sizes["batch"]
+    fold, meta = data["unet"], data["meta"]
+    cfg = run_config(Path(fold.data_dir).parent, "feed", sizes, device.type if not cuda else "auto", batch_size=b)
+    net = build_model("unet", "resnet34", 3, 3, weights=None)
+    plan = plan_feed(cfg, fold, net, build_loss("bce_dice"), device, amp, torch.channels_last)
+    print(plan.summary(), flush=True)
+    cache = fold.cache
+    step = Stepper("unet", device, amp, {})
+    seconds, max_steps = sizes["seconds"], 8 if smoke else 100_000
+    ds = SliceDataset(meta, s, (-2, 0, 2), build_transforms(s, True), cache=cache)
+    empty = ds.meta["empty"].to_numpy()
+    on_device = DeviceBatches(meta, cache, (-2, 0, 2), device)
+    loader = DeviceLoader(on_device, EpochSampler(empty, SEED), b, GpuAugment(s), SEED)
+
+    def device_epoch(epoch: int):
+        loader.set_epoch(epoch)
+        return iter(loader)
+
+    samples = SeededSamples(ds, SEED)
+    got: dict[str, dict[str, float]] = {}
+    one = next(iter(loader))
+    runs = [("limit", "pure-step limit", lambda: cycle(lambda _e: [one] * 64), False),
+            ("device", "device path", lambda: cycle(device_epoch), True)]
+    for w in sorted({2, available_cpus()}):
+        sampler = EpochSampler(empty, SEED)
+        dl = DataLoader(samples, batch_size=b, sampler=sampler, drop_last=True, num_workers=w, pin_memory=cuda,
+                        persistent_workers=True)  # fmt: skip
+
+        def worker_epoch(epoch: int, sampler=sampler, dl=dl):
+            sampler.set_epoch(epoch)
+            return iter(dl)
+
+        label = f"{w} workers" + (" (every core)" if w == available_cpus() else "")
+        runs.append((f"workers{w}", label, lambda we=worker_epoch: cycle(we), False))
+    for key, label, batches, watch in runs:
+        if part.left() < seconds + 5:
+            part.cut(label)
+            continue
+        got[key] = r = measure(step, batches(), b, seconds, max_steps, watch=watch and cuda)
+        chk.fact(label, f"{r['samples_s']:.1f} samples/s ({r['steps']:.0f} steps of {b} at {s} px; {peak(r, cuda)})")
+    if "limit" in got and plan.step_bytes is not None:
+        measured = got["limit"]["peak_mb"] * 2**20
+        chk.fact("probe step", f"{gb(plan.step_bytes)} planned against {gb(measured)} measured in the limit run")
+    dev, two = got.get("device"), got.get("workers2")
+    if dev and "limit" in got:
+        chk.fact("device / limit", f"{dev['samples_s'] / got['limit']['samples_s']:.2f}x "
+                                   "(target on an H100 >= 0.85; on a T4 >= 0.90)")  # fmt: skip
+    if dev and two:
+        chk.fact("device / 2 workers", f"{dev['samples_s'] / two['samples_s']:.2f}x (target on an H100 >= 5)")
+    if dev:
+        chk.fact("NVML busy during the device run", dev["util_text"] if cuda else "n/a (no GPU)")
+    if part.left() > 5:
+        share, n_events = kernel_share(step, cycle(device_epoch), 4 if smoke else 10)
+        chk.fact("kernel-time share of the device run", f"{share:.0%} (torch.profiler, {4 if smoke else 10} steps)"
+                 if share is not None else f"n/a (no GPU; the profiler saw {n_events} CPU events)")  # fmt: skip
+    else:
+        part.cut("the profiler window")
+
+
+def epoch_time(step: Stepper, loader, batch: int, part: Part) -> tuple[float, int, int]:
+    """Seconds of epoch 1 of ``loader`` (after two warm-up steps of epoch 0), steps done,
+    steps of the epoch; an epoch the part's budget cannot finish stops early."""
+    loader.sampler.set_epoch(0)  # a DeviceLoader's and a DataLoader's EpochSampler
+    it = iter(loader)
+    for _ in range(2):
+        step(*next(it))
+    del it
+    sync(step.device)
+    loader.sampler.set_epoch(1)
+    total, done, t0 = len(loader), 0, time.perf_counter()
+    for images, masks in loader:
+        step(images, masks)
+        done += 1
+        if part.left() < 3:
+            break
+    sync(step.device)
+    return time.perf_counter() - t0, done, total
+
+
+def part_3d(part: Part, chk: Check, data: dict, sizes: dict, device: torch.device, amp: str) -> None:
+    cuda, fold = device.type == "cuda", data["seg"]
+    cfg = run_config(Path(fold.data_dir).parent, "seg", sizes, "auto" if cuda else "cpu", arch="segresnet3d",
+                     img_size=sizes["size_3d"])  # fmt: skip
+    kw = cfg.model_kwargs
+    net = build_model("segresnet3d", in_channels=1, classes=3, **kw)
+    plan = plan_feed(cfg, fold, net, build_loss("bce_dice"), device, amp, torch.channels_last_3d)
+    sized = plan.sizes
+    chk.fact("3-D sizes", (f"batch {sized['batch_size']} x depth {sized['patch_depth']} from probe steps "
+                           f"(tried {sized['tried']})" if sized else
+                           f"batch {cfg.batch_size} x depth {cfg.patch_depth}: the preset's (no GPU: nothing probed)"))  # fmt: skip
+    batch, depth = cfg.batch_size, cfg.patch_depth  # the epochs below: the preset's patches
+    step = Stepper("segresnet3d", device, amp, kw)
+    ds = PatchDataset(fold.train_meta, fold.cache, depth, build_transforms_3d(), cfg.patches_per_volume)
+    empty = np.zeros(len(ds), bool)
+    loaders = {"device path": DeviceLoader(DevicePatches(ds, fold.cache, device, SEED), EpochSampler(empty, SEED),
+                                           batch, GpuAugment3d(), SEED),
+               "2 workers": DataLoader(SeededSamples(ds, SEED), batch_size=batch, sampler=EpochSampler(empty, SEED),
+                                       drop_last=True, num_workers=2, pin_memory=cuda)}  # fmt: skip
+    took = {}
+    for name, loader in loaders.items():
+        if part.left() < 5:
+            part.cut(f"the epoch on the {name}")
+            continue
+        seconds, done, total = epoch_time(step, loader, batch, part)
+        took[name] = seconds * total / max(done, 1)
+        how = "" if done == total else f", extrapolated from {done} of {total} steps (cut)"
+        if done < total:
+            part.cut(f"{total - done} steps of the epoch on the {name}")
+        chk.fact(f"3-D SegResNet epoch, {name}", f"{took[name]:.1f} s ({total} steps of {batch} patches of "
+                                                 f"{depth}x{sizes['size_3d']}x{sizes['size_3d']}{how})")  # fmt: skip
+    if len(took) == 2:
+        chk.fact("3-D epoch, 2 workers / device path", f"{took['2 workers'] / took['device path']:.2f}x "
+                                                       "(target on a GPU >= 4)")  # fmt: skip
+
+
+class Training:
+    """A training process (``python -m gi_utils.training --config``) with its output in
+    ``log``, killed when ``timeout`` seconds have passed; with ``kill_after=(start, part)``
+    its output is followed and it is killed (SIGKILL) at the first line that starts with
+    ``start`` and holds ``part``."""
+
+    def __init__(self, cfg, log: Path, timeout: float, kill_after: tuple[str, str] | None = None) -> None:
+        cfg_file = log.with_suffix(".json")
+        cfg_file.write_text(json.dumps(cfg.to_dict()))
+        self.log, self.kill_after = log, kill_after
+        self.out = subprocess.PIPE if kill_after else open(log, "w")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen([sys.executable, "-m", "gi_utils.training", "--config", str(cfg_file)],
+                                     stdout=self.out, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        self.timer = threading.Timer(max(timeout, 0.0), self.proc.kill)
+        self.timer.start()
+
+    def wait(self) -> tuple[int, bool, str]:
+        """``(exit code, killed as asked, output)``; a run out of time exits -9, not killed as asked."""
+        killed = False
+        if self.kill_after:
+            lines = []
+            for line in self.proc.stdout:
+                lines.append(line)
+                if line.startswith(self.kill_after[0]) and self.kill_after[1] in line:
+                    self.proc.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+            self.log.write_text("".join(lines))
+        self.proc.wait()
+        self.timer.cancel()
+        if not self.kill_after:
+            self.out.close()
+        return self.proc.returncode, killed, self.log.read_text()
+
+
+def plan_block(text: str) -> str:
+    """The feed plan a run printed: its ``feed plan:`` line and the indented ones after it."""
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("feed plan:")), None)
+    if start is None:
+        return "feed plan: not printed"
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("  ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def part_resume(part: Part, chk: Check, work: Path, sizes: dict, device: str) -> dict:
+    runs = {"UNet": run_config(work, "unet", sizes, device, batch_size=sizes["run_batch"]),
+            "SegResNet": run_config(work, "seg", sizes, device, arch="segresnet3d", img_size=sizes["size_3d"])}
+    together = device != "cpu" and torch.cuda.get_device_properties(0).total_memory >= 40e9
+    out = {}
+    for name, cfg in runs.items():
+        if part.left() < 15:
+            part.cut(f"{name}'s runs")
+            continue
+        cfg = cfg.replace(data_path="device", max_steps_per_epoch=sizes["run_steps"], save_every_steps=2,
+                          probe_size=False)  # fmt: skip
+        full, cut = Path(cfg.out_dir), Path(cfg.out_dir + "_cut")
+        # the uninterrupted run and the one to kill at once where the GPU has room for both
+        first = Training(cfg, work / f"{name}_full.log", part.left())
+        codes = [] if together else [first.wait()]
+        killed = Training(cfg.replace(out_dir=str(cut)), work / f"{name}_killed.log", part.left(),
+                          ("saved checkpoint", "batch 2)"))  # fmt: skip
+        codes = [first.wait(), killed.wait()] if together else [*codes, killed.wait()]
+        print(plan_block(codes[0][2]), flush=True)
+        if part.left() > 5:
+            codes.append(Training(cfg.replace(out_dir=str(cut)), work / f"{name}_resumed.log", part.left()).wait())
+        for code, was_killed, text in codes:
+            if code and not was_killed:
+                print(text[-3000:], flush=True)
+        if len(codes) < 3 or any(code == -signal.SIGKILL and not k for code, k, _ in codes):
+            part.cut(f"{name}: {'the resumed run' if len(codes) < 3 else 'a run out of time'}")
+            continue
+        a, b = (load_state(p / "last.pt")["model"] for p in (full, cut))
+        same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        ok = same and codes[1][1] and codes[0][0] == 0 and codes[2][0] == 0
+        chk.fact(f"resume identical, device path, {name}", f"{'yes' if same else 'NO'} (SIGKILL at the checkpoint "
+                 f"after batch 2 of {sizes['run_steps']}: {'yes' if codes[1][1] else 'no'}; exits {codes[0][0]}, "
+                 f"{codes[2][0]}; last.pt's weights compared)", ok)  # fmt: skip
+        out[name] = full
+    return out
+
+
+def part_predict(part: Part, chk: Check, work: Path, runs: dict, sizes: dict, device: torch.device) -> None:
+    if "UNet" not in (runs or {}):
+        part.cut("no trained UNet (the resume part did not finish it)")
+        return
+    model = runs["UNet"] / "best.safetensors"
+    data = work / "data"
+    meta = build_metadata(data, "test", labels=False)
+    n, post = len(meta), PostProcess(size_ref=sizes["size"])
+    timings, subs = {}, {}
+    exact = "full precision, batches of 1"  # the loop's kernels: its masks exactly
+    for name, kw in (("no TTA", {"tta": False}), ("flip TTA", {"tta": True}), (exact, {"amp": "no", "batch_size": 1})):
+        if part.left() < 5:
+            part.cut(f"the prediction {name}")
+            continue
+        t0 = time.perf_counter()
+        subs[name] = make_submission([model], data, "test", None, post=post, progress=False, device=device, **kw)
+        sync(device)
+        timings[name] = time.perf_counter() - t0
+    if part.left() < 5:
+        part.cut("the slice-by-slice loop")
+        return
+    (m, _), = load_models([model], device)
+    t0 = time.perf_counter()
+    loop = reference_loop(m, meta, sizes["size"], post, device)
+    t_loop = time.perf_counter() - t0
+    ours = [tuple(r) for r in subs[exact].itertuples(index=False)] if exact in subs else []
+    agree = float(np.mean([a == b for a, b in zip(ours, loop)])) if len(ours) == len(loop) else float("nan")
+    figures = ", ".join(f"{k} {n / v:.1f} slices/s ({t_loop / v:.2f}x the loop)" for k, v in timings.items())
+    chk.fact("04 prediction", f"{figures}; slice-by-slice loop {n / t_loop:.1f} slices/s ({n} slices at "
+                              f"{sizes['size']} px, UNet/ResNet-34; 04's batches of 16 and amp)")  # fmt: skip
+    chk.fact("04 prediction against the loop", f"{agree:.2%} of the RLE rows identical in full precision, batches "
+             "of 1 (larger batches may change the kernels' last bits)", agree == 1.0)  # fmt: skip
+    if "no TTA" in subs:
+        out = make_submission([model], data, "test", work / "submission.csv", post=post, progress=False, device=device)
+        validate_submission(out, meta)
+        chk.fact("submission", f"{len(out)} rows = {n} slices x 3 classes written to {work / 'submission.csv'} (valid)")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cpu", action="store_true", help="run on the CPU (small sizes, for CI)")
-    p.add_argument("--img-size", type=int, default=320)
-    p.add_argument("--steps", type=int, default=0, help="steps per epoch (0: the whole epoch)")
-    p.add_argument("--cases", type=int, default=24)
-    p.add_argument("--slices", type=int, default=80)
     p.add_argument("--out", default="", help="working folder (default: a temporary one)")
-    smoke = {"img_size": 64, "steps": 6, "cases": 6, "slices": 16}
-    args = parse_args(p, argv, smoke)
-    if args.smoke and (args.cpu or not torch.cuda.is_available()):
-        sizes = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in smoke.items())
-        print(f"skipped: no GPU here; the CPU run at the smallest size (--cpu {sizes}) is "
-              "tests/test_gpu_check.py, which `make test` runs")  # fmt: skip
-        return 0
-    device = "cpu" if args.cpu else "auto"
-    os.environ["GI_HEADLESS"] = "1"  # the notebooks run headless: text progress
+    p.add_argument("--time-scale", type=float, default=None, help="multiply every part's budget (1 on a GPU)")
+    args = parse_args(p, argv, {})
+    sizes = dict(SMOKE if args.smoke else FULL)
+    if args.time_scale is not None:
+        sizes["time_scale"] = args.time_scale
+    os.environ["GI_HEADLESS"] = "1"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.smoke:
+        print("no GPU here: the check at its smallest size is `make gpu-check SMOKE=1`", file=sys.stderr)
+        return 2
+    if device.type == "cpu":  # the profiler's library reports the missing GPU as an error
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    amp = resolve_amp("auto", cuda=device.type == "cuda")
     work = Path(args.out or tempfile.mkdtemp(prefix="gi_gpu_check_"))
     t0 = time.perf_counter()
-    data = work / "data"
-    if not (data / "train.csv").is_file():
-        generate_dataset(data, args.cases, 1, 0, slices_per_scan=args.slices)
-    params = _params(args, data, work / "runs")
-    extra = {"device": "cpu"} if args.cpu else {}
-    nb = REPO_ROOT / "notebooks"
-    pm.execute_notebook(str(nb / "02_train.ipynb"), str(work / "02_train.ipynb"), parameters={**params, **extra},
-                        cwd=str(nb), kernel_name="python3", progress_bar=False)  # fmt: skip
-    name = run_name({"arch": "unet", "encoder": params["encoder"], "img_size": args.img_size, "fold": 0})
-    metrics = json.loads((work / "runs" / name / "metrics.json").read_text())
-    # the same run, killed after its second checkpoint inside the epoch and resumed
-    cut = work / "runs_cut" / name
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_cli(params, cut, device), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = False
-    for line in proc.stdout:
-        if line.startswith("saved checkpoint") and "batch 2)" in line:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-    proc.wait()
-    resumed = subprocess.run(_cli(params, cut, device), env=env, capture_output=True, text=True)
-    full_w = load_file(work / "runs" / name / "best.safetensors")
-    cut_w = load_file(cut / "best.safetensors") if resumed.returncode == 0 else {}
-    identical = bool(cut_w) and all((full_w[k] == cut_w[k]).all() for k in full_w) and full_w.keys() == cut_w.keys()
-    # the same epoch on the device data path (its own augmentation draws: not compared for equality)
-    on_device = subprocess.run(_cli({**params, "data_path": "device"}, work / "runs_device" / name, device), env=env,
-                               capture_output=True, text=True)  # fmt: skip
-    if on_device.returncode:  # reported, and the rest still measured and printed
-        print(on_device.stdout[-2000:], on_device.stderr[-2000:], sep="\n")
-    dev_metrics = (json.loads((work / "runs_device" / name / "metrics.json").read_text())
-                   if on_device.returncode == 0 else None)  # fmt: skip
-    pm.execute_notebook(str(nb / "04_submission.ipynb"), str(work / "04_submission.ipynb"),
-                        parameters={"runs_dir": str(work / "runs"), "runs": name, "data_dir": str(data)},
-                        cwd=str(nb), kernel_name="python3", progress_bar=False)  # fmt: skip
-    sub_rows = sum(1 for _ in open(work / "runs" / "submission.csv")) - 1
-    epoch_s = float(metrics["final"]["epoch_time_s"])
-    samples = int(metrics["samples_per_epoch"])
-    peak = metrics.get("peak_gpu_memory_mb")
-    print(f"device: {metrics['device']}")
-    print(f"amp mode: {metrics['mixed_precision']}")
-    print(f"seconds per epoch: {epoch_s:.1f} ({samples} samples at {args.img_size} px, 2 workers, validation included)")
-    print(f"samples/s: {samples / epoch_s:.1f}")
-    if dev_metrics is None:
-        print(f"device path: FAILED (exit {on_device.returncode}, output above)")
-    else:
-        dev_s = float(dev_metrics["final"]["epoch_time_s"])
-        print(f"seconds per epoch, device path: {dev_s:.1f} (the same epoch, data and augmentation on the "
-              f"{metrics['device']})")  # fmt: skip
-        print(f"samples/s, device path: {int(dev_metrics['samples_per_epoch']) / dev_s:.1f}")
-        print(f"device path / 2 workers: {epoch_s / dev_s:.2f}x")
-    print(f"peak GPU memory: {'n/a (CPU)' if peak is None else f'{peak:.0f} MiB'}")
-    print(f"resume identical: {'yes' if identical else 'no'} (killed mid-epoch: {'yes' if killed else 'no'}, "
-          f"resume exit {resumed.returncode})")
-    print(f"submission rows: {sub_rows}")
-    print(f"total: {time.perf_counter() - t0:.0f} s, peak RSS of this script {peak_rss_mb():.0f} MiB")
-    return 0 if identical and killed and resumed.returncode == 0 and dev_metrics is not None else 1
+    chk = Check(sizes["time_scale"])
+    where = "auto" if device.type == "cuda" else "cpu"
+    print(f"gpu check{' (--smoke: the smallest size)' if args.smoke else ''}: {device_name(device)}, "
+          f"{sizes['size']} px, batch {sizes['batch']}, in {work}", flush=True)  # fmt: skip
+    part_card(chk, device, amp)
+    data = chk.run("data", part_data, chk, work, sizes, where)
+    if data is not None:
+        chk.run("feed", part_feed, chk, data, sizes, device, amp, args.smoke)
+        chk.run("3d", part_3d, chk, data, sizes, device, amp)
+    runs = chk.run("resume", part_resume, chk, work, sizes, where)
+    chk.run("predict", part_predict, chk, work, runs, sizes, device)
+    bad = chk.failed + (chk.cut if args.smoke else [])
+    chk.fact("total", f"{time.perf_counter() - t0:.0f} s (budget {sum(BUDGETS.values()) * sizes['time_scale']:.0f} s); "
+                      f"peak RSS {peak_rss_mb():.0f} MiB; failed: {', '.join(chk.failed) or 'none'}; "
+                      f"cut: {', '.join(chk.cut) or 'none'}")  # fmt: skip
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

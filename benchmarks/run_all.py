@@ -23,9 +23,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULT_RE = re.compile(r"^[a-z0-9_]+: \S+ .*\(target: .*\)$")
-#: Benchmarks with a command of their own (``make bench-scale``; a GPU machine; the
-#: 3-D memory estimate): only the smoke run adds them.
-SMOKE_ONLY = ("fullsize", "gpu_check", "memory_3d")
+#: Benchmarks with a command of their own (``make bench-scale``; the 3-D memory estimate):
+#: only the smoke run adds them. ``gpu_check.py`` is ``make gpu-check`` (CI: ``SMOKE=1``).
+SMOKE_ONLY = ("fullsize", "memory_3d")
 
 
 def run_one(script: Path, smoke: bool, threads: int | None) -> tuple[subprocess.CompletedProcess, float]:

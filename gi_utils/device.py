@@ -12,7 +12,7 @@ import warnings
 import torch
 
 __all__ = ["AMP_MODES", "BF16_MIN_CAPABILITY", "DEVICES", "default_device", "cuda_wanted", "cuda_has_bf16",
-           "resolve_amp", "autocast_dtype", "inference_autocast"]  # fmt: skip
+           "device_name", "resolve_amp", "autocast_dtype", "inference_autocast"]  # fmt: skip
 
 #: Mixed precision: "auto" = bf16 on a GPU of compute capability 8.0 or more (A100, L4,
 #: H100), fp16 on older GPUs (T4, P100, V100), bf16 on a CPU with native bf16 instructions
@@ -33,6 +33,16 @@ def cuda_wanted(device: str = "auto") -> bool:
 def default_device(device: str = "auto") -> torch.device:
     """CUDA when present (and ``device`` is not "cpu"), else the CPU."""
     return torch.device("cuda" if cuda_wanted(device) else "cpu")
+
+
+def device_name(device: torch.device | str) -> str:
+    """``device`` by name: the card's for CUDA (``"NVIDIA H100 80GB HBM3 (cuda:0)"``),
+    ``"cpu"`` for the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"{torch.cuda.get_device_name(index)} (cuda:{index})"
 
 
 def cuda_has_bf16(device: torch.device | int | None = None) -> bool:

@@ -4,7 +4,9 @@ stay on their organs, resumable draws, the choice of the path, and a training ru
 
 from __future__ import annotations
 
+import math
 import random
+import threading
 
 import albumentations as A
 import numpy as np
@@ -20,22 +22,21 @@ from gi_utils.data import (
     GpuAugment,
     SliceDataset,
     VolumeCache,
+    ahead,
     build_metadata,
     build_transforms,
     default_train_specs,
-    device_nbytes,
     make_transform,
     neighbour_rows,
 )
+from gi_utils.data import device_batches as device_batches_mod
 from gi_utils.training import (
     DeviceLoader,
     EpochSampler,
     SeededSamples,
     TrainConfig,
-    resolve_data_path,
     train,
 )
-from gi_utils.training import loaders as loaders_mod
 from gi_utils.training import session as session_mod
 
 torch.set_num_threads(1)
@@ -98,6 +99,79 @@ def test_host_storage_gathers_the_same_batches(meta, dtype):
     assert ib.shape == (5, 3, S, S) and pb.shape == (5, S, S)
     assert torch.equal(ia, ib) and torch.equal(pa, pb)
     assert not torch.equal(ia[0], ia[1])
+
+
+def test_loaders_reusing_one_dataset_yield_the_samples_of_a_fresh_one(meta):
+    """bench_feed's pattern: a DataLoader per worker count and batch size on one dataset
+    (wrapping its transform twice made the second one fail in its workers)."""
+    cache = VolumeCache(meta, S, None, progress=False)
+
+    def dataset():
+        return SliceDataset(meta, S, (-2, 0, 2), build_transforms(S, True), cache=cache)
+
+    def samples(ds, workers, batch):
+        sampler = EpochSampler(ds.meta["empty"].to_numpy(), 3, 0.5)
+        dl = DataLoader(SeededSamples(ds, 3), batch_size=batch, sampler=sampler, num_workers=workers)
+        return torch.cat([images for images, _ in dl])
+
+    expected = samples(dataset(), 0, 4)
+    shared = dataset()
+    for workers, batch in ((0, 4), (2, 8), (0, 2)):
+        assert torch.equal(samples(shared, workers, batch), expected), (workers, batch)
+
+
+def test_the_host_store_asks_the_pinned_allocator_for_batches_only(meta, monkeypatch):
+    """A cache too large for a GPU stays in host memory: in ordinary memory, exactly its
+    bytes (PyTorch's pinned allocator rounds each block up to a power of two: 6.26 GB of
+    slices took 8 GiB pinned, more than a Colab host holds beside the rest), and only the
+    buffers of each batch are pinned, exactly their bytes (a mock CUDA device)."""
+    asked: list[int] = []
+
+    def pinned(shape, dtype, pin):
+        if pin:
+            asked.append(math.prod(shape) * dtype.itemsize)
+        return torch.empty(shape, dtype=dtype)
+
+    monkeypatch.setattr(device_batches_mod, "pinned_empty", pinned)
+    cache = VolumeCache(meta, S, None, progress=False, dtype="float16")
+    data = DeviceBatches(meta, cache, (-2, 0, 2), torch.device("cuda"), resident=False)
+    assert asked == [] and data.images.nbytes + data.packed.nbytes == data.nbytes
+    images, packed = data.stage(np.array([5, 0, 17, 5]))
+    assert asked == [4 * 3 * S * S * 2, 4 * S * S]
+    cpu = DeviceBatches(meta, cache, (-2, 0, 2), "cpu")
+    want_images, want_packed = cpu.raw(np.array([5, 0, 17, 5]))
+    assert torch.equal(images, want_images) and torch.equal(packed, want_packed)
+
+
+def test_ahead_yields_in_order_computing_the_next_one_beside():
+    where: list[str] = []
+
+    def square(x):
+        where.append(threading.current_thread().name)
+        return x * x
+
+    assert list(ahead(square, range(5))) == [0, 1, 4, 9, 16]
+    assert all(name.startswith("stage") for name in where)
+    first = ahead(square, range(100))
+    assert next(first) == 0
+    first.close()  # stopping early: the one computed ahead is waited for, nothing more
+    assert len(where) == 5 + 2
+
+
+def test_a_host_store_loader_yields_the_resident_batches_in_order(meta):
+    """With the slices in host memory the loader gathers one batch ahead on a side
+    thread: the same batches, augmented alike, in the same order."""
+    cache = VolumeCache(meta, S, None, progress=False, dtype="uint8")
+    empty = SliceDataset(meta, S, (-2, 0, 2), None, cache=cache).meta["empty"].to_numpy()
+    loaders = [DeviceLoader(DeviceBatches(meta, cache, (-2, 0, 2), "cpu", resident=r), EpochSampler(empty, 3, 0.5),
+                            4, GpuAugment(S), 3) for r in (True, False)]  # fmt: skip
+    assert [loader.data.prefetch for loader in loaders] == [False, True]
+    for loader in loaders:
+        loader.set_epoch(1)
+    on, off = (list(loader) for loader in loaders)
+    assert len(on) == len(off) > 2
+    for k, ((ia, ma), (ib, mb)) in enumerate(zip(on, off, strict=True)):
+        assert torch.equal(ia, ib) and torch.equal(ma, mb), f"batch {k}"
 
 
 # --------------------------------------------------------------------------- statistics
@@ -330,21 +404,6 @@ def test_draws_after_a_restart_equal_an_uninterrupted_epoch(meta):
 
 
 # --------------------------------------------------------------------------- choosing
-def test_auto_chooses_the_device_only_on_cuda_when_it_fits(meta, monkeypatch):
-    cache = VolumeCache(meta, S, None, progress=False)
-    n = 10
-    need = device_nbytes(cache, n)
-    assert need == n * S * S * 3  # float16 images + packed masks
-    cuda = torch.device("cuda")
-    assert resolve_data_path("auto", torch.device("cpu"), cache, n) == "workers"
-    assert resolve_data_path("device", torch.device("cpu"), cache, n) == "device"
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * need, 10 * need))
-    assert resolve_data_path("auto", cuda, cache, n) == "device"
-    assert resolve_data_path("auto", cuda, None, n) == "workers"
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * need - 1, 10 * need))
-    assert resolve_data_path("auto", cuda, cache, n) == "workers"
-
-
 def test_config_names_a_bad_data_path():
     with pytest.raises(ValueError, match="data_path='gpu' is not valid; choose one of auto, device, workers"):
         TrainConfig(data_path="gpu")
@@ -363,12 +422,12 @@ def test_training_on_the_device_path_runs_and_resumes(synth, tmp_path, tiny_conf
     data = synth
     kw = {"data_path": "device", "epochs": 2, "max_steps_per_epoch": 3, "save_every_steps": 1, "amp": "no", **model}
     full = train(tiny_config(data, tmp_path / "full", **kw))
-    assert "training data path: device" in capsys.readouterr().out
+    assert "feed plan: device path" in capsys.readouterr().out
     assert np.isfinite(full["train_loss"]).all() and len(full) == 2
     real = session_mod.TrainingRun._on_step
 
-    def interrupt(self, loss_sum, n_batches):
-        real(self, loss_sum, n_batches)
+    def interrupt(self, tally, n_batches):
+        real(self, tally, n_batches)
         if self.state["epoch"] == 1 and n_batches == 2:
             raise KeyboardInterrupt
 
@@ -381,23 +440,3 @@ def test_training_on_the_device_path_runs_and_resumes(synth, tmp_path, tiny_conf
     np.testing.assert_array_equal(full["train_loss"].to_numpy(), resumed["train_loss"].to_numpy())
     a, b = load_state(tmp_path / "full" / "last.pt"), load_state(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-
-
-def test_a_run_resumes_only_on_the_path_it_started_on(synth, tmp_path, tiny_config, monkeypatch):
-    """data_path="auto" may resolve otherwise on another machine: last.pt records the path
-    and a resumption on the other one is refused, naming both."""
-    cfg = tiny_config(synth, tmp_path / "run", epochs=2, max_steps_per_epoch=2, save_every_steps=1, amp="no")
-    real = session_mod.TrainingRun._on_step
-
-    def interrupt(self, loss_sum, n_batches):
-        real(self, loss_sum, n_batches)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loaders_mod, "resolve_data_path", lambda *a, **k: "device")  # as on a GPU
-    monkeypatch.setattr(session_mod.TrainingRun, "_on_step", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.undo()
-    assert load_state(tmp_path / "run" / "last.pt")["data_path"] == "device"
-    with pytest.raises(ValueError, match="trained on data_path='device'.*resolved data_path='auto' to 'workers'"):
-        train(cfg)

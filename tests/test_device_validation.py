@@ -81,7 +81,7 @@ def test_a_run_validates_alike_on_both_paths(synth, tmp_path, tiny_config, capsy
     monkeypatch.setattr(session_mod, "validate", on_device)
     runs["device"] = train(tiny_config(synth, tmp_path / "device" / "run", data_path="device", **kw))
     out = capsys.readouterr().out
-    assert "training data path: workers" in out and "training data path: device" in out
+    assert "feed plan: workers path" in out and "feed plan: device path" in out
     assert scoring == [{}, {"method": "torch", "device": torch.device("cpu")}]
     w, d = (tmp_path / p / "run" / "oof" for p in ("workers", "device"))
     for name in ("probs.npy", "truth.npy", "index.json"):

@@ -260,6 +260,45 @@ def test_torch_hausdorff_in_small_chunks_and_pruned(pair, chunk):
     assert_same(math.sqrt(sq) / scale / SQRT3, brute_hausdorff(*pair))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(volume_pairs(max_shape=(10, 20, 20)), st.integers(1, 2000))
+def test_torch_hausdorff_by_the_distance_transform_equals_brute_force(pair, chunk):
+    """The bounded route (an exact distance transform over the masks' box) forced for every
+    pair, its passes in chunks of a few lines, gives the brute force's distance."""
+    a, b = pair
+    assume(bool(a.any() and b.any()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device_hausdorff, "_TRANSFORM_SHARE", 10**18)  # no brute-force budget at all
+        sq, scale = max_sq_distance(torch.from_numpy(a), torch.from_numpy(b), chunk=chunk)
+    assert_same(math.sqrt(sq) / scale / SQRT3, brute_hausdorff(a, b))
+
+
+def test_noisy_predictions_take_the_bounded_route_with_the_same_value(monkeypatch):
+    """An early epoch's prediction, noise everywhere: the brute force would pair thousands
+    of voxels with thousands, the distance transform over the box is cheaper and gives
+    the same distance; a prediction a few voxels off keeps the brute force."""
+    rng = np.random.default_rng(0)
+    true = np.zeros((12, 40, 40), bool)
+    true[3:9, 10:30, 12:30] = True
+    noisy = rng.random(true.shape) < 0.2
+    noisy[3:9, 10:20, 12:30] = True  # half of the organ found
+    calls: list[tuple[int, ...]] = []
+    transform = device_hausdorff.distance_transform_sq
+
+    def spy(target, *args, **kwargs):
+        calls.append(tuple(target.shape))
+        return transform(target, *args, **kwargs)
+
+    monkeypatch.setattr(device_hausdorff, "distance_transform_sq", spy)
+    assert_same(hausdorff_3d(noisy, true, method="torch"), brute_hausdorff(noisy, true))
+    assert calls, "the noisy pair took the brute force"
+    calls.clear()
+    clean = true.copy()
+    clean[5, 15, 20], clean[0, 1, 2] = False, True
+    assert_same(hausdorff_3d(clean, true, method="torch"), brute_hausdorff(clean, true))
+    assert calls == []
+
+
 def test_torch_hausdorff_bad_arguments():
     with pytest.raises(ValueError, match=r"pred \(1, 1, 1\) and true \(1, 1, 2\)"):
         hausdorff_3d(np.ones((1, 1, 1)), np.ones((1, 1, 2)), method="torch")

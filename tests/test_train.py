@@ -21,11 +21,13 @@ from gi_utils.checkpoint import load_state
 from gi_utils.models import load_model
 from gi_utils.training import (
     EpochSampler,
+    LossTally,
     NonFiniteLossError,
     SeededSamples,
     TrainConfig,
     WarmupCosine,
     train,
+    train_one_epoch,
 )
 from gi_utils.training.cli import parse_args
 
@@ -178,6 +180,18 @@ def test_augmentation_seed_depends_on_seed_epoch_and_sample_only():
     assert ds[3] == forward[3]
 
 
+def test_views_sharing_a_dataset_draw_the_samples_of_a_fresh_one():
+    """A benchmark makes one view per worker count and batch size on one dataset: the
+    transform is wrapped once and every view draws what a view of a fresh dataset draws."""
+    fresh = SeededSamples(_Recorder(), seed=7)
+    expected = [fresh[j] for j in range(10)]
+    shared = _Recorder()
+    first, second = SeededSamples(shared, seed=7), SeededSamples(shared, seed=7)
+    assert [second[j] for j in range(10)] == expected
+    assert [first[j] for j in range(10)] == expected
+    assert SeededSamples(shared, seed=8)[3] != expected[3]  # the view's own seed
+
+
 # --------------------------------------------------------------------------- training runs
 def test_one_epoch_writes_all_files(synth_dir, tmp_path, tiny_config):
     out = tmp_path / "run"
@@ -236,6 +250,33 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_dir, tmp_pat
     state = load_state(out / "last.pt")
     assert state["n_batches"] == 1 and not state["finished"]
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_nan_is_caught_when_the_losses_are_read_back_naming_its_batch():
+    """The losses are read back every ``check_every`` batches (not every step, which makes
+    the host wait for the device): a NaN at batch 2 stops the epoch after batch 4."""
+    from accelerate import Accelerator
+
+    acc, model, loss = Accelerator(cpu=True), torch.nn.Conv2d(1, 1, 1), _NanOnSecondCall()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    batches = [(torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))] * 8
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at batch 2 \(batches 1-4 read back together\)"):
+        train_one_epoch(acc, model, batches, opt, sched, loss, progress=False, check_every=4)
+    assert loss.calls == 4
+
+
+def test_the_tally_sums_as_reading_each_loss_at_once():
+    """Read back together or one by one, the running sum is the same to the bit (resuming
+    from a checkpoint's sum stays exact)."""
+    losses = torch.rand(11, generator=torch.Generator().manual_seed(0)) * 3
+    at_once = 0.25
+    for value in losses:
+        at_once += float(value)
+    tally = LossTally(0.25, 7, every=4)
+    for k, value in enumerate(losses):
+        assert tally.add(value) == ((k + 1) % 4 == 0) and tally.n_batches == 8 + k
+    assert tally.loss_sum == at_once and tally.n_batches == 18
 
 
 @pytest.mark.slow
@@ -397,8 +438,8 @@ def test_ctrl_c_during_training_keeps_last_pt_and_the_next_run_resumes(synth_dir
     cfg = tiny_config(synth_dir, out, save_every_steps=1, max_steps_per_epoch=4)
     real = session_mod.TrainingRun._on_step
 
-    def interrupt_at_third(self, loss_sum, n_batches):
-        real(self, loss_sum, n_batches)
+    def interrupt_at_third(self, tally, n_batches):
+        real(self, tally, n_batches)
         if n_batches == 3:
             raise KeyboardInterrupt
 
@@ -432,8 +473,8 @@ def test_fp16_scaler_state_is_saved_and_restored_on_resume(synth_dir, tmp_path, 
     assert scaler_full and scaler_full["scale"] > 0  # a real scaler state, not None
     real = session_mod.TrainingRun._on_step
 
-    def stop_at_third(self, loss_sum, n_batches):
-        real(self, loss_sum, n_batches)
+    def stop_at_third(self, tally, n_batches):
+        real(self, tally, n_batches)
         if self.state["epoch"] == 1 and n_batches == 3:
             raise KeyboardInterrupt
 

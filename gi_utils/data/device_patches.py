@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gi_utils.data.cache import VolumeCache
-from gi_utils.data.device_batches import DeviceBatches
+from gi_utils.data.device_batches import DeviceBatches, host_copy
 from gi_utils.data.patches_3d import PatchDataset
 
 __all__ = ["DevicePatches"]
@@ -33,8 +33,9 @@ class DevicePatches:
         cache: the :class:`VolumeCache` it reads.
         device: where batches are made (``"cpu"`` works too: the tests use it).
         seed: the run's seed (positions are drawn with ``(seed, epoch, i)``).
-        resident: keep the slices on ``device``, or in (pinned, on CUDA) host memory with
-            asynchronous copies of each batch's slices, as :class:`DeviceBatches` does.
+        resident: keep the slices on ``device``, or in host memory with each batch's
+            slices gathered there and copied without waiting, as :class:`DeviceBatches`
+            does (:attr:`prefetch`: the host's part is worth running one batch ahead).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class DevicePatches:
         self.patches, self.seed = patches, int(seed)
         self.slices = DeviceBatches(patches.meta, cache, (0,), device, resident=resident)
         self.meta, self.device, self.depth = self.slices.meta, self.slices.device, patches.patch_depth
+        self.prefetch = self.slices.prefetch
         scans = patches.scans
         self.first = np.asarray(scans.first_row, dtype=np.int64)  # row of .meta where each scan starts
         self.length = np.asarray([d for _, _, d in scans.scans], dtype=np.int64)
@@ -69,19 +71,31 @@ class DevicePatches:
             ``(images float32 (N, 1, P, S, S), packed uint8 (N, P, S, S))`` on the device
             (S the patches' crop when they have one).
         """
+        return self.finish(self.stage(index, epoch))
+
+    def stage(self, index: torch.Tensor | np.ndarray, epoch: int = 0) -> tuple[torch.Tensor, ...]:
+        """The host's part of :meth:`gather`: the positions drawn, the slices' host part
+        (:meth:`DeviceBatches.stage`) and which slices lie inside their scan (N, P).
+        Never waits for the device; may run on another thread."""
         rows, inside = self.rows(np.asarray(index), epoch)
-        n, p = rows.shape
-        raw, packed = self.slices.raw(rows.reshape(-1))
+        c = self.patches.crop  # the worker path's in-plane crops (PatchDataset.crop_of), drawn here
+        corners = [self.patches.crop_of((self.seed, epoch, int(i)), int(i)) for i in np.asarray(index)] if c else []
+        return (*self.slices.stage(rows.reshape(-1)), host_copy(inside, self.device), corners)
+
+    def finish(self, staged: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's part of :meth:`gather`: the batch :meth:`stage` made, loaded, cut
+        into patches and padded."""
+        *part, inside, corners = staged
+        raw, packed = self.slices.load(tuple(part))
         images = raw.float() / 255 if self.slices.uint8 else raw.float()  # as PatchDataset (no float16 step)
-        s = self.slices.img_size
-        keep = torch.from_numpy(inside).to(images.device)
+        (n, p), s = inside.shape, self.slices.img_size
+        keep = inside.to(self.device, non_blocking=True)
         images = torch.where(keep[:, :, None, None], images.reshape(n, p, s, s), 0.0)[:, None]
         packed = torch.where(keep[:, :, None, None], packed.reshape(n, p, s, s), 0)
         c = self.patches.crop
-        if c:  # the worker path's in-plane crops (PatchDataset.crop_of)
-            at = [self.patches.crop_of((self.seed, epoch, int(i)), int(i)) for i in np.asarray(index)]
-            images = torch.stack([images[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(at)])
-            packed = torch.stack([packed[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(at)])
+        if c:  # each patch's window, its corner drawn on the host (no device read)
+            images = torch.stack([images[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(corners)])
+            packed = torch.stack([packed[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(corners)])
         return images, packed
 
     unpack = staticmethod(DeviceBatches.unpack)  # (N, P, S, S) -> float32 (N, 3, P, S, S)

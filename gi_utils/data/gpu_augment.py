@@ -17,8 +17,8 @@ albumentations names and arguments (:data:`GPU_ARGS`; ``augment_kwargs`` keeps t
   ``1 + U(-limit, limit)``, normalised to the side, a ``linspace`` per cell), linear
   between whole pixels where elastic distortion moves a coordinate off them.
 * ``ElasticTransform(alpha, sigma, approximate, p)``: a Gaussian noise field per axis,
-  divided by its largest magnitude, blurred by kornia's ``gaussian_blur2d`` (17x17 when
-  ``approximate``, as albumentations) and multiplied by ``alpha`` pixels.
+  divided by its largest magnitude, blurred by kornia's separable Gaussian (17x17 when
+  ``approximate``, as albumentations; replicated borders) and multiplied by ``alpha`` pixels.
 * ``RandomBrightnessContrast(brightness_limit, contrast_limit, p)`` (a number ``v`` is
   ``(-v, v)``, as for ``distort_limit``):
   ``clip(x * (1 + c) + b, 0, 1)``, ``c``, ``b`` uniform in the limits.
@@ -30,6 +30,13 @@ and resampled once (albumentations resamples three times, so the device images a
 little sharper), and a coordinate that grid or elastic distortion moves off the image is
 clamped to its edge (albumentations reflects); borders uncovered by the affine step are
 zero in both.
+
+No step waits for the device: every parameter is drawn for the whole batch (the noise
+fields of the elastic step too, whether a sample takes it or not: a fixed number of draws
+per batch), every step is computed for every sample and kept where the sample takes it
+(``torch.where``, never a boolean mask, whose count the host would have to read), and the
+blur's kernel is made once per device. On a GPU the next batch is queued while this one
+still runs.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d
+from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 from kornia.geometry.transform import get_affine_matrix2d
 
 from gi_utils.data.augment import default_train_specs
@@ -74,7 +81,7 @@ def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor
 def _randint(gen: torch.Generator, n: int, lo: torch.Tensor | int, hi: torch.Tensor | int) -> torch.Tensor:
     """Integers uniform in ``[lo, hi]`` (both inclusive, per element)."""
     u = torch.rand(n, generator=gen, device=gen.device)
-    return (lo + torch.floor(u * (torch.as_tensor(hi) - lo + 1))).long()
+    return (lo + torch.floor(u * (hi - lo + 1))).long()
 
 
 class GpuAugment:
@@ -117,6 +124,7 @@ class GpuAugment:
         self.alpha, self.sigma = float(el["alpha"]), float(el["sigma"])
         k = 17 if el.get("approximate", False) else 2 * math.ceil(4 * self.sigma) + 1
         self.kernel = min(k, 2 * (self.size // 2) - 1)
+        self._blur: dict[torch.device, torch.Tensor] = {}  # the blur's (1, kernel) taps, per device
         bc = specs["RandomBrightnessContrast"]
         self.brightness = _range(bc["brightness_limit"], 0.0, "RandomBrightnessContrast: brightness_limit")
         self.contrast = _range(bc["contrast_limit"], 0.0, "RandomBrightnessContrast: contrast_limit")
@@ -143,7 +151,8 @@ class GpuAugment:
             ``{"flip", "affine", "grid", "elastic", "bc", "dropout"}`` bool (n,) (applied);
             ``scale`` (n, 2), ``translate`` (n, 2) (fractions of S), ``rotate`` (n,) degrees;
             ``grid_steps`` (n, 2, num_steps + 1); ``contrast``, ``brightness`` (n,);
-            ``n_holes`` (n,) and ``holes`` (n, max_holes, 4) as (y, x, h, w) pixels.
+            ``n_holes`` (n,) and ``holes`` (n, max_holes, 4) as (y, x, h, w) pixels;
+            ``noise`` (n, 2, S, S) the elastic step's fields (x, y), drawn last.
         """
         s, p = self.size, self.p
         out = {name: torch.rand(n, generator=gen, device=gen.device) < p[key]
@@ -165,6 +174,7 @@ class GpuAugment:
         y = _randint(gen, n * m, 0, (s - h).clamp(min=0).flatten()).reshape(n, m)
         x = _randint(gen, n * m, 0, (s - w).clamp(min=0).flatten()).reshape(n, m)
         out["holes"] = torch.stack([y, x, h, w], -1)
+        out["noise"] = torch.randn(n, 2, s, s, generator=gen, device=gen.device)
         return out
 
     # ---------------------------------------------------------------- geometry
@@ -197,33 +207,35 @@ class GpuAugment:
         w = flat - lo
         return (table.gather(1, lo) * (1 - w) + table.gather(1, hi) * w).reshape(u.shape)
 
-    def _sampling_grid(self, prm: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
-        """(n, S, S, 2) normalised source coordinates: elastic, then grid, then affine."""
+    def _blurred(self, noise: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur of (n, 2, S, S) fields, replicated borders (the taps made once per device)."""
+        taps = self._blur.get(noise.device)
+        if taps is None:
+            taps = get_gaussian_kernel1d(self.kernel, self.sigma, device=noise.device, dtype=noise.dtype)
+            self._blur[noise.device] = taps
+        return filter2d_separable(noise, taps, taps, "replicate")
+
+    def _sampling_grid(self, prm: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(n, S, S, 2) normalised source coordinates: elastic, then grid, then affine, each
+        computed for every sample and kept where the sample takes it."""
         n, s, dev = len(prm["flip"]), self.size, prm["rotate"].device
         ys, xs = torch.meshgrid(torch.arange(s, device=dev, dtype=torch.float32),
                                 torch.arange(s, device=dev, dtype=torch.float32), indexing="ij")  # fmt: skip
-        x, y = xs.expand(n, s, s).clone(), ys.expand(n, s, s).clone()
-        el = prm["elastic"]
-        if el.any():
-            noise = torch.randn(int(el.sum()), 2, s, s, generator=gen, device=dev)
-            noise = noise / noise.flatten(1).abs().amax(1).clamp(min=1e-6)[:, None, None, None]
-            d = gaussian_blur2d(noise, (self.kernel, self.kernel), (self.sigma, self.sigma), "replicate") * self.alpha
-            x[el] += d[:, 0]
-            y[el] += d[:, 1]
-        x, y = x.clamp(0, s - 1), y.clamp(0, s - 1)
-        g = prm["grid"]
-        if g.any():
-            x[g] = self._grid_map(x[g], prm["grid_steps"][g, 0])
-            y[g] = self._grid_map(y[g], prm["grid_steps"][g, 1])
-            x, y = x.clamp(0, s - 1), y.clamp(0, s - 1)
-        a = prm["affine"]
-        if a.any():
-            c = torch.full((int(a.sum()), 2), (s - 1) / 2, device=dev)
-            fwd = get_affine_matrix2d(prm["translate"][a] * s, c, prm["scale"][a], prm["rotate"][a])
-            inv = torch.linalg.inv(fwd)[:, :2]  # output -> source
-            pts = torch.stack([x[a], y[a], torch.ones_like(x[a])], -1)  # (m, S, S, 3)
-            src = torch.einsum("mij,mhwj->mhwi", inv, pts)
-            x[a], y[a] = src[..., 0], src[..., 1]
+        x, y = xs.expand(n, s, s), ys.expand(n, s, s)
+        noise = prm["noise"]
+        noise = noise / noise.flatten(1).abs().amax(1).clamp(min=1e-6)[:, None, None, None]
+        d = self._blurred(noise) * self.alpha
+        el = prm["elastic"][:, None, None]
+        x, y = torch.where(el, x + d[:, 0], x).clamp(0, s - 1), torch.where(el, y + d[:, 1], y).clamp(0, s - 1)
+        g = prm["grid"][:, None, None]
+        gx, gy = self._grid_map(x, prm["grid_steps"][:, 0]), self._grid_map(y, prm["grid_steps"][:, 1])
+        x, y = torch.where(g, gx, x).clamp(0, s - 1), torch.where(g, gy, y).clamp(0, s - 1)
+        c = torch.full((n, 2), (s - 1) / 2, device=dev)
+        fwd = get_affine_matrix2d(prm["translate"] * s, c, prm["scale"], prm["rotate"])
+        inv = torch.linalg.inv_ex(fwd).inverse[:, :2]  # output -> source (inv_ex: no check read back)
+        src = torch.einsum("mij,mhwj->mhwi", inv, torch.stack([x, y, torch.ones_like(x)], -1))  # (n, S, S, 2)
+        a = prm["affine"][:, None, None]
+        x, y = torch.where(a, src[..., 0], x), torch.where(a, src[..., 1], y)
         return torch.stack([(2 * x + 1) / s - 1, (2 * y + 1) / s - 1], -1)
 
     # ---------------------------------------------------------------- apply
@@ -241,35 +253,23 @@ class GpuAugment:
             ``(images, packed, params)``: new tensors (the inputs are not changed) and
             the parameters :meth:`draw` drew.
         """
-        n = len(images)
-        prm = self.draw(n, gen)
+        prm = self.draw(len(images), gen)
         f = prm["flip"]
         images = torch.where(f[:, None, None, None], images.flip(-1), images)
         packed = torch.where(f[:, None, None], packed.flip(-1), packed)
         geo = prm["affine"] | prm["grid"] | prm["elastic"]
-        if geo.any():
-            sub = {k: v[geo] for k, v in prm.items()}
-            grid = self._sampling_grid(sub, gen)
-            images = images.clone()
-            images[geo] = F.grid_sample(images[geo], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            moved = F.grid_sample(packed[geo][:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                                  align_corners=False)  # fmt: skip
-            packed = packed.clone()
-            packed[geo] = moved[:, 0].round().to(torch.uint8)
-        bc = prm["bc"]
-        if bc.any():
-            images = images.clone() if not geo.any() else images
-            adj = images[bc] * prm["contrast"][bc, None, None, None] + prm["brightness"][bc, None, None, None]
-            images[bc] = adj.clamp(0, 1)
-        drop = prm["dropout"]
-        if drop.any():
-            s, dev = self.size, images.device
-            hl = prm["holes"][drop]  # (m, H, 4)
-            active = torch.arange(hl.shape[1], device=dev)[None] < prm["n_holes"][drop][:, None]
-            r = torch.arange(s, device=dev)
-            rows = (r[None, None] >= hl[..., :1]) & (r[None, None] < hl[..., :1] + hl[..., 2:3])  # (m, H, S)
-            cols = (r[None, None] >= hl[..., 1:2]) & (r[None, None] < hl[..., 1:2] + hl[..., 3:4])
-            hole = ((rows & active[..., None])[..., :, None] & cols[..., None, :]).any(1)  # (m, S, S)
-            images = images.clone() if not (geo.any() or bc.any()) else images
-            images[drop] = torch.where(hole[:, None], torch.full_like(images[drop], self.fill), images[drop])
+        grid = self._sampling_grid(prm)
+        warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        images = torch.where(geo[:, None, None, None], warped, images)
+        moved = F.grid_sample(packed[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        packed = torch.where(geo[:, None, None], moved[:, 0].round().to(torch.uint8), packed)
+        adj = (images * prm["contrast"][:, None, None, None] + prm["brightness"][:, None, None, None]).clamp(0, 1)
+        images = torch.where(prm["bc"][:, None, None, None], adj, images)
+        s, dev, hl = self.size, images.device, prm["holes"]  # (n, H, 4)
+        active = torch.arange(hl.shape[1], device=dev)[None] < prm["n_holes"][:, None]
+        r = torch.arange(s, device=dev)
+        rows = (r[None, None] >= hl[..., :1]) & (r[None, None] < hl[..., :1] + hl[..., 2:3])  # (n, H, S)
+        cols = (r[None, None] >= hl[..., 1:2]) & (r[None, None] < hl[..., 1:2] + hl[..., 3:4])
+        hole = ((rows & active[..., None])[..., :, None] & cols[..., None, :]).any(1)  # (n, S, S)
+        images = torch.where((hole & prm["dropout"][:, None, None])[:, None], self.fill, images)
         return images, packed, prm

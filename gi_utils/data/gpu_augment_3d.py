@@ -18,6 +18,10 @@ e.g. from ``(seed, epoch, batch)``), masks moved by nearest neighbour:
 Difference, by design: the resampling is torch's ``grid_sample`` (MONAI may use its own
 resampler), so interpolated values can differ in the last bits; the transforms and their
 parameters' laws are the same.
+
+No step waits for the device: the resampling is computed for every patch and kept where
+the patch takes the affine step (``torch.where``, never a boolean mask, whose count the
+host would have to read).
 """
 
 from __future__ import annotations
@@ -98,14 +102,12 @@ class GpuAugment3d:
         f = prm["flip"]
         images = torch.where(f[:, None, None, None, None], images.flip(-1), images)
         packed = torch.where(f[:, None, None, None], packed.flip(-1), packed)
-        a = prm["affine"]
-        if a.any():  # the slices of a patch are the channels of one 2-D resampling (images and packed
-            # are torch.where's new tensors: writing into them leaves the caller's batch alone)
-            img, msk = images[a][:, 0], packed[a].float()
-            grid = F.affine_grid(self.theta(prm["rotate"][a], prm["scale"][a]), list(img.shape), align_corners=False)
-            images[a] = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, None]
-            moved = F.grid_sample(msk, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            packed[a] = moved.round().to(torch.uint8)
+        a = prm["affine"]  # the slices of a patch are the channels of one 2-D resampling
+        grid = F.affine_grid(self.theta(prm["rotate"], prm["scale"]), list(images[:, 0].shape), align_corners=False)
+        warped = F.grid_sample(images[:, 0], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        images = torch.where(a[:, None, None, None, None], warped[:, None], images)
+        moved = F.grid_sample(packed.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        packed = torch.where(a[:, None, None, None], moved.round().to(torch.uint8), packed)
         gain = torch.where(prm["scale_intensity"], 1 + prm["factor"], torch.ones_like(prm["factor"]))
         shift = torch.where(prm["shift_intensity"], prm["offset"], torch.zeros_like(prm["offset"]))
         images = images * gain[:, None, None, None, None] + shift[:, None, None, None, None]

@@ -8,6 +8,7 @@ metric's (D, H, W, 3), ``1`` for a batch (N, 3, S, S), ``0`` for one sample (3, 
 
 from __future__ import annotations
 
+import functools
 from typing import TypeVar
 
 import cv2
@@ -26,11 +27,18 @@ PACK_BITS: tuple[int, ...] = tuple(1 << c for c in range(NUM_CLASSES))
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
+@functools.cache
+def _torch_bits(device: torch.device) -> torch.Tensor:
+    """:data:`PACK_BITS` as uint8 on ``device``, made once per device (a tensor built from
+    host values each call is a copy the host waits for on a GPU)."""
+    return torch.tensor(PACK_BITS, dtype=torch.uint8, device=device)
+
+
 def _bits(like: Array, ndim: int, axis: int) -> Array:
     shape = [1] * ndim
     shape[axis] = NUM_CLASSES
     if isinstance(like, torch.Tensor):
-        return torch.tensor(PACK_BITS, dtype=torch.uint8, device=like.device).reshape(shape)
+        return _torch_bits(like.device).reshape(shape)
     return np.asarray(PACK_BITS, dtype=np.uint8).reshape(shape)
 
 

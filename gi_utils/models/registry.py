@@ -34,7 +34,7 @@ from gi_utils.models.monai3d import (
 )
 from gi_utils.models.weights import load_encoder_file, local_weights_path
 
-__all__ = ["ARCHITECTURES", "ENCODER_STRIDE", "KINDS", "ArchSpec", "ARCH_SPECS", "arch_spec", "find_arch", "arch_names",
+__all__ = ["ARCHITECTURES", "CUDA_NONDETERMINISTIC", "ENCODER_STRIDE", "KINDS", "ArchSpec", "ARCH_SPECS", "arch_spec", "find_arch", "arch_names",
            "encoder_names", "check_encoder", "check_img_size", "build_model", "split_outputs"]  # fmt: skip
 
 #: Architecture name (as used in configs and on the command line) -> smp class. Every
@@ -56,6 +56,19 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 ENCODER_STRIDE: int = 32
 #: The kinds of model: 2.5D (neighbour slices as channels, one slice out) and 3-D.
 KINDS: tuple[str, ...] = ("2.5d", "3d")
+#: The ops of an architecture's training step (forward and backward, with a ResNet encoder)
+#: that have no deterministic CUDA kernel (``torch.use_deterministic_algorithms``' list,
+#: torch 2.14): its GPU runs, a resumed one too, may differ in the last bits. Read from the
+#: aten ops one step records (``tests/test_determinism.py``); unlisted architectures: none.
+CUDA_NONDETERMINISTIC: dict[str, tuple[str, ...]] = {
+    "deeplabv3plus": ("upsample_bilinear2d_backward",),
+    "deeplabv3": ("upsample_bilinear2d_backward",),
+    "fpn": ("upsample_bilinear2d_backward",),
+    "pspnet": ("_adaptive_avg_pool2d_backward", "upsample_bilinear2d_backward"),
+    "upernet": ("_adaptive_avg_pool2d_backward", "upsample_bilinear2d_backward"),
+    "segformer": ("upsample_bilinear2d_backward",),
+    "segresnet3d": ("upsample_trilinear3d_backward",),
+}
 
 
 @dataclass(frozen=True)
@@ -75,12 +88,16 @@ class ArchSpec:
             when :attr:`cls` is first asked for, :func:`gi_utils.models.monai3d.monai_class`).
         defaults: the class's arguments that ``model_kwargs`` override (3-D models;
             read, never changed: :meth:`settings` copies them).
+        cuda_nondeterministic: the ops of its training step with no deterministic CUDA
+            kernel (:data:`CUDA_NONDETERMINISTIC`); empty: with deterministic algorithms
+            on (:func:`gi_utils.training.seed_everything`) its CUDA runs repeat to the bit.
     """
 
     name: str
     kind: Literal["2.5d", "3d"]
     source: type[nn.Module] | str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    cuda_nondeterministic: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.name != self.name.lower():
@@ -96,6 +113,11 @@ class ArchSpec:
     def is_3d(self) -> bool:
         """True for a 3-D model (patches of slices, sliding-window prediction)."""
         return self.kind == "3d"
+
+    @property
+    def cuda_deterministic(self) -> bool:
+        """True when its training step on CUDA repeats to the bit (deterministic algorithms on)."""
+        return not self.cuda_nondeterministic
 
     @property
     def has_encoder(self) -> bool:
@@ -123,8 +145,10 @@ class ArchSpec:
 
 #: Every architecture, by name: the 2.5D smp ones, then the 3-D MONAI ones.
 ARCH_SPECS: dict[str, ArchSpec] = {
-    **{name: ArchSpec(name, "2.5d", cls) for name, cls in ARCHITECTURES.items()},
-    **{name: ArchSpec(name, "3d", cls, MONAI3D_DEFAULTS[name]) for name, cls in ARCHITECTURES_3D.items()},
+    **{name: ArchSpec(name, "2.5d", cls, cuda_nondeterministic=CUDA_NONDETERMINISTIC.get(name, ()))
+       for name, cls in ARCHITECTURES.items()},
+    **{name: ArchSpec(name, "3d", cls, MONAI3D_DEFAULTS[name], CUDA_NONDETERMINISTIC.get(name, ()))
+       for name, cls in ARCHITECTURES_3D.items()},
 }
 
 

@@ -4,12 +4,15 @@ loop with validation into out-of-fold files, and the multi-process launcher."""
 # Every public name of the stage, exported here only: each module's ``__all__``.
 from gi_utils.training.cli import *
 from gi_utils.training.config import *
+from gi_utils.training.determinism import *
 from gi_utils.training.device_feed import *
+from gi_utils.training.feed_plan import *
 from gi_utils.training.launcher import *
 from gi_utils.training.levers import *
 from gi_utils.training.loaders import *
 from gi_utils.training.loop import *
 from gi_utils.training.presets import *
+from gi_utils.training.probe import *
 from gi_utils.training.run_levers import *
 from gi_utils.training.sampler import *
 from gi_utils.training.scaling import *
@@ -19,10 +22,10 @@ from gi_utils.training.step import *
 from gi_utils.training.swa import *
 from gi_utils.training.tracking import *
 from gi_utils.training.validation import *
-from gi_utils.training import (cli, config, device_feed, launcher, levers, loaders, loop, presets, run_levers,
-    sampler, scaling, schedule, session, step, swa, tracking, validation)
+from gi_utils.training import (cli, config, determinism, device_feed, feed_plan, launcher, levers, loaders, loop,
+    presets, probe, run_levers, sampler, scaling, schedule, session, step, swa, tracking, validation)
 
-__all__ = [*cli.__all__, *config.__all__, *device_feed.__all__, *launcher.__all__, *levers.__all__, *loaders.__all__,
-    *loop.__all__, *presets.__all__, *run_levers.__all__, *sampler.__all__,
-    *scaling.__all__, *schedule.__all__, *session.__all__, *step.__all__, *swa.__all__, *tracking.__all__,
-    *validation.__all__]
+__all__ = [*cli.__all__, *config.__all__, *determinism.__all__, *device_feed.__all__, *feed_plan.__all__,
+    *launcher.__all__, *levers.__all__, *loaders.__all__, *loop.__all__, *presets.__all__, *probe.__all__,
+    *run_levers.__all__, *sampler.__all__, *scaling.__all__, *schedule.__all__, *session.__all__, *step.__all__,
+    *swa.__all__, *tracking.__all__, *validation.__all__]

@@ -26,7 +26,7 @@ from gi_utils.data.preprocess import RESIZE_MODES
 from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
 from gi_utils.models.registry import arch_names, check_encoder, check_img_size, find_arch
-from gi_utils.training.device_feed import DATA_PATHS
+from gi_utils.training.feed_plan import DATA_PATHS
 from gi_utils.training.levers import check_levers
 from gi_utils.training.scaling import LR_SCALING
 
@@ -77,6 +77,9 @@ class TrainConfig:
                           "body box, then resized: the 2nd/3rd places' body crop; mapped back at inference)")
     slice_offsets: tuple[int, ...] = _f((-2, 0, 2), "2.5D: neighbour slices stacked as channels")
     patch_depth: int = _f(32, "3-D: consecutive slices per training patch and per sliding window")
+    probe_size: bool = _f(False, "3-D on a GPU: batch_size and patch_depth from probe steps of the model, the "
+                          "largest of a short list that fits the free memory with a margin (printed, recorded); "
+                          "the values given on a CPU")
     patches_per_volume: int = _f(4, "3-D: training patches drawn from each scan per epoch")
     sw_overlap: float = _f(0.5, "3-D: overlap of the sliding windows along the slice axis (validation)")
     augment: bool = _f(True, "training augmentation (flips, affine, distortions, dropout)")
@@ -88,7 +91,7 @@ class TrainConfig:
     num_workers: int = _f(0, "DataLoader worker processes (2 on Kaggle/Colab)")
     data_path: str = _f("auto", "auto | device (the cache on the GPU, augmentation in batches there: kornia for 2.5D, "
                         "torch for 3-D patches) | workers (DataLoader workers, albumentations or MONAI); "
-                        "auto: device on CUDA when it fits")
+                        "auto: device on CUDA when the slices fit beside a probe step of the model")
     # optimisation
     epochs: int = _f(10, "epochs")
     batch_size: int = _f(16, "samples per step and process")
@@ -128,7 +131,7 @@ class TrainConfig:
     # bookkeeping
     out_dir: str = _f("runs/unet", "run folder (checkpoints, history, metrics, out-of-fold files)")
     seed: int = _f(42, "seed of weights, data order and augmentation")
-    deterministic: bool = _f(True, "deterministic cuDNN kernels")
+    deterministic: bool = _f(True, "deterministic kernels (torch, cuDNN, cuBLAS); docs/determinism.md: what repeats on CUDA")
     save_every_steps: int = _f(0, "also checkpoint every this many steps; 0: after each epoch only")
     resume: bool = _f(True, "continue from out_dir/last.pt when present")
     progress: bool = _f(True, "progress bars")

@@ -14,6 +14,15 @@ Randomness: the augmentation of global batch ``b`` of ``epoch`` draws from a
 at ``(epoch, b)`` sees the batches of an uninterrupted one on the same device. Several
 processes take the global batches in turn (process ``r`` of ``n``: ``r, r + n, ...``),
 as accelerate shards a DataLoader's batches.
+
+Which path a run takes, and whether its slices stay on the device or in host memory, is
+decided once where it starts: :mod:`gi_utils.training.feed_plan`.
+
+Waiting: a batch is made without reading anything back from the device (the augmentation
+keeps its steps with ``torch.where``, indices travel through pinned memory), so the host
+queues batch ``b + 1`` while the device still runs step ``b``; with the slices in host
+memory, the host's gather of batch ``b + 1`` runs on a side thread during step ``b``
+(:func:`~gi_utils.data.device_batches.ahead`).
 """
 
 from __future__ import annotations
@@ -23,48 +32,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from gi_utils.data.cache import VolumeCache
-from gi_utils.data.device_batches import DeviceBatches, device_nbytes
+from gi_utils.data.device_batches import DeviceBatches, ahead, to_device
 from gi_utils.data.device_patches import DevicePatches
 from gi_utils.data.gpu_augment import GpuAugment
 from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.training.sampler import EpochSampler
 
-__all__ = ["DATA_PATHS", "DEVICE_SHARE", "DeviceLoader", "DeviceValLoader", "batch_generator", "fits_on_device",
-           "resolve_data_path"]
-
-#: ``TrainConfig.data_path`` values: auto | device (data and augmentation on the device) |
-#: workers (DataLoader workers, albumentations per sample).
-DATA_PATHS: tuple[str, ...] = ("auto", "device", "workers")
-#: ``auto`` puts the data on a GPU when it takes at most this share of its free memory
-#: (the rest is the model's, the activations' and the optimizer's).
-DEVICE_SHARE: float = 0.5
-
-
-def resolve_data_path(data_path: str, device: torch.device, cache: VolumeCache | None, n_slices: int) -> str:
-    """``"device"`` or ``"workers"`` for a run (2.5D or 3-D: ``n_slices`` training slices).
-
-    ``auto``: the device path on CUDA when the bytes of the ``n_slices`` training (and 2.5D
-    validation) slices (:func:`device_nbytes`) are at most :data:`DEVICE_SHARE` of the
-    GPU's free memory; the worker path otherwise, on a CPU and without a cache. An
-    explicit value is kept (the config refuses ``device`` without a cache).
-    """
-    if data_path != "auto":
-        return data_path
-    if cache is None or device.type != "cuda":
-        return "workers"
-    return "device" if fits_on_device(cache, n_slices, device) else "workers"
-
-
-def fits_on_device(cache: VolumeCache, n_slices: int, device: torch.device) -> bool:
-    """True when ``n_slices`` of ``cache`` take at most :data:`DEVICE_SHARE` of the free
-    memory of a CUDA ``device`` (always on a CPU: there the host memory is the device's).
-    On the device path, slices that do not fit stay in pinned host memory
-    (:class:`DeviceBatches` with ``resident=False``)."""
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return device_nbytes(cache, n_slices) <= DEVICE_SHARE * free
+__all__ = ["DeviceLoader", "DeviceValLoader", "batch_generator"]
 
 
 def batch_generator(seed: int, epoch: int, batch: int, device: torch.device) -> torch.Generator:
@@ -109,7 +83,11 @@ class DeviceLoader:
 
     def batch(self, epoch: int, b: int, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Global batch ``b`` of ``epoch`` made of the rows ``index``."""
-        images, packed = self.data.gather(index, epoch)
+        return self._finish(epoch, b, self.data.stage(index, epoch))
+
+    def _finish(self, epoch: int, b: int, staged: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's part of global batch ``b``: loaded, augmented, masks unpacked."""
+        images, packed = self.data.finish(staged)
         if self.augment is not None:
             gen = batch_generator(self.seed, epoch, b, self.data.device)
             images, packed, _ = self.augment(images, packed, gen)
@@ -121,8 +99,14 @@ class DeviceLoader:
             raise ValueError(f"DeviceLoader: sampler.skip={skip} is not a whole number of batches of {bs}")
         order = self.sampler.indices(epoch)[skip:]
         first = skip // bs
-        for k in range(self.rank, len(self) * self.world, self.world):
-            yield self.batch(epoch, first + k, order[k * bs : (k + 1) * bs])
+        mine = range(self.rank, len(self) * self.world, self.world)
+
+        def stage(k: int) -> tuple[torch.Tensor, ...]:
+            return self.data.stage(order[k * bs : (k + 1) * bs], epoch)
+
+        staged = ahead(stage, mine) if self.data.prefetch else map(stage, mine)
+        for k, part in zip(mine, staged, strict=True):
+            yield self._finish(epoch, first + k, part)
 
 
 class DeviceValLoader:
@@ -149,4 +133,4 @@ class DeviceValLoader:
             index = torch.arange(b * bs, min(n, (b + 1) * bs)) if b < self.n_batches else torch.arange(min(n, bs))
             images, packed = self.data.gather(index)
             rows = index if b < self.n_batches else torch.full_like(index, -1)
-            yield images, self.data.unpack(packed), rows.to(self.data.device)
+            yield images, self.data.unpack(packed), to_device(rows, self.data.device)

@@ -1,5 +1,8 @@
-"""The data side of training: metadata, folds, cache, datasets and loaders for a
-:class:`~gi_utils.training.config.TrainConfig`, and the record of the run's split."""
+"""The data side of training: metadata, folds and cache of one fold
+(:func:`load_fold_data`), then datasets and loaders for a
+:class:`~gi_utils.training.config.TrainConfig` made as the run's
+:class:`~gi_utils.training.feed_plan.FeedPlan` says (:func:`load_train_data`), and the
+record of the run's split."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from gi_utils.data.augment import build_transforms, build_transforms_3d
 from gi_utils.data.cache import VolumeCache
 from gi_utils.data.dataset import SliceDataset
-from gi_utils.data.device_batches import DeviceBatches
+from gi_utils.data.device_batches import DeviceBatches, device_nbytes
 from gi_utils.data.device_patches import DevicePatches
 from gi_utils.data.folds import assign_folds, split_fold
 from gi_utils.data.gpu_augment import GpuAugment
@@ -26,15 +29,11 @@ from gi_utils.data.shm import batch_nbytes, check_shared_memory
 from gi_utils.data.tail import tail_slices
 from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.device_feed import (
-    DeviceLoader,
-    DeviceValLoader,
-    fits_on_device,
-    resolve_data_path,
-)
+from gi_utils.training.device_feed import DeviceLoader, DeviceValLoader
+from gi_utils.training.feed_plan import FeedPlan, decide_feed
 from gi_utils.training.sampler import EpochSampler, SeededSamples
 
-__all__ = ["TrainData", "load_train_data"]
+__all__ = ["FoldData", "TrainData", "load_fold_data", "load_train_data", "unprobed_plan"]
 
 
 class _Indexed(Dataset):
@@ -51,8 +50,36 @@ class _Indexed(Dataset):
 
 
 @dataclass
+class FoldData:
+    """The rows of one fold and the cache they are read from: what the feed is planned on
+    (:attr:`train_bytes`, :attr:`val_bytes`) before the loaders are made."""
+
+    data_dir: Path
+    train_meta: pd.DataFrame
+    val_meta: pd.DataFrame
+    cache: VolumeCache | None
+    is_3d: bool
+
+    @property
+    def train_bytes(self) -> int:
+        """Bytes of the training slices on the device path (:func:`device_nbytes`)."""
+        return device_nbytes(self.cache, len(self.train_meta)) if self.cache is not None else 0
+
+    @property
+    def val_bytes(self) -> int:
+        """Bytes of the validation slices on the device path (2.5D; a 3-D model validates
+        whole scans through its DataLoader)."""
+        return device_nbytes(self.cache, len(self.val_meta)) if self.cache is not None and not self.is_3d else 0
+
+    @property
+    def longest_val_scan(self) -> int:
+        """Slices of the longest validation scan (0 without validation)."""
+        return int(self.val_meta.groupby("case_day").size().max()) if len(self.val_meta) else 0
+
+
+@dataclass
 class TrainData:
-    """Datasets and loaders of one fold.
+    """Datasets and loaders of one fold, made as ``plan`` says.
 
     ``val_volumes``: case_day -> rows of ``val_ds``; ``split``: the record of which
     case-days train and which validate (written to the run folder as ``split.json``).
@@ -66,25 +93,24 @@ class TrainData:
     val_loader: DataLoader | DeviceValLoader | None
     val_volumes: dict[str, np.ndarray]
     split: dict[str, Any]
-    data_path: str = "workers"
+    plan: FeedPlan
+
+    @property
+    def data_path(self) -> str:
+        """``"device"`` or ``"workers"``: :attr:`FeedPlan.path`."""
+        return self.plan.path
 
 
-def load_train_data(
-    cfg: TrainConfig, num_processes: int = 1, device: torch.device | None = None, rank: int = 0
-) -> TrainData:
-    """Metadata, folds, cache, datasets and loaders for ``cfg`` (see :class:`TrainConfig`).
+def load_fold_data(cfg: TrainConfig) -> FoldData:
+    """Metadata, folds and cache of ``cfg``'s fold (see :class:`TrainConfig`).
 
     ``cfg.data_dir`` must be resolved already (:func:`gi_utils.training.train` does it once
-    where a run starts); folds are read from, or made once in, ``cfg.folds_dir``.
-    ``cfg.data_path`` is resolved here (:func:`resolve_data_path`, on ``device``: by
-    default CUDA when ``cfg.device`` wants it); on the device path ``train_loader`` is a
-    :class:`DeviceLoader` and the 2.5D ``val_loader`` a :class:`DeviceValLoader` for process
-    ``rank`` (the validation slices copied beside the training ones: resident when they
-    still fit, else in pinned host memory; a 3-D model validates whole scans through its
-    DataLoader).
+    where a run starts); folds are read from, or made once in, ``cfg.folds_dir``, and a
+    disk cache is built once in ``cfg.cache_dir`` (one process at a time: the caller's
+    ``main_process_first``).
     """
     if cfg.data_dir is None:
-        raise ValueError("load_train_data: cfg.data_dir is not resolved; train() resolves it")
+        raise ValueError("load_fold_data: cfg.data_dir is not resolved; train() resolves it")
     data_dir = Path(cfg.data_dir)
     runs_root = Path(cfg.out_dir).parent
     meta = build_metadata(data_dir, "train")
@@ -102,19 +128,49 @@ def load_train_data(
                                 dtype=cfg.cache_dtype, with_masks=cfg.cache_masks)  # fmt: skip
         except MemoryError as err:
             raise MemoryError(f"{err}; in TrainConfig: cache='disk' (or 'none')") from None
+    return FoldData(data_dir, train_meta, val_meta, cache, cfg.spec.is_3d)
+
+
+def unprobed_plan(cfg: TrainConfig, fold: FoldData) -> FeedPlan:
+    """The plan of ``cfg`` without a GPU's figures: ``workers`` as asked, ``device`` with
+    its slices resident, ``auto`` the workers (a run on a GPU plans with a probe step:
+    :func:`gi_utils.training.probe.plan_feed`)."""
+    return decide_feed(cfg.data_path, has_cache=fold.cache is not None, train_bytes=fold.train_bytes,
+                       val_bytes=fold.val_bytes)  # fmt: skip
+
+
+def load_train_data(
+    cfg: TrainConfig,
+    num_processes: int = 1,
+    device: torch.device | None = None,
+    rank: int = 0,
+    *,
+    plan: FeedPlan | None = None,
+    fold: FoldData | None = None,
+) -> TrainData:
+    """Datasets and loaders for ``cfg`` (see :class:`TrainConfig`), made as ``plan`` says.
+
+    ``fold``: :func:`load_fold_data` (read here when ``None``); ``plan``: the run's
+    :class:`FeedPlan` (``None``: :func:`unprobed_plan`). On the device path, on ``device``
+    (by default CUDA when ``cfg.device`` wants it), ``train_loader`` is a
+    :class:`DeviceLoader` and the 2.5D ``val_loader`` a :class:`DeviceValLoader` for process
+    ``rank`` (the slices resident or in host memory as the plan says; a 3-D model
+    validates whole scans through its DataLoader).
+    """
+    fold = fold if fold is not None else load_fold_data(cfg)
+    plan = plan if plan is not None else unprobed_plan(cfg, fold)
+    train_meta, val_meta, cache = fold.train_meta, fold.val_meta, fold.cache
     kw = {"cache": cache, "mode": cfg.resize_mode}
-    is_3d = cfg.spec.is_3d
+    is_3d = fold.is_3d
     if is_3d:  # 3-D: patches of slices; every patch is a sample (no empty-slice draw)
         train_ds = PatchDataset(train_meta, cache, cfg.patch_depth, build_transforms_3d(cfg.augment),
                                 cfg.patches_per_volume, crop=cfg.patch_size)  # fmt: skip
         empty, empty_fraction, unit = np.zeros(len(train_ds), bool), 1.0, "patches"
-        n_val = 0  # whole scans through a DataLoader, not the training path
     else:
         transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)
                      if cfg.augment else None)  # fmt: skip
         train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
         empty, empty_fraction, unit = train_ds.meta["empty"].to_numpy(), cfg.sample_empty_fraction, "slices"
-        n_val = len(val_meta)  # 2.5D validation reads the same path
     max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
     exclude = tail_slices(train_ds.meta, cfg.drop_tail) if cfg.drop_tail else None  # the 1st place's tail filter
     sampler = EpochSampler(empty, cfg.seed, empty_fraction, max_samples, exclude=exclude)
@@ -125,21 +181,14 @@ def load_train_data(
         )
     pin = cuda_wanted(cfg.device)
     device = device if device is not None else default_device(cfg.device)
-    data_path = resolve_data_path(cfg.data_path, device, cache, len(train_ds.meta) + n_val)
-    if data_path == "device" and cfg.data_path == "auto" and cfg.augment and cfg.augment_kwargs:
-        try:  # auto: overrides the device augmentation cannot honour keep the worker path
-            GpuAugment(cfg.img_size, cfg.augment_kwargs)
-        except (KeyError, ValueError):
-            data_path = "workers"
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": pin}
-    if data_path == "device":
-        resident = fits_on_device(cache, len(train_ds.meta), device)  # else: pinned host memory, asynchronous copies
+    if plan.path == "device":
         if is_3d:  # the worker path's patches, cut on the device
             augment = GpuAugment3d() if cfg.augment else None
-            on_device = DevicePatches(train_ds, cache, device, cfg.seed, resident=resident)
+            on_device = DevicePatches(train_ds, cache, device, cfg.seed, resident=plan.train_resident)
         else:
             augment = GpuAugment(cfg.img_size, cfg.augment_kwargs) if cfg.augment else None
-            on_device = DeviceBatches(train_meta, cache, cfg.slice_offsets, device, resident=resident)
+            on_device = DeviceBatches(train_meta, cache, cfg.slice_offsets, device, resident=plan.train_resident)
         train_loader = DeviceLoader(on_device, sampler, cfg.batch_size, augment, cfg.seed, rank, num_processes)
     else:
         if cfg.num_workers:  # processes on one machine share /dev/shm: fail with a message, not a bus error
@@ -157,9 +206,8 @@ def load_train_data(
         # validation batches travel as float16 images / uint8 masks (the cache's own values,
         # 4x fewer bytes between loader workers and the device) and are widened on the device
         val_ds = SliceDataset(val_meta, cfg.img_size, cfg.slice_offsets, None, compact=True, **kw)
-        if data_path == "device":  # the same slices and order, gathered from a copy on the device
-            resident = fits_on_device(cache, len(val_meta), device)
-            val_slices = DeviceBatches(val_meta, cache, cfg.slice_offsets, device, resident=resident)
+        if plan.path == "device":  # the same slices and order, gathered from a copy on the device
+            val_slices = DeviceBatches(val_meta, cache, cfg.slice_offsets, device, resident=plan.val_resident)
             val_loader = DeviceValLoader(val_slices, 2 * cfg.batch_size, rank, num_processes)
         else:
             val_loader = DataLoader(_Indexed(val_ds), batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw)
@@ -167,9 +215,9 @@ def load_train_data(
         codes = val_ds.meta["case_day"].to_numpy()
         volumes = {str(cd): np.flatnonzero(codes == cd) for cd in pd.unique(codes)}
     split = {
-        "data_dir": str(data_dir), "fold": cfg.fold, "n_folds": cfg.n_folds,
+        "data_dir": str(fold.data_dir), "fold": cfg.fold, "n_folds": cfg.n_folds,
         "folds_seed": cfg.folds_seed, "drop_bad_cases": cfg.drop_bad_cases,
         "train_case_days": sorted(train_meta["case_day"].unique().tolist()),
         "val_case_days": list(volumes),
     }  # fmt: skip
-    return TrainData(train_ds, val_ds, sampler, train_loader, val_loader, volumes, split, data_path)
+    return TrainData(train_ds, val_ds, sampler, train_loader, val_loader, volumes, split, plan)

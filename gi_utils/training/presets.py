@@ -102,11 +102,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: memory measured on the CPU and extrapolated (``python benchmarks/memory_3d.py``: SegResNet
 #: about 11.8 GB, UNet about 8.5 GB of a 13.6 GB budget = 16 GB x 0.85; not yet measured on
 #: a GPU). Today's ``gpu`` values (batches of 16 patches of 32x320x320) would need ~36 GB.
+#: Where a GPU is present the run measures instead (``probe_size``: probe steps of the model
+#: choose batch and depth from :data:`~gi_utils.training.feed_plan.SIZES_3D`); these values
+#: are the fallback.
 _GPU_3D: dict[str, dict[str, Any]] = {
-    "segresnet3d": {"weights": None, "batch_size": 2, "patch_depth": 32, "model_kwargs": {"init_filters": 16}},
+    "segresnet3d": {"weights": None, "batch_size": 2, "patch_depth": 32, "model_kwargs": {"init_filters": 16},
+                    "probe_size": True},
     "unet3d": {"weights": None, "batch_size": 4, "patch_depth": 64,
-               "model_kwargs": {"channels": [32, 64, 128, 256]}},
+               "model_kwargs": {"channels": [32, 64, 128, 256]}, "probe_size": True},
 }  # fmt: skip
+#: Sizes a preset's ``probe_size`` would choose: given by the user, they turn it off.
+_PROBED = ("batch_size", "patch_depth")
 
 #: Per-architecture overrides of a preset. In the CPU demo UNet and UNet++ use an encoder
 #: depth of 4 instead of 5 (dropping the deepest decoder level: UNet++'s nested decoder is
@@ -141,7 +147,7 @@ ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 TABLE_FIELDS: tuple[str, ...] = (
     "arch", "encoder", "weights", "model_kwargs", "img_size", "epochs", "max_steps_per_epoch",
     "batch_size", "lr", "slice_offsets", "loss", "sample_empty_fraction", "min_size", "amp",
-    "ema_decay", "channels_last", "cache", "cache_dtype", "cache_masks", "num_workers", "data_path", "n_folds", "patch_depth",
+    "ema_decay", "channels_last", "cache", "cache_dtype", "cache_masks", "num_workers", "data_path", "n_folds", "patch_depth", "probe_size",
 )  # fmt: skip
 
 
@@ -196,12 +202,16 @@ def preset_values(preset: str | None, arch: str = "unet") -> dict[str, Any]:
 def with_preset(preset: str | None, values: Mapping[str, Any]) -> dict[str, Any]:
     """The TrainConfig values of a run: ``preset``'s (for ``values['arch']``, else the
     default architecture), then ``values`` over them. The one merge of a preset: the
-    command line, ``02_train``'s parameters and :func:`preset_config` call it.
+    command line, ``02_train``'s parameters and :func:`preset_config` call it. A
+    ``batch_size`` or ``patch_depth`` in ``values`` turns a preset's ``probe_size`` off.
 
     Raises:
         ValueError: an unknown preset, listing the valid names.
     """
-    return {**preset_values(preset, str(values.get("arch", TrainConfig.arch))), **values}
+    merged = {**preset_values(preset, str(values.get("arch", TrainConfig.arch))), **values}
+    if merged.get("probe_size") and "probe_size" not in values and any(k in values for k in _PROBED):
+        merged["probe_size"] = False  # the user's batch_size / patch_depth, not the probe's
+    return merged
 
 
 def preset_config(preset: str | None = "smoke", **values: Any) -> TrainConfig:

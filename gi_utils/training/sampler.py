@@ -77,13 +77,17 @@ class _SampleSeededTransform:
 class SeededSamples(Dataset):
     """Training view of a dataset: index ``epoch * n + i`` -> sample ``i`` drawn with the
     seed ``(seed, epoch, i)``: a SliceDataset's albumentations augmentation, or what a
-    dataset with a ``seed_sample(key)`` method draws itself (the 3-D patches)."""
+    dataset with a ``seed_sample(key)`` method draws itself (the 3-D patches).
+
+    Several views may share one dataset (a benchmark's worker counts and batch sizes):
+    its transform is wrapped once, and each view sets the key before every sample."""
 
     def __init__(self, base: Dataset, seed: int) -> None:
         self.base, self.seed, self.n = base, int(seed), len(base)
         self.own_seed = hasattr(base, "seed_sample")
-        if not self.own_seed and getattr(base, "transform", None) is not None:
-            base.transform = _SampleSeededTransform(base.transform)
+        transform = getattr(base, "transform", None)
+        if not self.own_seed and transform is not None and not isinstance(transform, _SampleSeededTransform):
+            base.transform = _SampleSeededTransform(transform)
 
     def __len__(self) -> int:
         return self.n

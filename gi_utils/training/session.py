@@ -5,7 +5,7 @@ one epoch, validation, saving.
 
     run = TrainingRun(cfg)           # accelerator, seeds, last.pt read (not yet applied)
     with run.lock():                 # one writer per run folder
-        run.setup()                  # data, model, optimizer, schedule, weight average
+        run.setup()                  # data, model, the feed's plan, optimizer, schedule, ...
         run.restore()                # ... and last.pt applied to them
         while not run.done:
             run.end_epoch(run.train_epoch(), run.validate_epoch())
@@ -24,14 +24,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
@@ -44,7 +42,7 @@ from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_t
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
-from gi_utils.device import cuda_wanted, resolve_amp
+from gi_utils.device import cuda_wanted, device_name, resolve_amp
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.sliding_window import SlidingWindow
 from gi_utils.losses import build_loss
@@ -62,24 +60,18 @@ from gi_utils.models.run_folder import (
 )
 from gi_utils.runlock import run_lock
 from gi_utils.training.config import TrainConfig
-from gi_utils.training.loaders import load_train_data
+from gi_utils.training.determinism import seed_everything
+from gi_utils.training.feed_plan import FeedPlan
+from gi_utils.training.loaders import load_fold_data, load_train_data
+from gi_utils.training.probe import plan_feed
 from gi_utils.training.run_levers import RunLevers, build_run_model
 from gi_utils.training.scaling import effective_batch_size, effective_lr
 from gi_utils.training.schedule import WarmupCosine
-from gi_utils.training.step import NonFiniteLossError, train_one_epoch
+from gi_utils.training.step import LossTally, NonFiniteLossError, train_one_epoch
 from gi_utils.training.tracking import start_trackers, wandb_key
 from gi_utils.training.validation import sync_buffers, validate
 
-__all__ = ["TrainingRun", "make_accelerator", "seed_everything"]
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; with ``deterministic``, cuDNN picks fixed kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+__all__ = ["TrainingRun", "make_accelerator"]
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -133,14 +125,18 @@ class TrainingRun:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.last_path = self.out_dir / STATE_FILE
+        seed_everything(cfg.seed, cfg.deterministic)  # before CUDA starts (cuBLAS's workspace setting)
         self.acc = make_accelerator(cfg)
-        seed_everything(cfg.seed, cfg.deterministic)
         self.state: dict[str, Any] = {"epoch": 0, "loss_sum": 0.0, "n_batches": 0, "best_score": -math.inf,
                                       "best_epoch": -1, "bad_epochs": 0, "history": []}  # fmt: skip
         self.saved: dict[str, Any] | None = None
+        self.tally: LossTally | None = None  # the running loss in the middle of an epoch
         self.stopped_early = False
+        self.plan: FeedPlan | None = None  # the feed's plan: a resumed run's is the one it started with
         if cfg.resume and self.last_path.is_file():
             self.saved = load_state(self.last_path)
+            self.plan = FeedPlan.from_state(self.saved)
+            cfg = self.cfg = cfg.replace(**self.plan.config_sizes)  # 3-D sizes probed when it started
             _check_resumable(cfg, self.saved["config"], self.last_path)
             n = self.saved.get("num_processes", self.acc.num_processes)
             if not self.saved.get("finished") and n != self.acc.num_processes:
@@ -174,26 +170,33 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ state
     def setup(self) -> None:
-        """Data, model, optimizer, schedule and weight average, prepared by accelerate."""
+        """Data, model, the feed's plan, optimizer, schedule and weight average, prepared by accelerate."""
         cfg, acc = self.cfg, self.acc
         if acc.is_main_process:
             remove_stale_temps(self.out_dir)  # left by a run killed while writing a file
-            atomic_write_json(self.out_dir / CONFIG_FILE, cfg.to_dict())
         with acc.main_process_first():
-            self.data = load_train_data(cfg, acc.num_processes, acc.device, acc.process_index)
-        acc.print(f"training data path: {self.data.data_path}", flush=True)
+            fold = load_fold_data(cfg)
+        self.net = build_run_model(cfg, resuming=self.saved is not None)  # init_from an earlier run's weights
+        self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
+        self.layout = cfg.spec.memory_format if cfg.channels_last else torch.contiguous_format
+        if self.plan is None:  # a new run: planned by the main process (on a GPU: probe steps), shared
+            plan = (plan_feed(cfg, fold, self.net, self.loss_fn, acc.device, acc.mixed_precision, self.layout)
+                    if acc.is_main_process else None)  # fmt: skip
+            self.plan = broadcast_object_list([plan])[0] if acc.num_processes > 1 else plan
+            cfg = self.cfg = cfg.replace(**self.plan.config_sizes)
+        acc.print(self.plan.summary(), flush=True)
+        if acc.is_main_process:
+            atomic_write_json(self.out_dir / CONFIG_FILE, cfg.to_dict())
+        self.data = load_train_data(cfg, acc.num_processes, acc.device, acc.process_index, plan=self.plan, fold=fold)
         if acc.is_main_process:
             atomic_write_json(self.out_dir / SPLIT_FILE, self.data.split)
-        self.net = build_run_model(cfg, resuming=self.saved is not None)  # init_from an earlier run's weights
         lr = effective_lr(cfg.lr, acc.num_processes, cfg.grad_accum, cfg.scale_lr)
         if acc.num_processes * cfg.grad_accum > 1:
             acc.print(f"effective batch {effective_batch_size(cfg.batch_size, acc.num_processes, cfg.grad_accum)} "
                       f"({cfg.batch_size} x {acc.num_processes} processes x grad_accum {cfg.grad_accum}); "
                       f"peak lr {lr:.3g} (scale_lr={cfg.scale_lr})", flush=True)  # fmt: skip
-        self.layout = cfg.spec.memory_format if cfg.channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.layout)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-        self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
         model = torch.compile(self.net) if cfg.compile else self.net
         on_device = self.data.data_path == "device"  # batches made on the device: nothing to prepare
         val_prepared = self.validated and isinstance(self.data.val_loader, DataLoader)  # a DeviceValLoader: not
@@ -221,11 +224,6 @@ class TrainingRun:
         s = self.saved
         if s is None:
             return
-        path = s.get("data_path", "workers")  # the batches differ between the paths: resume on the same one
-        if path != self.data.data_path:
-            raise ValueError(f"{self.last_path} was trained on data_path={path!r}, this run resolved "
-                             f"data_path={self.cfg.data_path!r} to {self.data.data_path!r}: pass data_path={path!r}, "
-                             "or resume=False to start over")  # fmt: skip
         self.net.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
@@ -243,6 +241,8 @@ class TrainingRun:
     def checkpoint(self, finished: bool = False) -> None:
         """Write ``last.pt`` (main process), then let every process go on together."""
         acc, st = self.acc, self.state
+        if self.tally is not None:  # every process reads its losses back: a NaN stops all before saving
+            st.update(loss_sum=self.tally.loss_sum, n_batches=self.tally.n_batches)
         if acc.is_main_process:
             state = {
                 **st, "config": self.cfg.to_dict(), "finished": finished, "model": self.net.state_dict(),
@@ -250,7 +250,7 @@ class TrainingRun:
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
-                "data_path": self.data.data_path, **self.levers.state_dict(),
+                "feed_plan": self.plan.to_dict(), **self.levers.state_dict(),
             }  # fmt: skip
             check_room_for(self.last_path, state, "the training state")
             save_state(self.last_path, state)
@@ -260,8 +260,8 @@ class TrainingRun:
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ one epoch
-    def _on_step(self, loss_sum: float, n_batches: int) -> None:
-        self.state.update(loss_sum=loss_sum, n_batches=n_batches)
+    def _on_step(self, tally: LossTally, n_batches: int) -> None:
+        self.tally, self.state["n_batches"] = tally, n_batches
         if self.ema is not None:
             self.ema.update(self.net, step=int(self.scheduler.last_epoch))
         every = self.cfg.save_every_steps
@@ -288,7 +288,7 @@ class TrainingRun:
             raise NonFiniteLossError(
                 f"{err}; training stopped, last good checkpoint kept: {self.last_path}"
             ) from None
-        self.data.sampler.skip = 0
+        self.data.sampler.skip, self.tally = 0, None
         return {"epoch": epoch + 1, "step": int(self.scheduler.last_epoch),
                 "lr": float(self.scheduler.get_last_lr()[0]), "train_loss": loss_sum / max(n, 1)}  # fmt: skip
 
@@ -396,4 +396,5 @@ class TrainingRun:
             "samples_per_epoch": self.batches_per_epoch * cfg.batch_size * acc.num_processes,
             "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(acc.device) / 2**20
                                    if acc.device.type == "cuda" else None),
+            "device_name": device_name(acc.device), "feed_plan": self.plan.to_dict(),
         })  # fmt: skip
