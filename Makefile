@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast demo docs notebooks bench bench-smoke bench-scale gpu-check blend3d wheel kaggle lint clean
+.PHONY: venv test test-fast demo docs notebooks bench bench-smoke bench-scale gpu-check blend3d ablation wheel kaggle lint clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,13 @@ blend3d: venv
 	$(PY) -m gi_utils.pipeline cv --arch unet --folds 0 --preset demo --runs-dir runs/blend3d
 	$(PY) -m gi_utils.pipeline cv --arch segresnet3d --folds 0 --preset demo --runs-dir runs/blend3d
 	$(PY) -m gi_utils.pipeline select --runs-dir runs/blend3d
+
+# Each lever of docs/levers.md alone against the demo's UNet on fold 0 of the synthetic data, scored
+# with a paired bootstrap interval: runs/ablation/ablation.md (about 25 minutes on an idle 2-core
+# machine, estimated; LEVERS=3d_crops adds the 3-D rounds, about 25 more). A second call continues.
+LEVERS ?= all
+ablation: venv
+	$(PY) -m gi_utils.pipeline ablation --levers $(LEVERS)
 
 # The wheels a Kaggle or Colab notebook needs offline, flat in dist/wheels: gi_utils,
 # segmentation-models-pytorch and MONAI at the versions installed here (the Kaggle image has

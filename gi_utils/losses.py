@@ -2,13 +2,15 @@
 
 Every loss is a :class:`WeightedSumLoss` of :mod:`segmentation_models_pytorch.losses`
 terms (``SoftBCEWithLogitsLoss``, ``DiceLoss(mode="multilabel", from_logits=True)``,
-``TverskyLoss``); nothing is re-implemented here. Build one by name with
+``TverskyLoss``, ``LovaszLoss``); nothing is re-implemented here. Build one by name with
 :func:`build_loss`; the valid names are the keys of :data:`LOSSES`.
 
 Empty masks: smp's Dice and Tversky terms are computed per channel over the whole batch
 and a channel with no true pixel in the batch contributes 0, whatever is predicted. So
 false positives on empty slices are penalised only through the BCE term; a pure
-``"dice"`` or ``"tversky"`` loss ignores them.
+``"dice"`` or ``"tversky"`` loss ignores them. The Lovász hinge (``"bce_dice_lovasz"``, the
+3rd place's ComboLoss) treats the batch's three channels as one binary problem
+(smp's ``mode="multilabel"``, ``per_image=False``), so it sees empty channels too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss, TverskyLoss
+from segmentation_models_pytorch.losses import (
+    DiceLoss,
+    LovaszLoss,
+    SoftBCEWithLogitsLoss,
+    TverskyLoss,
+)
 from torch import nn
 
 __all__ = [
@@ -25,6 +32,7 @@ __all__ = [
     "build_loss",
     "bce_dice",
     "bce_tversky",
+    "bce_dice_lovasz",
     "bce",
     "dice",
     "tversky",
@@ -103,6 +111,27 @@ def bce_tversky(
     return WeightedSumLoss({"bce": (_bce(pos_weight), bce_weight), "tversky": (tv, tversky_weight)})
 
 
+def bce_dice_lovasz(
+    bce_weight: float = 0.5,
+    dice_weight: float = 0.5,
+    lovasz_weight: float = 1.0,
+    smooth: float = 0.0,
+    pos_weight: float | None = None,
+) -> WeightedSumLoss:
+    """``bce_weight * BCE + dice_weight * (1 - soft Dice) + lovasz_weight * Lovász hinge``:
+    the 3rd place's ComboLoss (BCE 0.5, Dice 0.5, Lovász 1). The Lovász term is smp's
+    ``LovaszLoss(mode="multilabel", per_image=False)``: one hinge over every pixel and
+    channel of the batch (it expects 0/1 targets; with MixUp's soft targets it takes
+    ``2 t - 1`` as the sign, as smp does)."""
+    return WeightedSumLoss(
+        {
+            "bce": (_bce(pos_weight), bce_weight),
+            "dice": (DiceLoss(mode="multilabel", from_logits=True, smooth=smooth), dice_weight),
+            "lovasz": (LovaszLoss(mode="multilabel", per_image=False, from_logits=True), lovasz_weight),
+        }
+    )
+
+
 def bce(pos_weight: float | None = None, smooth_factor: float | None = None) -> WeightedSumLoss:
     """Binary cross-entropy on logits (``smooth_factor``: label smoothing)."""
     return WeightedSumLoss({"bce": (_bce(pos_weight, smooth_factor), 1.0)})
@@ -130,6 +159,7 @@ def tversky(alpha: float = 0.3, beta: float = 0.7, gamma: float = 1.0) -> Weight
 LOSSES: dict[str, Callable[..., WeightedSumLoss]] = {
     "bce_dice": bce_dice,
     "bce_tversky": bce_tversky,
+    "bce_dice_lovasz": bce_dice_lovasz,
     "bce": bce,
     "dice": dice,
     "tversky": tversky,

@@ -97,3 +97,30 @@ def test_target_dtype_and_shape_checks():
     with pytest.raises(ValueError, match="'dice'"):
         build_loss("bce_dice", dice_weight=-1.0)
     assert "bce: 0.5" in repr(loss)
+
+
+# --------------------------------------------------------------------------- Lovász (3rd place's ComboLoss)
+def test_lovasz_hand_computed():
+    # zero logits: every hinge error is 1 - 0 = 1, so the loss is the Jaccard loss of
+    # predicting every pixel positive at the end of the sorted list: 1 - 0 / union = 1
+    logits, target = _half_and_one_pixel()
+    loss = build_loss("bce_dice_lovasz", bce_weight=0.0, dice_weight=0.0, lovasz_weight=1.0)
+    assert loss(logits, target).item() == pytest.approx(1.0)
+    # a margin of 2 on every pixel: errors 1 - 2 = -1 are clipped to 0
+    perfect = (2 * target - 1) * 2
+    assert loss(perfect, target).item() == pytest.approx(0.0)
+
+
+def test_lovasz_term_equals_smp_on_a_known_case():
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=gen)
+    target = (torch.rand(2, 3, 8, 8, generator=gen) > 0.7).float()
+    combo = build_loss("bce_dice_lovasz")
+    parts = combo.parts(logits, target)
+    smp_value = LovaszLoss(mode="multilabel", per_image=False)(logits, target)
+    assert parts["lovasz"].item() == pytest.approx(smp_value.item(), rel=1e-6)
+    expected = 0.5 * parts["bce"] + 0.5 * parts["dice"] + 1.0 * parts["lovasz"]
+    assert combo(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert combo.weights == {"bce": 0.5, "dice": 0.5, "lovasz": 1.0}

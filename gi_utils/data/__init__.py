@@ -5,6 +5,7 @@ datasets, and the check that the workers' shared memory fits."""
 
 # Every public name of the stage, exported here only: each module's ``__all__``.
 from gi_utils.data.augment import *
+from gi_utils.data.body_crop import *
 from gi_utils.data.cache import *
 from gi_utils.data.dataset import *
 from gi_utils.data.device_batches import *
@@ -18,15 +19,17 @@ from gi_utils.data.images import *
 from gi_utils.data.labels import *
 from gi_utils.data.layout import *
 from gi_utils.data.masks import *
+from gi_utils.data.mixing import *
 from gi_utils.data.names import *
 from gi_utils.data.patches_3d import *
 from gi_utils.data.preprocess import *
 from gi_utils.data.rle import *
 from gi_utils.data.shm import *
-from gi_utils.data import (augment, cache, dataset, device_batches, device_patches, errors, folds, gpu_augment,
-    gpu_augment_3d, holdout, images, labels, layout, masks, names, patches_3d, preprocess, rle, shm)
+from gi_utils.data.tail import *
+from gi_utils.data import (augment, body_crop, cache, dataset, device_batches, device_patches, errors, folds, gpu_augment,
+    gpu_augment_3d, holdout, images, labels, layout, masks, mixing, names, patches_3d, preprocess, rle, shm, tail)
 
-__all__ = [*augment.__all__, *cache.__all__, *dataset.__all__, *device_batches.__all__, *device_patches.__all__,
+__all__ = [*augment.__all__, *body_crop.__all__, *cache.__all__, *dataset.__all__, *device_batches.__all__, *device_patches.__all__,
     *errors.__all__, *folds.__all__, *gpu_augment.__all__, *gpu_augment_3d.__all__, *holdout.__all__,
-    *images.__all__, *labels.__all__, *layout.__all__, *masks.__all__, *names.__all__, *patches_3d.__all__,
-    *preprocess.__all__, *rle.__all__, *shm.__all__]
+    *images.__all__, *labels.__all__, *layout.__all__, *masks.__all__, *mixing.__all__, *names.__all__, *patches_3d.__all__,
+    *preprocess.__all__, *rle.__all__, *shm.__all__, *tail.__all__]

@@ -37,6 +37,7 @@ from gi_utils.atomic import (
     format_bytes,
 )
 from gi_utils.constants import CLASSES
+from gi_utils.data.body_crop import Box
 from gi_utils.data.errors import ImageReadError
 from gi_utils.data.images import iter_volumes, read_volume, slice_mask
 from gi_utils.data.layout import has_masks, sort_slices
@@ -47,6 +48,7 @@ from gi_utils.data.preprocess import (
     check_mode,
     intensity_clip,
     preprocess_volume_f16,
+    scan_box,
 )
 from gi_utils.progress import progress_bar
 
@@ -107,10 +109,11 @@ def cached_as(images: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     return images.astype(dtype, copy=False)
 
 
-def scan_packed_masks(rows: pd.DataFrame, img_size: int, mode: str) -> np.ndarray:
+def scan_packed_masks(rows: pd.DataFrame, img_size: int, mode: str, box: Box | None = None) -> np.ndarray:
     """Packed uint8 (len(rows), S, S) masks of ``rows`` decoded from their RLE and fitted to
-    (S, S), what the cache stores (and what a cache without masks is read as)."""
-    return np.stack([fit_packed_mask(pack_masks(slice_mask(r)), img_size, mode)
+    (S, S), what the cache stores (and what a cache without masks is read as); ``"crop"``
+    mode: the rows of one scan, cut to its body ``box``."""
+    return np.stack([fit_packed_mask(pack_masks(slice_mask(r)), img_size, mode, box)
                      for _, r in rows.iterrows()])  # fmt: skip
 
 
@@ -176,9 +179,11 @@ class VolumeCache:
         meta: :func:`gi_utils.data.build_metadata` table (train or test).
         img_size: S.
         cache_dir: folder for memory-mapped files; ``None`` keeps the arrays in memory.
-        mode: ``"resize"`` or ``"pad"`` (see :func:`preprocess_volume`).
+        mode: ``"resize"``, ``"pad"`` or ``"crop"`` (see :func:`preprocess_volume`; the
+            body box of each scan is kept in :attr:`boxes`).
         with_masks: store masks; default: when ``meta`` has the class columns. Without
-            them a dataset decodes each sample's masks from ``meta``'s RLE (cheap).
+            them a dataset decodes each sample's masks from ``meta``'s RLE (cheap; not in
+            ``"crop"`` mode, whose masks are cut to the box here).
         dtype: ``"float16"`` or ``"uint8"`` (:data:`CACHE_DTYPES`).
         max_memory_bytes: refuse an in-memory cache larger than this.
         progress: show the tqdm bar while building.
@@ -212,6 +217,7 @@ class VolumeCache:
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
         self.clips: dict[str, float] = {}
+        self.boxes: dict[str, Box] = {}  # "crop" mode: each scan's body box
         self._spans: dict[str, tuple[int, int]] = {}
         n, s = len(self.meta), self.img_size
         self.nbytes = cache_nbytes(n, s, dtype, self.with_masks)
@@ -249,12 +255,15 @@ class VolumeCache:
             hi = intensity_clip(vol)
             self.clips[case_day] = hi
             self._spans[case_day] = (start, len(rows))
-            images = preprocess_volume_f16(vol, self.img_size, self.mode, hi)
+            box = scan_box(vol, self.mode, hi)
+            if box is not None:
+                self.boxes[case_day] = box
+            images = preprocess_volume_f16(vol, self.img_size, self.mode, hi, box)
             if self.dtype == "uint8":
                 images = np.round(images.astype(np.float32) * _U8_SCALE).astype(np.uint8)
             put_images(slice(start, start + len(rows)), images)
             if put_masks is not None:
-                put_masks(slice(start, start + len(rows)), scan_packed_masks(rows, self.img_size, self.mode))
+                put_masks(slice(start, start + len(rows)), scan_packed_masks(rows, self.img_size, self.mode, box))
             bar.update(len(rows))
         bar.close()
 
@@ -305,7 +314,8 @@ class VolumeCache:
             w.close()
         index = {"key": self.key, "n": n, "img_size": s, "mode": self.mode,
                  "with_masks": self.with_masks, "ids": self.meta["id"].tolist(),
-                 "scans": {cd: [st, d, self.clips[cd]] for cd, (st, d) in self._spans.items()}}  # fmt: skip
+                 "scans": {cd: [st, d, self.clips[cd]] for cd, (st, d) in self._spans.items()},
+                 **({"boxes": self.boxes} if self.boxes else {})}  # fmt: skip
         with _naming(tmp / "index.json"):
             (tmp / "index.json").write_text(json.dumps(index))
         try:
@@ -323,6 +333,7 @@ class VolumeCache:
             return False
         self._spans = {cd: (int(v[0]), int(v[1])) for cd, v in index["scans"].items()}
         self.clips = {cd: float(v[2]) for cd, v in index["scans"].items()}
+        self.boxes = {cd: tuple(int(x) for x in b) for cd, b in index.get("boxes", {}).items()}
         return True
 
     # ---------------------------------------------------------------- access

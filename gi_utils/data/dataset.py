@@ -84,6 +84,8 @@ class SliceDataset(Dataset):
         compact: bool = False,
     ) -> None:
         check_mode(mode)
+        if mode == "crop" and cache is None:
+            raise ValueError("mode='crop' reads the cache (each scan's body box is found when it is built); pass cache=")
         if len(slice_offsets) == 0 or not all(
             isinstance(o, (int, np.integer)) for o in slice_offsets
         ):

@@ -68,7 +68,8 @@ class DevicePatches:
         """The patches ``index`` of ``epoch`` without augmentation.
 
         Returns:
-            ``(images float32 (N, 1, P, S, S), packed uint8 (N, P, S, S))`` on the device.
+            ``(images float32 (N, 1, P, S, S), packed uint8 (N, P, S, S))`` on the device
+            (S the patches' crop when they have one).
         """
         return self.finish(self.stage(index, epoch))
 
@@ -77,18 +78,24 @@ class DevicePatches:
         (:meth:`DeviceBatches.stage`) and which slices lie inside their scan (N, P).
         Never waits for the device; may run on another thread."""
         rows, inside = self.rows(np.asarray(index), epoch)
-        return (*self.slices.stage(rows.reshape(-1)), host_copy(inside, self.device))
+        c = self.patches.crop  # the worker path's in-plane crops (PatchDataset.crop_of), drawn here
+        corners = [self.patches.crop_of((self.seed, epoch, int(i)), int(i)) for i in np.asarray(index)] if c else []
+        return (*self.slices.stage(rows.reshape(-1)), host_copy(inside, self.device), corners)
 
     def finish(self, staged: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """The device's part of :meth:`gather`: the batch :meth:`stage` made, loaded, cut
         into patches and padded."""
-        *part, inside = staged
+        *part, inside, corners = staged
         raw, packed = self.slices.load(tuple(part))
         images = raw.float() / 255 if self.slices.uint8 else raw.float()  # as PatchDataset (no float16 step)
         (n, p), s = inside.shape, self.slices.img_size
         keep = inside.to(self.device, non_blocking=True)
         images = torch.where(keep[:, :, None, None], images.reshape(n, p, s, s), 0.0)[:, None]
         packed = torch.where(keep[:, :, None, None], packed.reshape(n, p, s, s), 0)
+        c = self.patches.crop
+        if c:  # each patch's window, its corner drawn on the host (no device read)
+            images = torch.stack([images[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(corners)])
+            packed = torch.stack([packed[k, ..., y : y + c, x : x + c] for k, (y, x) in enumerate(corners)])
         return images, packed
 
     unpack = staticmethod(DeviceBatches.unpack)  # (N, P, S, S) -> float32 (N, 3, P, S, S)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gi_utils.constants import NUM_CLASSES
+from gi_utils.data.body_crop import Box
 from gi_utils.data.preprocess import check_mode, fit_slice
 
 __all__ = ["PACK_BITS", "pack_masks", "unpack_masks", "fit_packed_mask", "preprocess_mask"]
@@ -65,20 +66,22 @@ def unpack_masks(packed: Array, axis: int = -1) -> Array:
     return (np.expand_dims(np.asarray(packed), axis) & _bits(packed, ndim, axis)) != 0
 
 
-def fit_packed_mask(packed: np.ndarray, img_size: int, mode: str) -> np.ndarray:
-    """Fit one packed uint8 (H, W) mask to (S, S) with nearest neighbour (or centre padding)."""
-    return fit_slice(packed, img_size, mode, cv2.INTER_NEAREST_EXACT)
+def fit_packed_mask(packed: np.ndarray, img_size: int, mode: str, box: Box | None = None) -> np.ndarray:
+    """Fit one packed uint8 (H, W) mask to (S, S) with nearest neighbour (or centre padding;
+    ``"crop"`` mode: cut to its scan's body ``box`` first)."""
+    return fit_slice(packed, img_size, mode, cv2.INTER_NEAREST_EXACT, box)
 
 
-def preprocess_mask(mask: np.ndarray, img_size: int, mode: str = "resize") -> np.ndarray:
+def preprocess_mask(mask: np.ndarray, img_size: int, mode: str = "resize", box: Box | None = None) -> np.ndarray:
     """Fit a scan's masks to (S, S) with nearest neighbour.
 
     Args:
         mask: bool (D, H, W, 3) as :func:`gi_utils.data.images.read_volume_mask` returns.
+        box: ``"crop"`` mode: the scan's body box.
 
     Returns:
         bool (D, 3, S, S), channels in :data:`~gi_utils.constants.CLASSES` order.
     """
     check_mode(mode)
     packed = pack_masks(mask)
-    return unpack_masks(np.stack([fit_packed_mask(p, img_size, mode) for p in packed]), axis=1)
+    return unpack_masks(np.stack([fit_packed_mask(p, img_size, mode, box) for p in packed]), axis=1)

@@ -11,7 +11,9 @@ Training (:class:`PatchDataset`): ``patches_per_volume`` samples per scan and ep
 a slice with an organ, as nnU-Net oversamples foreground. Where the patch lands and its
 augmentation are drawn from a generator seeded by ``seed_sample((seed, epoch, i))``
 (:class:`gi_utils.training.sampler.SeededSamples` calls it), so resuming is exact.
-A scan shorter than the patch is padded at its end with zeros.
+A scan shorter than the patch is padded at its end with zeros. With ``crop`` (the 1st
+place's small 3-D crops, ``TrainConfig.patch_size``) a patch is a ``crop`` x ``crop``
+window of the slices, placed uniformly (:meth:`PatchDataset.crop_of`, seeded the same way).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def _plain(x) -> torch.Tensor:
 
 class PatchDataset(Dataset):
     """3-D training samples: ``dataset[i]`` -> ``(image float32 (1, P, S, S), mask float32
-    (3, P, S, S))`` of scan ``i // patches_per_volume`` (see the module docstring).
+    (3, P, S, S))`` of scan ``i // patches_per_volume`` (see the module docstring; with
+    ``crop``, (1, P, crop, crop) and (3, P, crop, crop)).
 
     Args:
         meta: whole scans (e.g. one fold's training cases).
@@ -85,10 +88,11 @@ class PatchDataset(Dataset):
         transform: :func:`gi_utils.data.augment.build_transforms_3d` (or ``None``).
         patches_per_volume: samples per scan and epoch.
         foreground: share of patches centred on a slice with an organ.
+        crop: in-plane side of the patches, a window of the (S, S) slices; 0: all of them.
     """
 
     def __init__(self, meta: pd.DataFrame, cache: VolumeCache, patch_depth: int, transform=None,
-                 patches_per_volume: int = 4, foreground: float = FOREGROUND_OVERSAMPLE) -> None:  # fmt: skip
+                 patches_per_volume: int = 4, foreground: float = FOREGROUND_OVERSAMPLE, crop: int = 0) -> None:  # fmt: skip
         if patch_depth < 1 or patches_per_volume < 1:
             raise ValueError(f"patch_depth ({patch_depth}) and patches_per_volume ({patches_per_volume}) must be >= 1")
         self.scans = _CachedScans(meta, cache)
@@ -96,6 +100,9 @@ class PatchDataset(Dataset):
         self.patch_depth, self.per_volume, self.foreground = int(patch_depth), int(patches_per_volume), foreground
         self.transform = transform
         self.key: tuple[int, ...] = (0, 0, 0)
+        if not 0 <= crop <= self.img_size:
+            raise ValueError(f"crop={crop} must be in 0..img_size ({self.img_size}); 0 is the whole slice")
+        self.crop = int(crop)
 
     def __len__(self) -> int:
         return len(self.scans.scans) * self.per_volume
@@ -121,6 +128,13 @@ class PatchDataset(Dataset):
         seq = np.random.SeedSequence([*key, int(i)])
         return self.start_of(int(i) // self.per_volume, np.random.default_rng(seq)), seq
 
+    def crop_of(self, key: tuple[int, ...], i: int) -> tuple[int, int]:
+        """Top-left corner ``(y, x)`` of patch ``i``'s crop, uniform, drawn with the seed
+        ``key`` (``(seed, epoch, i)``) apart from its position and augmentation."""
+        room = self.img_size - self.crop
+        rng = np.random.default_rng(np.random.SeedSequence([*key, int(i), 1]))
+        return int(rng.integers(0, room + 1)), int(rng.integers(0, room + 1))
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} patches")
@@ -131,6 +145,10 @@ class PatchDataset(Dataset):
         mask = np.zeros((3, self.patch_depth, self.img_size, self.img_size), np.float32)
         image[0, : b - a] = self.scans.images(v, a, b)
         mask[:, : b - a] = unpack_masks(self.scans.packed(v, a, b), axis=0)
+        if self.crop:
+            y, x = self.crop_of(self.key, i)
+            image = np.ascontiguousarray(image[..., y : y + self.crop, x : x + self.crop])
+            mask = np.ascontiguousarray(mask[..., y : y + self.crop, x : x + self.crop])
         if self.transform is None:
             return torch.from_numpy(image), torch.from_numpy(mask)
         self.transform.set_random_state(seed=int(seq.generate_state(1)[0]))

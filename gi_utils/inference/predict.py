@@ -27,7 +27,7 @@ from torch import nn
 
 from gi_utils.constants import NUM_CLASSES
 from gi_utils.data.images import iter_volumes, read_volume
-from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size
+from gi_utils.data.preprocess import NORM_VERSION, preprocess_volume, restore_size, scan_box
 from gi_utils.device import default_device, inference_autocast
 from gi_utils.inference.blending import blend
 from gi_utils.inference.sliding_window import SlidingWindow, predict_probs_3d
@@ -183,12 +183,13 @@ def predict_volume(
         return p
 
     for (size, mode, offsets), ks in groups.items():  # one part of the blend per input: one resize back
-        pre = preprocess_volume(vol, size, mode)
+        box = scan_box(vol, mode)  # "crop" mode: the scan's body box, both ways
+        pre = preprocess_volume(vol, size, mode, box=box)
         images = stack_slices(pre, offsets) if offsets is not None else None
         # the weights are checked before the first model runs
         part, _ = blend(((run(k, pre, images) if k in ks else None, None) for k in range(len(models))), weights,
                         n=len(models))  # fmt: skip
-        total += restore_size(np.moveaxis(part, 1, -1), vol.shape[1:], mode)  # weighted sum
+        total += restore_size(np.moveaxis(part, 1, -1), vol.shape[1:], mode, box)  # weighted sum
     return total, blend([(None, g) for g in gates], weights)[1]
 
 

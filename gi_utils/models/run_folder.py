@@ -23,7 +23,7 @@ from typing import Any
 from gi_utils.models.registry import find_arch
 
 __all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "OOF_STAGING_DIR", "HISTORY_FILE", "METRICS_FILE",
-           "FINISHED_FILES", "GATE_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",
+           "FINISHED_FILES", "GATE_SUFFIX", "CLS_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",
            "model_stem", "run_name", "stem_of_run", "resume_differences"]  # fmt: skip
 
 CONFIG_FILE = "config.json"
@@ -40,6 +40,8 @@ FINISHED_FILES = (CONFIG_FILE, SPLIT_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FIL
 
 #: The suffix of a model trained with a classifier gate (in :func:`model_stem`).
 GATE_SUFFIX = "_gate"
+#: The suffix of a classifier-only run (``seg_weight=0``: the 3rd place's classification model).
+CLS_SUFFIX = "_cls"
 _FOLD_SUFFIX = re.compile(r"_fold(\d+|all)$")
 
 #: ``TrainConfig`` fields that do not change a run's numbers, only where its files live,
@@ -62,7 +64,8 @@ def _settings(config: Any) -> Mapping[str, Any]:
 
 def model_stem(config: Any) -> str:
     """One model's name, whatever the fold: ``unet_resnet18_128px`` (``_gate`` with a
-    classifier gate; ``segresnet3d_128px`` for a 3-D model, which has no encoder).
+    classifier gate, ``_gate_cls`` for a classifier-only run; ``segresnet3d_128px`` for a
+    3-D model, which has no encoder).
 
     Args:
         config: a ``TrainConfig`` or its dict (a run's ``config.json``; one written
@@ -71,7 +74,8 @@ def model_stem(config: Any) -> str:
     c = _settings(config)
     spec = find_arch(c["arch"])  # a 3-D model has no encoder to name
     label = c["arch"] if spec is not None and not spec.has_encoder else f"{c['arch']}_{c['encoder']}"
-    return f"{label}_{c['img_size']}px{GATE_SUFFIX if c.get('gate') else ''}"
+    cls = CLS_SUFFIX if c.get("seg_weight", 1) == 0 else ""
+    return f"{label}_{c['img_size']}px{GATE_SUFFIX if c.get('gate') else ''}{cls}"
 
 
 def run_name(config: Any, fold: int | None = None) -> str:

@@ -16,7 +16,8 @@ from torch import nn
 
 from gi_utils.checkpoint import CheckpointError
 
-__all__ = ["LOCAL_SUFFIXES", "HEAD_PREFIXES", "local_weights_path", "read_state_dict", "load_encoder_file"]
+__all__ = ["LOCAL_SUFFIXES", "HEAD_PREFIXES", "local_weights_path", "read_state_dict", "load_encoder_file",
+           "load_encoder_state"]
 
 #: File endings that mark ``weights`` as a path rather than a named weight set.
 LOCAL_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin")
@@ -71,7 +72,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_encoder_file(encoder: nn.Module, path: Path) -> None:
     """Load a local state dict into ``encoder``; prefixes and classifier heads tolerated."""
-    state = read_state_dict(path)
+    load_encoder_state(encoder, read_state_dict(path), f"weights file {path}")
+
+
+def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``encoder`` as :func:`load_encoder_file` does (``source`` names
+    it in errors): ``module.``/``encoder.`` prefixes and classifier heads tolerated, a
+    first convolution for another number of channels adapted (timm's ``adapt_input_conv``).
+
+    Raises:
+        ValueError: a tensor of another shape, or tensors missing or unknown (counted and
+            the first named): weights of another encoder.
+    """
     own = encoder.state_dict()
     fixed: dict[str, torch.Tensor] = {}
     extra: list[str] = []
@@ -89,14 +101,14 @@ def load_encoder_file(encoder: nn.Module, path: Path) -> None:
             value = timm.models.adapt_input_conv(target.shape[1], value)
         if value.shape != target.shape:
             raise ValueError(
-                f"weights file {path}: {key} has shape {tuple(value.shape)}, the encoder "
+                f"{source}: {key} has shape {tuple(value.shape)}, the encoder "
                 f"expects {tuple(target.shape)}; is it for another encoder?"
             )
         fixed[key] = value
     missing = [k for k in own if k not in fixed and not k.endswith("num_batches_tracked")]
     if missing or extra:
         raise ValueError(
-            f"weights file {path} does not fit this encoder: {len(missing)} tensors missing "
+            f"{source} does not fit this encoder: {len(missing)} tensors missing "
             f"(first: {missing[:3]}), {len(extra)} unknown (first: {extra[:3]}); "
             "is it for another encoder?"
         )

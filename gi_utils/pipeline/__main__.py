@@ -6,6 +6,8 @@
     python -m gi_utils.pipeline notebooks       # copy the setup cell into every notebook, execute them
     python -m gi_utils.pipeline cv --arch unet --folds all --preset demo -p epochs 6
                                                 # every fold of one architecture (resumable)
+    python -m gi_utils.pipeline ablation --levers all   # make ablation: each lever of docs/levers.md
+                                                # against the demo baseline on fold 0 (synthetic data)
     python -m gi_utils.pipeline select --runs-dir runs/blend3d
                                                 # 03's choice: every model and blend on OOF scores
     python -m gi_utils.pipeline holdout --data-dir DATA --holdout-cases 5 --out DATA_HOLDOUT
@@ -21,6 +23,7 @@ import sys
 
 from gi_utils.data.holdout import make_holdout, solution_path
 from gi_utils.paths import default_runs_dir
+from gi_utils.pipeline.ablation import run_ablation
 from gi_utils.pipeline.cv import cross_validate, parse_overrides
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.pipeline.docs import publish_docs
@@ -35,7 +38,7 @@ from gi_utils.report.selection import BEST_CONFIG_NAME, select, write_best_confi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gi_utils.pipeline",
                                      description="The notebook series as a pipeline.")  # fmt: skip
-    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "select", "holdout", "kaggle"],
+    parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "select", "holdout", "kaggle", "ablation"],
                         help="demo (default): run the series; docs: publish the last demo's results; "
                         "notebooks: copy the setup cell into every notebook and execute them")  # fmt: skip
     parser.add_argument("--runs-dir", default=None, help="folder of run folders (default: runs/)")
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a TrainConfig field, e.g. -p img_size 128 (cv; repeatable)")  # fmt: skip
     cv.add_argument("--final", action="store_true", help="then train on all cases for the mean best epoch (cv)")
+    cv.add_argument("--levers", default="all", help="'all' or a comma-separated list of docs/levers.md's levers "
+                    "(ablation; 3d_crops by name); --preset, -p, --runs-dir, --data-dir also apply")  # fmt: skip
     cv.add_argument("--num-processes", type=int, default=1, help="processes per run (cv)")
     hold = parser.add_argument_group("holdout: a scored hold-out made of training cases")
     hold.add_argument("--data-dir", default="", help="the data root (cv, holdout)")
@@ -67,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = cross_validate(args.arch, args.folds, args.preset, parse_overrides(args.p), runs_dir=args.runs_dir,
                                  data_dir=args.data_dir, num_processes=args.num_processes, final=args.final)  # fmt: skip
         print({k: v for k, v in summary.items() if k != "folds"})
+        return 0
+    if args.command == "ablation":  # each lever against the baseline, fold 0 (docs/levers.md)
+        folds = [int(f) for f in args.folds.split(",")] if args.folds != "all" else [0]
+        table = run_ablation(args.preset, args.levers, parse_overrides(args.p), fold=folds[0], runs_dir=args.runs_dir,
+                             data_dir=args.data_dir, num_processes=args.num_processes)  # fmt: skip
+        print(table.to_string(index=False))
         return 0
     if args.command == "select":  # what 03_compare chooses, from a shell
         runs_root = default_runs_dir(args.runs_dir)

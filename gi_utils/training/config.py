@@ -27,6 +27,7 @@ from gi_utils.device import AMP_MODES, DEVICES
 from gi_utils.losses import LOSSES
 from gi_utils.models.registry import arch_names, check_encoder, check_img_size, find_arch
 from gi_utils.training.feed_plan import DATA_PATHS
+from gi_utils.training.levers import check_levers
 from gi_utils.training.scaling import LR_SCALING
 
 __all__ = ["CACHE_MODES", "LOGGERS", "TrainConfig"]
@@ -72,7 +73,8 @@ class TrainConfig:
     folds_dir: str | None = _f(None, "folder of the folds files; None: <out_dir>/../folds")
     drop_bad_cases: bool = _f(True, "drop the case-days with known annotation problems")
     img_size: int = _f(128, "model input side in pixels, a multiple of 32 (320-384 on a GPU)")
-    resize_mode: str = _f("resize", "resize (stretch each slice to img_size) or pad (centred)")
+    resize_mode: str = _f("resize", "resize (stretch each slice to img_size), pad (centred) or crop (to the scan's "
+                          "body box, then resized: the 2nd/3rd places' body crop; mapped back at inference)")
     slice_offsets: tuple[int, ...] = _f((-2, 0, 2), "2.5D: neighbour slices stacked as channels")
     patch_depth: int = _f(32, "3-D: consecutive slices per training patch and per sliding window")
     probe_size: bool = _f(False, "3-D on a GPU: batch_size and patch_depth from probe steps of the model, the "
@@ -109,6 +111,20 @@ class TrainConfig:
     threshold: float = _f(0.5, "probability threshold of validation and the default post-processing")
     min_size: int = _f(0, "remove predicted components under this many pixels (at img_size) before scoring")
     patience: int = _f(0, "early stop after this many epochs without a better score; 0 is off")
+    # the levers of the top solutions (docs/levers.md: who used each, what they reported)
+    drop_tail: int = _f(0, "leave out of training the N slices past each scan's last annotated one (the 1st "
+                        "place's splits_notail: 5); 2.5D only; 0 is off")
+    mix: str = _f("none", "none | cutmix | mixup | cutmix_mixup: mix a batch with a shuffled copy of itself, "
+                  "masks as images (the 3rd place: cutmix_mixup)")
+    mix_p: float = _f(0.33, "probability that a batch is mixed when mix is on (the 3rd place: 0.33)")
+    swa_epochs: int = _f(0, "average the validated weights of the last N epochs (SWA; BatchNorm statistics "
+                         "recomputed), validated and kept like an epoch's; 0 is off")
+    init_from: str | None = _f(None, "start from an earlier run's weights: a run folder or a .safetensors model "
+                               "(all weights when the models match, else the encoder's)")
+    patch_size: int = _f(0, "3-D: in-plane side of the training patches, a random window of the slices (the 1st "
+                         "place: 160 px, then a short fine-tune on larger ones, init_from); 0: whole slices")
+    seg_weight: float = _f(1.0, "weight of the segmentation loss; 0 with gate=True trains the classifier alone "
+                           "(the 3rd place's classification model, then init_from it)")
     # cheap runs
     sample_empty_fraction: float = _f(1.0, "share of the slices without any organ drawn each epoch")
     max_steps_per_epoch: int = _f(0, "cut each epoch to this many steps; 0 is the whole epoch")
@@ -206,6 +222,7 @@ class TrainConfig:
             except (KeyError, ValueError, TypeError) as err:
                 msg = err.args[0] if err.args else str(err)
                 raise ValueError(f"augment_kwargs: {msg}") from None
+        check_levers(self)
         if self.augment_kwargs and self.data_path == "device":
             try:  # and one the device augmentation cannot honour
                 GpuAugment(self.img_size, self.augment_kwargs)

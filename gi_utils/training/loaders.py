@@ -26,6 +26,7 @@ from gi_utils.data.gpu_augment_3d import GpuAugment3d
 from gi_utils.data.layout import build_metadata
 from gi_utils.data.patches_3d import PatchDataset, VolumeDataset
 from gi_utils.data.shm import batch_nbytes, check_shared_memory
+from gi_utils.data.tail import tail_slices
 from gi_utils.device import cuda_wanted, default_device
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.device_feed import DeviceLoader, DeviceValLoader
@@ -163,7 +164,7 @@ def load_train_data(
     is_3d = fold.is_3d
     if is_3d:  # 3-D: patches of slices; every patch is a sample (no empty-slice draw)
         train_ds = PatchDataset(train_meta, cache, cfg.patch_depth, build_transforms_3d(cfg.augment),
-                                cfg.patches_per_volume)  # fmt: skip
+                                cfg.patches_per_volume, crop=cfg.patch_size)  # fmt: skip
         empty, empty_fraction, unit = np.zeros(len(train_ds), bool), 1.0, "patches"
     else:
         transform = (build_transforms(cfg.img_size, train=True, overrides=cfg.augment_kwargs)
@@ -171,7 +172,8 @@ def load_train_data(
         train_ds = SliceDataset(train_meta, cfg.img_size, cfg.slice_offsets, transform, **kw)
         empty, empty_fraction, unit = train_ds.meta["empty"].to_numpy(), cfg.sample_empty_fraction, "slices"
     max_samples = cfg.max_steps_per_epoch * cfg.batch_size * num_processes
-    sampler = EpochSampler(empty, cfg.seed, empty_fraction, max_samples)
+    exclude = tail_slices(train_ds.meta, cfg.drop_tail) if cfg.drop_tail else None  # the 1st place's tail filter
+    sampler = EpochSampler(empty, cfg.seed, empty_fraction, max_samples, exclude=exclude)
     if len(sampler) < cfg.batch_size * num_processes:
         raise ValueError(
             f"fold {cfg.fold} draws {len(sampler)} training {unit} per epoch, fewer than one batch "

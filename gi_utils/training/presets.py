@@ -8,7 +8,11 @@ settings of the notebook default, the CPU demo and a Kaggle/Colab GPU are writte
   20 GB of disk on Kaggle), with the compact cache (uint8 images, masks decoded from
   ``train.csv``: a third of the bytes) and 3-D entries sized for 16 GB;
 * ``auto`` (the notebooks' default) is not a set of values: it names the preset that fits
-  the machine, :func:`machine_preset` (a platform's GPU preset on a GPU, ``smoke`` on a CPU).
+  the machine, :func:`machine_preset` (a platform's GPU preset on a GPU, ``smoke`` on a CPU);
+* the recipes (:data:`RECIPES`): ``kaggle_levers``, the ``kaggle`` preset with the levers of
+  the top solutions combined as their write-ups did, scaled to a Kaggle week (T4 x2), and
+  ``kaggle_levers_cls``, its classification-first run; each setting's source and the
+  week's plan are in ``docs/levers.md`` (:data:`RECIPE_SOURCES` holds the sources).
 
 A preset is a set of overrides of the TrainConfig defaults, plus per-architecture
 overrides (:data:`ARCH_PRESETS`); values given by the user win over both. The README's
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 import pandas as pd
@@ -28,7 +33,7 @@ from gi_utils.models.registry import find_arch
 from gi_utils.paths import platform_name
 from gi_utils.training.config import TrainConfig
 
-__all__ = ["PRESETS", "ARCH_PRESETS", "AUTO_PRESET", "PRESET_ENV", "CORES", "TABLE_FIELDS", "machine_preset", "resolve_preset", "available_cpus",
+__all__ = ["PRESETS", "RECIPES", "RECIPE_SOURCES", "recipe_table", "ARCH_PRESETS", "AUTO_PRESET", "PRESET_ENV", "CORES", "TABLE_FIELDS", "machine_preset", "resolve_preset", "available_cpus",
            "preset_values", "with_preset", "preset_config", "presets_table", "config_table"]
 
 #: Environment variable that pins what ``auto`` resolves to (the tests set ``smoke``).
@@ -48,6 +53,35 @@ _GPU: dict[str, Any] = {
 #: competition at 320 px, README 4.3), so a session's 20 GB of disk holds two runs.
 _PLATFORM_GPU: dict[str, Any] = {**_GPU, "cache_dtype": "uint8", "cache_masks": False}
 
+#: Sources of the recipes' settings (docs/levers.md gives the addresses): setting -> who.
+RECIPE_SOURCES: dict[str, str] = {
+    "slice_offsets": "3rd place: 5-slice input (2nd place too)",
+    "loss": "3rd place: ComboLoss, BCE 0.5 + Dice 0.5 + Lovász 1",
+    "mix": "3rd place: CutMix + MixUp", "mix_p": "3rd place: p = 0.33",
+    "swa_epochs": "3rd place: SWA over the last epochs with a BN update; 2nd place: SWA over epochs 11-21 of 21",
+    "gate": "3rd place: a classification branch beside the segmentation; 1st place: a classifier gate",
+    "drop_tail": "1st place: splits_notail, the 5 slices past the last annotated one",
+    "resize_mode": "3rd and 2nd places: the body cropped before resizing (a detector there, the image here)",
+    "seg_weight": "3rd place: a classification model first, the segmentation model initialised from it",
+    "sample_empty_fraction": "1st place: the classifiers trained on every slice",
+    "patch_size": "1st place: 3-D SegResNets on 160 px crops, then 20 epochs on 224 px ones",
+    "cache_masks": "needed by resize_mode='crop' (the masks are cut to each scan's box in the cache)",
+    "epochs": "sized to a Kaggle week here (the 3rd place: 35 epochs; 2nd: 21); the plan in docs/levers.md",
+}  # fmt: skip
+#: The recipes: presets combining the levers the way the strongest write-ups did, scaled to
+#: Kaggle's free week (two T4s, 12-hour sessions, 30 GPU hours; the plan: docs/levers.md).
+#: ``kaggle_levers`` trains the segmentation models, each fold started from its own
+#: ``kaggle_levers_cls`` run (``-p init_from 'runs/pretrain/<cls run>_fold{fold}'``).
+_LEVERS: dict[str, Any] = {
+    **_PLATFORM_GPU, "cache_masks": True, "resize_mode": "crop", "slice_offsets": (-2, -1, 0, 1, 2),
+    "gate": True, "drop_tail": 5,
+}  # fmt: skip
+RECIPES: dict[str, dict[str, Any]] = {
+    "kaggle_levers": {**_LEVERS, "loss": "bce_dice_lovasz", "mix": "cutmix_mixup", "mix_p": 0.33, "epochs": 20,
+                      "swa_epochs": 10},
+    "kaggle_levers_cls": {**_LEVERS, "seg_weight": 0.0, "epochs": 5, "sample_empty_fraction": 1.0},
+}  # fmt: skip
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "img_size": 64, "epochs": 1, "batch_size": 16, "lr": 2e-3, "cache": "disk",
@@ -60,6 +94,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": _GPU,
     "kaggle": _PLATFORM_GPU,
     "colab": _PLATFORM_GPU,
+    **RECIPES,
 }  # fmt: skip
 
 #: 3-D models on a GPU: the largest patches that fit a 16 GB T4 or P100 (fp16 with a
@@ -102,6 +137,10 @@ ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpu": _GPU_3D,
     "kaggle": _GPU_3D,
     "colab": _GPU_3D,
+    # the 1st place's 3-D round 1 on crops (160 of ~266 px there; 192 of 320 here), round 2 from
+    # it on whole slices: -p patch_size 0 -p init_from '<round-1 run>_fold{fold}' -p lr 1e-4 -p epochs 4
+    "kaggle_levers": {name: {**v, "patch_size": 192, "drop_tail": 0, "gate": False, "mix": "none", "swa_epochs": 0}
+                      for name, v in _GPU_3D.items()},
 }  # fmt: skip
 
 #: Rows of the README's configuration table.
@@ -187,19 +226,36 @@ def _cell(value: Any) -> str:
 
 
 def presets_table(fields: tuple[str, ...] = TABLE_FIELDS) -> str:
-    """Markdown: one row per field, its help, the TrainConfig default and each preset's value
-    (per-architecture values of a preset listed in its cell)."""
+    """Markdown: one row per field, its help, the TrainConfig default and each machine preset's
+    value (per-architecture values of a preset listed in its cell); the recipes have their own
+    table, with sources, in docs/levers.md."""
     base = TrainConfig()
-    head = ["parameter", "what it does", "default", *(f"`{p}`" for p in PRESETS)]
+    machine = {name: values for name, values in PRESETS.items() if name not in RECIPES}
+    head = ["parameter", "what it does", "default", *(f"`{p}`" for p in machine)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in fields:
         cells = [f"`{name}`", TrainConfig.help(name).replace("|", "\\|"), _cell(getattr(base, name))]
-        for preset, values in PRESETS.items():
+        for preset, values in machine.items():
             own = _cell(values[name]) if name in values else ""
             per_arch = [f"{arch}: {_cell(v[name])}" for arch, v in ARCH_PRESETS.get(preset, {}).items()
                         if name in v]  # fmt: skip
             cells.append("; ".join(x for x in [own, *per_arch] if x) or "·")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def recipe_table(base: str = "kaggle") -> str:
+    """Markdown: the settings in which the recipes differ from the ``base`` preset, each
+    recipe's value and its source (:data:`RECIPE_SOURCES`); docs/levers.md holds it."""
+    default = TrainConfig()
+    names = sorted({k for values in RECIPES.values() for k, v in values.items()
+                    if PRESETS[base].get(k, getattr(default, k)) != v}, key=[f.name for f in fields(TrainConfig)].index)  # fmt: skip
+    head = ["setting", *(f"`{r}`" for r in RECIPES), f"`{base}`", "source"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        base_value = PRESETS[base].get(name, getattr(default, name))
+        cells = [_cell(values.get(name, base_value)) for values in RECIPES.values()]
+        lines.append(f"| `{name}` | " + " | ".join([*cells, _cell(base_value), RECIPE_SOURCES[name]]) + " |")
     return "\n".join(lines) + "\n"
 
 

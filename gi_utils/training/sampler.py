@@ -20,14 +20,20 @@ class EpochSampler(Sampler[int]):
     numbers encode the epoch (``epoch * n + index``) so that :class:`SeededSamples`
     can seed each sample's augmentation, whatever worker or process loads it.
     ``skip`` leaves out the first samples of the epoch (resuming in its middle).
+    ``exclude`` (bool, one per sample) marks samples never drawn (the tail filter,
+    :func:`gi_utils.data.tail_slices`); they stay in the dataset as others' neighbours.
     """
 
     def __init__(
-        self, empty: np.ndarray, seed: int, empty_fraction: float = 1.0, max_samples: int = 0
-    ) -> None:
+        self, empty: np.ndarray, seed: int, empty_fraction: float = 1.0, max_samples: int = 0,
+        exclude: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
         empty = np.asarray(empty, dtype=bool)
         self.n, self.seed, self.epoch, self.skip = len(empty), int(seed), 0, 0
-        self.organ, self.empty = np.flatnonzero(~empty), np.flatnonzero(empty)
+        drawn = np.ones(self.n, bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
+        if len(drawn) != self.n:
+            raise ValueError(f"EpochSampler: exclude has {len(drawn)} entries for {self.n} samples")
+        self.organ, self.empty = np.flatnonzero(~empty & drawn), np.flatnonzero(empty & drawn)
         self.n_empty = int(round(empty_fraction * len(self.empty)))
         total = len(self.organ) + self.n_empty
         self.length = min(total, max_samples) if max_samples else total

@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
@@ -42,12 +38,11 @@ from gi_utils.atomic import atomic_write_json, atomic_write_text, remove_stale_t
 from gi_utils.checkpoint import check_room_for, load_state, rng_state, save_state, set_rng_state
 from gi_utils.constants import CLASSES
 from gi_utils.data.preprocess import NORM_VERSION
-from gi_utils.device import check_gpu_supported, cuda_wanted, device_name, resolve_amp
+from gi_utils.device import device_name
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.sliding_window import SlidingWindow
 from gi_utils.losses import build_loss
 from gi_utils.models.io import ModelConfig, model_config, save_model
-from gi_utils.models.registry import build_model
 from gi_utils.models.run_folder import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -60,48 +55,20 @@ from gi_utils.models.run_folder import (
     resume_differences,
 )
 from gi_utils.runlock import run_lock
+from gi_utils.training.accelerator import make_accelerator
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.determinism import seed_everything
 from gi_utils.training.feed_plan import FeedPlan
 from gi_utils.training.loaders import load_fold_data, load_train_data
 from gi_utils.training.probe import plan_feed
+from gi_utils.training.run_levers import RunLevers, build_run_model
 from gi_utils.training.scaling import effective_batch_size, effective_lr
 from gi_utils.training.schedule import WarmupCosine
 from gi_utils.training.step import LossTally, NonFiniteLossError, train_one_epoch
 from gi_utils.training.tracking import start_trackers, wandb_key
 from gi_utils.training.validation import sync_buffers, validate
 
-__all__ = ["TrainingRun", "make_accelerator"]
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """The Accelerator of a run: resolved mixed precision, accumulation, CPU if asked."""
-    cuda = cuda_wanted(cfg.device)
-    gpu = int(os.environ.get("LOCAL_RANK", "0")) if cuda else None
-    if cuda:
-        check_gpu_supported(gpu)  # a P100 under a torch without sm_60 kernels stops here, named
-    amp = resolve_amp(cfg.amp, cuda=cuda, device=gpu)
-    if cfg.spec.is_3d and amp == "bf16" and not cuda:
-        # measured here (torch 2.14.1): oneDNN's bf16 3-D convolutions gave non-finite
-        # gradients within a few steps, the same steps in float32 or without oneDNN did not
-        warnings.warn(f"{cfg.arch} on the CPU trains in float32: bf16 3-D convolutions (oneDNN) "
-                      "gave non-finite gradients here", stacklevel=2)  # fmt: skip
-        amp = "no"
-    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # accelerate keeps one global state per process; a notebook that trains several
-        # models with other amp/device settings needs a fresh one (single process only)
-        AcceleratorState._reset_state(reset_partial_state=True)
-    logs = {} if cfg.log_with == "none" else {"log_with": cfg.log_with, "project_dir": str(Path(cfg.out_dir))}
-    acc = Accelerator(
-        mixed_precision=amp, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu", **logs
-    )
-    if amp == "fp16" and acc.device.type == "cpu":
-        # accelerate runs fp16 on GPUs only (autocast off, no scaler on the CPU); torch has
-        # both on the CPU too: switch them on before prepare(), so the T4's code path
-        # (autocast, loss scaling, the scaler's state in last.pt) runs and is tested here
-        acc.native_amp = True
-        acc.scaler = torch.amp.GradScaler("cpu")
-    return acc
+__all__ = ["TrainingRun"]
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
@@ -179,8 +146,7 @@ class TrainingRun:
             remove_stale_temps(self.out_dir)  # left by a run killed while writing a file
         with acc.main_process_first():
             fold = load_fold_data(cfg)
-        self.net = build_model(cfg.arch, cfg.encoder, cfg.in_channels, len(CLASSES),
-                               weights=None if self.saved else cfg.weights, **cfg.build_kwargs)  # fmt: skip
+        self.net = build_run_model(cfg, resuming=self.saved is not None)  # init_from an earlier run's weights
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
         self.layout = cfg.spec.memory_format if cfg.channels_last else torch.contiguous_format
         if self.plan is None:  # a new run: planned by the main process (on a GPU: probe steps), shared
@@ -215,6 +181,7 @@ class TrainingRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, schedule)
         self.ema = (ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True, device=acc.device)
                     if cfg.ema_decay else None)  # fmt: skip
+        self.levers = RunLevers(cfg, self.acc, self.ema.module if self.ema is not None else self.net)
         self.post = PostProcess((cfg.threshold,) * len(CLASSES), (cfg.min_size,) * len(CLASSES), size_ref=cfg.img_size)
         # 3-D validation: whole scans by sliding windows, their sum kept on the device
         self.sliding = (cfg.patch_depth, SlidingWindow(cfg.sw_overlap, device=None)) if cfg.spec.is_3d else None
@@ -234,6 +201,7 @@ class TrainingRun:
             self.acc.scaler.load_state_dict(s["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
+        self.levers.load_state_dict(s)
         self.acc.step = int(s["accelerator_step"])
         self.state.update({k: s[k] for k in self.state})
         set_rng_state(s["rng"])
@@ -252,7 +220,7 @@ class TrainingRun:
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
-                "feed_plan": self.plan.to_dict(),
+                "feed_plan": self.plan.to_dict(), **self.levers.state_dict(),
             }  # fmt: skip
             check_room_for(self.last_path, state, "the training state")
             save_state(self.last_path, state)
@@ -284,7 +252,7 @@ class TrainingRun:
                 self.acc, self.model, self.train_loader, self.optimizer, self.scheduler, self.loss_fn,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress, loss_sum=st["loss_sum"],
                 n_batches=st["n_batches"], on_step=self._on_step, memory_format=self.layout,
-                gate_weight=cfg.gate_weight,
+                gate_weight=cfg.gate_weight, mix=self.levers.mix(epoch), seg_weight=cfg.seg_weight,
             )  # fmt: skip
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
@@ -301,47 +269,52 @@ class TrainingRun:
         """The weights validated and kept: the moving average, else the (prepared) model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def validate_epoch(self) -> dict[str, Any]:
-        """Validation figures of the epoch just trained (empty for ``fold=-1``)."""
+    def validate_epoch(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
+        """Validation figures of the epoch just trained, or of ``model`` (empty for ``fold=-1``)."""
         if not self.validated:
             return {}
         if self.ema is not None and self.acc.num_processes > 1:
             sync_buffers(self.ema.module)
-        row = validate(self.acc, self.scored, self.val_loader, self.loss_fn, self.data, self.post,
+        row = validate(self.acc, self.scored if model is None else model, self.val_loader, self.loss_fn, self.data, self.post,
                        self.out_dir / OOF_STAGING_DIR, progress=self.cfg.progress, memory_format=self.layout,
                        sliding=self.sliding, hausdorff_device=self.hausdorff_device)  # fmt: skip
         return broadcast_object_list([row])[0]  # the metrics are computed on the main process
 
     # ------------------------------------------------------------------ saving
-    def save_best(self, row: dict[str, Any]) -> None:
-        """Keep this epoch's weights (and out-of-fold set) as the run's best (main process)."""
+    def save_best(self, row: dict[str, Any], model: torch.nn.Module | None = None) -> None:
+        """Keep this epoch's weights (or ``model``'s) and out-of-fold set as the run's best (main process)."""
         if not self.acc.is_main_process:
             return
         if self.validated:
             replace_dir(self.out_dir / OOF_STAGING_DIR, self.out_dir / OOF_DIR)
-        best = self.ema.module if self.ema is not None else self.net
+        best = model if model is not None else self.ema.module if self.ema is not None else self.net
         check_room_for(self.out_dir / MODEL_FILE, best.state_dict(), "the best weights")
         save_model(self.out_dir / MODEL_FILE, best, self._model_config(row))
+
+    def keep_if_best(self, row: dict[str, Any], score: float, model: torch.nn.Module | None = None) -> bool:
+        """Keep ``row``'s weights (or ``model``'s) when ``score`` beats the best; else drop its staged OOF set."""
+        improved = math.isfinite(score) and score > self.state["best_score"]
+        if improved:
+            self.state.update(best_score=score, best_epoch=row["epoch"])
+            self.save_best(row, model)
+        elif self.acc.is_main_process and self.validated:
+            shutil.rmtree(self.out_dir / OOF_STAGING_DIR, ignore_errors=True)
+        return improved
 
     def end_epoch(self, row: dict[str, Any], val: dict[str, Any]) -> None:
         """Bookkeeping after an epoch: best model, history, early stop, ``last.pt``."""
         cfg, st, acc = self.cfg, self.state, self.acc
         row = {**row, **val, "epoch_time_s": time.perf_counter() - self.t_epoch}
-        score = row.get("val_score", math.nan) if self.validated else float(row["epoch"])
-        improved = math.isfinite(score) and score > st["best_score"]
-        if improved:
-            st.update(best_score=score, best_epoch=row["epoch"], bad_epochs=0)
-            self.save_best(row)
-        else:
-            st["bad_epochs"] += 1
-            if acc.is_main_process and self.validated:
-                shutil.rmtree(self.out_dir / OOF_STAGING_DIR, ignore_errors=True)
+        scored = self.validated and cfg.seg_weight > 0  # a classifier-only run keeps its last epoch
+        improved = self.keep_if_best(row, row.get("val_score", math.nan) if scored else float(row["epoch"]))
+        st["bad_epochs"] = 0 if improved else st["bad_epochs"] + 1
         st["history"].append(row)
         st.update(epoch=row["epoch"], loss_sum=0.0, n_batches=0)
         self.stopped_early = bool(cfg.patience) and st["bad_epochs"] >= cfg.patience
+        acc.print(self._summary(row, improved), flush=True)  # main process
+        self.levers.end_epoch(self)  # SWA: this epoch's weights into the average; after the last, its row
         if acc.is_main_process:
             atomic_write_text(self.out_dir / HISTORY_FILE, pd.DataFrame(st["history"]).to_csv(index=False))
-            acc.print(self._summary(row, improved), flush=True)
         if cfg.log_with != "none":
             acc.log({k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))},
                     step=int(row["epoch"]))  # fmt: skip
@@ -380,8 +353,9 @@ class TrainingRun:
 
     def _write_metrics(self, history: pd.DataFrame, seconds: float) -> None:
         cfg, acc, st = self.cfg, self.acc, self.state
-        best = (history.loc[history["epoch"] == st["best_epoch"]].iloc[0].to_dict()
-                if st["best_epoch"] > 0 else {})  # fmt: skip
+        rows = history.loc[history["epoch"] == st["best_epoch"]]  # two with SWA: the last epoch, the average
+        rows = rows.loc[rows["val_score"] == st["best_score"]] if self.validated and len(rows) > 1 else rows.tail(1)
+        best = rows.iloc[0].to_dict() if st["best_epoch"] > 0 else {}
         atomic_write_json(self.out_dir / METRICS_FILE, {
             "arch": cfg.arch, "encoder": cfg.encoder, "fold": cfg.fold, "validated": self.validated,
             "best_epoch": st["best_epoch"], "best": best if self.validated else {},

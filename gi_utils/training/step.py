@@ -95,6 +95,8 @@ def train_one_epoch(
     memory_format: torch.memory_format = torch.contiguous_format,
     gate_weight: float = 0.0,
     check_every: int = LOSS_CHECK_EVERY,
+    mix=None,
+    seg_weight: float = 1.0,
 ) -> tuple[float, int]:
     """One pass over ``loader``: forward, loss, backward, optimizer and scheduler step.
 
@@ -107,8 +109,12 @@ def train_one_epoch(
         memory_format: layout the images are put in (``torch.channels_last`` to match a
             channels-last model).
         gate_weight: weight of the classifier gate's BCE against the presence of each
-            class on each slice (models with a gate head; the segmentation loss has weight 1).
+            class on each slice (models with a gate head).
         check_every: batches whose losses are read back and checked together (:class:`LossTally`).
+        mix: ``mix(images, masks, b) -> (images, masks)`` applied to batch ``b`` of the
+            epoch (counted from 0 on this process) before the forward pass: CutMix/MixUp
+            (:class:`gi_utils.data.BatchMix`); ``None``: the batches as they come.
+        seg_weight: weight of the segmentation loss (0: a classifier-only run).
 
     Returns:
         ``(loss_sum, n_batches)``; the epoch's mean loss is their ratio.
@@ -121,10 +127,12 @@ def train_one_epoch(
     tally = LossTally(loss_sum, n_batches, check_every, desc)
     bar = progress_bar(loader, desc, progress, leave=False)
     for images, masks in bar:
+        if mix is not None:
+            images, masks = mix(images, masks, tally.n_batches)
         images = images.contiguous(memory_format=memory_format)
         with acc.accumulate(model):
             seg, gate = split_outputs(model(images))
-            loss = loss_fn(seg.float(), masks)
+            loss = seg_weight * loss_fn(seg.float(), masks)
             if gate is not None:
                 present = masks.flatten(2).amax(-1).to(gate.dtype)  # (N, 3): organ on the slice
                 loss = loss + gate_weight * F.binary_cross_entropy_with_logits(gate.float(), present.float())

@@ -123,8 +123,8 @@ class TimedRun(TrainingRun):
             return self._time_up()
         return row
 
-    def validate_epoch(self) -> dict[str, Any]:
-        return self.budget.timed("validation", super().validate_epoch)
+    def validate_epoch(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
+        return self.budget.timed("validation", lambda: super(TimedRun, self).validate_epoch(model))
 
     def _time_up(self) -> None:
         self.out_of_time = True
