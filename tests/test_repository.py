@@ -62,6 +62,31 @@ def test_readme_and_docs_pictures_exist():
         assert (REPO_ROOT / "pictures" / name).is_file(), name
 
 
+def test_make_docs_writes_each_block_in_its_file(tmp_path):
+    """`make docs` (demo=False: the tables and figures alone) on a copy of the README and the
+    docs: the demo's tables land in the README and docs/results.md, the presets in
+    docs/configuration.md, the figures the pages show in pictures/."""
+    from gi_utils.pipeline import publish_docs
+
+    root, runs = tmp_path / "repo", tmp_path / "runs"
+    shutil.copytree(REPO_ROOT / "docs", root / "docs", ignore=shutil.ignore_patterns("demo"))
+    shutil.copyfile(REPO_ROOT / "README.md", root / "README.md")
+    (runs / "pictures").mkdir(parents=True)
+    (runs / "pictures" / "results.md").write_text("| Model |\n|---|\n| new_run |\n")
+    (runs / "pictures" / "selection.md").write_text("| Model |\n|---|\n| new_choice |\n")
+    (runs / "pictures" / "results.json").write_text("{}")
+    shown = {n for d in [root / "README.md", *(root / "docs").glob("*.md")] for n in doc_pictures(d)}
+    for name in shown:
+        (runs / "pictures" / name).write_bytes(b"png")
+    publish_docs(runs, root, demo=False)
+    assert "new_run" in doc_block("results", root / "README.md")
+    assert "new_choice" in doc_block("selection", root / "docs" / "results.md")
+    assert doc_block("presets", root / "docs" / "configuration.md").strip() == presets_table().strip()
+    assert {p.name for p in (root / "pictures").iterdir()} == shown | {"results.md", "results.json", "selection.md"}
+    with pytest.raises(FileNotFoundError, match="run `make demo` first"):
+        publish_docs(runs, root)  # the demo's notebooks are missing
+
+
 def test_readme_is_read_in_five_minutes():
     """At most 300 lines, the course template's headings in order, and the quick starts for
     Kaggle, Colab and a local machine on its first screen (before section 1)."""

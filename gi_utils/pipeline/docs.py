@@ -118,16 +118,17 @@ def publish_demo(nb_dir: str | os.PathLike, out_dir: str | os.PathLike, archs: t
 
 
 def publish_docs(runs_dir: str | os.PathLike, root: str | os.PathLike = REPO_ROOT, demo: bool = True) -> list[Path]:
-    """Copy the demo's tables and figures from ``<runs_dir>/pictures`` into
-    ``<root>/pictures`` and the blocks of :data:`BLOCKS`, and (``demo``) publish its
-    notebooks and report under ``<root>/docs/demo`` (:func:`publish_demo`).
+    """Copy the demo's tables and the figures the README and the docs show from
+    ``<runs_dir>/pictures`` into ``<root>/pictures`` and the blocks of :data:`BLOCKS`, and
+    (``demo``) publish its notebooks and report under ``<root>/docs/demo``
+    (:func:`publish_demo`).
 
     Raises:
         FileNotFoundError: a file the docs need is not in the runs folder (run ``make
             demo`` first); nothing is changed then.
     """
     src, root = Path(runs_dir) / "pictures", Path(root)
-    docs = [root / name for name in BLOCKS]
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]  # the pages that show figures
     names = [*RESULT_FILES, *dict.fromkeys(n for d in docs for n in doc_pictures(d))]
     missing = [n for n in names if not (src / n).is_file()]
     if demo:

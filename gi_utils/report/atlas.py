@@ -97,7 +97,7 @@ def _static_grid(images, truth, pred, gate, title: str, n: int = 8) -> Figure:
     present = np.flatnonzero((truth | pred).reshape(len(truth), -1).any(1))
     picks = present if len(present) <= n else present[np.linspace(0, len(present) - 1, n).round().astype(int)]
     picks = picks if len(picks) else np.arange(min(n, len(images)))
-    fig, axes = plt.subplots(2, len(picks), figsize=(2.1 * len(picks), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.1 * len(picks), 5.4), squeeze=False)
     for k, z in enumerate(picks):
         for row, (mask, what) in enumerate(((truth, "truth"), (pred, "prediction"))):
             axes[row][k].imshow(overlay_rgb(images[z], mask[z]))
