@@ -18,6 +18,7 @@ import papermill as pm
 import pytest
 
 from gi_utils.constants import CLASSES
+from gi_utils.data import build_metadata
 from gi_utils.paths import REPO_ROOT, default_runs_dir
 from gi_utils.pipeline import lines_before_first_output, notebook_annotations, publish_demo
 from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR, notebook_paths
@@ -143,6 +144,21 @@ def test_the_demo_is_published_as_html_without_code_or_network(series, tmp_path)
     for section in ("01 · The data", "02 · Training a 2.5D segmentation model (unet)", "03 · Comparing", "04 · Predicting",
                     "We submit"):  # fmt: skip
         assert section in report, section
+
+
+def test_an_empty_test_folder_shows_validation_slices_instead(series):
+    """On Kaggle the test scans appear only when the notebook runs for a submission: 04 then
+    shows the same models on validation slices (of the first model's run), and says so."""
+    from gi_utils.inference import empty_submission
+    from gi_utils.pipeline import submission_plan
+    from gi_utils.report import prediction_preview
+
+    _, data, runs = series
+    plan = submission_plan(runs)
+    meta = build_metadata(data, "test", labels=False).iloc[:0]
+    fig, caption = prediction_preview(empty_submission(), meta, plan.model_paths, data, plan.post, plan.weights, 2)
+    assert caption.startswith("The test folder has no images") and "validation slices of the first model" in caption
+    assert len(fig.axes) == 4  # two slices: truth and prediction
 
 
 def test_wrong_arch_fails_with_clear_error(tmp_path):
