@@ -28,7 +28,7 @@ test-fast: venv
 	$(PY) -m pytest tests -m "not slow"
 
 # Writes only under runs/ (a second call continues where the first stopped); `make docs`
-# copies its table and figures into README.md and pictures/.
+# publishes its tables, figures, executed notebooks and report (README.md, docs/, pictures/).
 demo: venv
 	$(PY) -m gi_utils.pipeline
 
@@ -61,7 +61,7 @@ bench-scale: venv
 	$(PY) benchmarks/fullsize.py --fractions $(FRACTIONS) --train
 
 # A 2.5D UNet and a 3-D SegResNet on fold 0 of the demo's split, then every model and blend
-# scored on their out-of-fold volumes (README, section 3: the blend against its members).
+# scored on their out-of-fold volumes (docs/results.md: the blend against its members).
 blend3d: venv
 	$(PY) -m gi_utils.pipeline cv --arch unet --folds 0 --preset demo --runs-dir runs/blend3d
 	$(PY) -m gi_utils.pipeline cv --arch segresnet3d --folds 0 --preset demo --runs-dir runs/blend3d
@@ -81,7 +81,7 @@ wheel: venv
 	rm -rf dist/wheels && $(PY) -c "from gi_utils.pipeline import build_wheels; print(*build_wheels('dist/wheels'), sep='\n')"
 
 # dist/kaggle/dataset (flat: the wheels, and the chosen models once runs/best_config.json
-# exists) and dist/kaggle/kernel (04, internet off). README 4.4 "On Kaggle" gives the upload
+# exists) and dist/kaggle/kernel (04, internet off). The README's quick start gives the upload
 # commands: kaggle datasets create -p dist/kaggle/dataset; kaggle kernels push -p dist/kaggle/kernel.
 KAGGLE_USER ?= your-kaggle-name
 kaggle: venv

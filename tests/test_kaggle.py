@@ -132,6 +132,7 @@ def test_bundle_installs_offline_on_the_kaggle_image(runs, tmp_path, kaggle_imag
     names = sorted(p.name for p in out["wheels"])
     assert any(n.startswith("gi_utils-") for n in names) and any(n.startswith("segmentation_models_pytorch-") for n in names)
     mount = upload_dataset(["datasets", "create", "-p", str(out["dataset"])], tmp_path, tmp_path / "kaggle" / "input")
+    assert (mount / "gi_setup.py").is_file()  # what the notebooks' first cell runs, beside the wheels
     session = new_session(kaggle_image, tmp_path / "session", tmp_path, network=False)
     done = session.run(["-m", "pip", "install", "--no-index", "--find-links", str(mount), "gi-utils"], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

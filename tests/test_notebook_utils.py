@@ -1,10 +1,13 @@
-"""Parameter checking and JSON records used by the notebooks; EDA tables and plots."""
+"""Parameter checking and JSON records used by the notebooks; EDA tables, notes and plots;
+the tables and sentences a notebook shows; progress bars in an executed notebook; what a
+reader meets first in a notebook."""
 
 from __future__ import annotations
 
 import json
 
 import matplotlib
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,16 +15,30 @@ import pytest
 from gi_utils.atomic import atomic_write_json, read_json
 from gi_utils.constants import CLASSES
 from gi_utils.data import build_metadata
-from gi_utils.pipeline import ParameterError, check_params, new_names
+from gi_utils.pipeline import (
+    ParameterError,
+    check_params,
+    injected_names,
+    lines_before_first_output,
+    notebook_parameters,
+    notebook_params,
+    output_problems,
+)
 from gi_utils.report import (
+    config_against_preset,
     dataset_summary,
+    decode_column_major,
     empty_share,
     organ_area_by_position,
+    organ_range,
+    organ_range_note,
     overlay_rgb,
     plot_history,
     plot_overlays,
+    postprocess_table,
     save_figure,
     size_table,
+    verdict,
 )
 
 SPEC = {"arch": str, "epochs": int, "lr": float, "slices": tuple, "data_dir": str, "amp": bool}
@@ -53,9 +70,21 @@ def test_check_params_missing():
         check_params(given, SPEC)
 
 
-def test_new_names():
-    before = {"a"}
-    assert new_names({"a": 1, "b": 2, "_c": 3}, before) == {"b": 2}
+INJECTED = '# Parameters\narch = "fpn"\nepoch = 3\n'
+
+
+def test_notebook_parameters_reads_the_annotated_and_the_injected_names():
+    """The notebook's parameters without a snapshot of its globals: the names its parameters
+    cell annotates, and those papermill injected (read from the kernel's input history)."""
+    namespace = {"__annotations__": {"arch": str, "epochs": int}, "arch": "fpn", "epochs": 1, "epoch": 3,
+                 "np": object(), "In": ["", "import numpy as np", "arch: str = 'unet'\nepochs: int = 1", INJECTED]}
+    assert injected_names(namespace["In"]) == ["arch", "epoch"]
+    given, annotations = notebook_parameters(namespace)
+    assert given == {"arch": "fpn", "epochs": 1, "epoch": 3} and annotations == {"arch": str, "epochs": int}
+    with pytest.raises(ParameterError, match=r"unknown notebook parameter\(s\) \['epoch'\]"):
+        notebook_params(namespace)
+    namespace["In"] = namespace["In"][:3]  # run by hand: nothing injected
+    assert notebook_params(namespace) == {"arch": "fpn", "epochs": 1}
 
 
 def test_json_round_trip_atomic(tmp_path):
@@ -106,3 +135,100 @@ def test_a_given_out_dir_is_refused_not_dropped(tmp_path):
 
     with pytest.raises(ParameterError, match="out_dir='/somewhere' is not taken.*runs_dir"):
         train_setup({"preset": "smoke", "out_dir": "/somewhere"}, {"preset": str})
+
+
+def test_config_against_preset_says_where_each_value_came_from():
+    from gi_utils.training import preset_config
+
+    config = preset_config("smoke", arch="unet", epochs=3)
+    table = config_against_preset(config, "smoke")
+    assert table.loc["epochs"].tolist() == ["3", "given", "1", "10"]  # value, from, preset smoke, default
+    assert table.loc["img_size"].tolist() == ["64", "preset smoke", "64", "128"]
+    assert table.loc["loss"].tolist() == ["bce_dice", "default", "·", "bce_dice"]
+
+
+def test_postprocess_table_is_one_row_per_organ():
+    from gi_utils.inference import PostProcess
+
+    table = postprocess_table(PostProcess((0.5, 0.4, 0.7), (10, 0, 25), gate_max=(0.0, 0.9, 0.0)))
+    assert list(table.index) == ["large bowel", "small bowel", "stomach"]
+    assert table["threshold"].tolist() == [0.5, 0.4, 0.7] and table["slice gate"].tolist() == [0.0, 0.9, 0.0]
+
+
+def test_organ_range_is_the_span_where_the_organs_are():
+    area = pd.DataFrame({c: [0.0, 0.0, 5.0, 10.0, 8.0, 0.5, 0.0, 0.0, 0.0, 0.0] for c in CLASSES},
+                        index=pd.Index(np.arange(0.05, 1.0, 0.1), name="relative position"))  # fmt: skip
+    lo, hi = organ_range(area)  # bins 2-4 reach 10% of the peak: edges 0.2 and 0.5
+    assert (lo, hi) == pytest.approx((0.2, 0.5))
+    note = organ_range_note(area, synthetic=True)
+    assert "In these synthetic data the organs lie between 20% and 50%" in note
+
+
+def test_column_major_decoding_is_the_wrong_one():
+    """Pixels 2-3 (1-indexed) of a 2x3 image: row-major they are row 0, columns 1-2; read
+    column by column (the competition's text) they are rows 1 and 0 of columns 0 and 1."""
+    from gi_utils.data import decode_rle
+
+    right, wrong = decode_rle("2 2", (2, 3)), decode_column_major("2 2", (2, 3))
+    assert right.tolist() == [[False, True, True], [False, False, False]]
+    assert wrong.tolist() == [[False, True, False], [True, False, False]]
+
+
+def _candidate(name, members, common, vs_chosen, keep=True, case_days=("a", "b", "c")):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, members=[[None]] * len(members), member_names=tuple(members),
+                           weights=(1 / len(members),) * len(members), case_days=list(case_days),
+                           keep_tuned=keep, figures={"common": common, "vs_chosen": vs_chosen})  # fmt: skip
+
+
+def test_verdict_says_what_is_submitted_its_score_and_its_gain_over_the_simpler_option():
+    blend = _candidate("unet + fpn", ["unet", "fpn"], [0.915, 0.909, 0.921], [float("nan")] * 3)
+    single = _candidate("fpn", ["fpn"], [0.908, 0.903, 0.912], [-0.007, -0.010, -0.005], keep=False)
+    text = verdict([blend, single], holdout=0.911, synthetic=True)
+    assert text.startswith("**We submit the blend unet + fpn (weights 0.5/0.5)** with the post-processing searched")
+    assert "On the 3 case-days every candidate was validated on" in text and "**0.915**" in text
+    assert "Against the simpler option, fpn, it gains +0.007 [+0.005, +0.010]: beyond the noise" in text
+    assert "it scores 0.911" in text and "SYNTHETIC DATA" in text
+    alone = verdict([single], synthetic=False)
+    assert "It is the only candidate" in alone and "SYNTHETIC" not in alone
+
+
+def _nb(*cells):
+    nb = nbformat.v4.new_notebook()
+    for source, outputs in cells:
+        cell = nbformat.v4.new_code_cell(source)
+        cell.outputs = [nbformat.v4.new_output("stream", text=t) if isinstance(t, str) else t for t in outputs]
+        nb.cells.append(cell)
+    return nb
+
+
+def test_what_a_reader_meets_first_and_what_outputs_must_not_show():
+    nb = _nb(("a = 1\n\n# two more lines", []), ("print(a)", ["1\n"]), ("x", ["later\n"]))
+    assert lines_before_first_output(nb) == 4  # blank lines and comments count, the first output's cell too
+    png = nbformat.v4.new_output("display_data", data={"image/png": "AAAA", "text/plain": "<Figure>"})
+    bad = _nb(("x", ["saved /tmp/runs/unet/last.pt\n", "{'val_dice': 0.05626373602984812}\n", png, png]))
+    assert [p.split(": ")[1] for p in output_problems(bad)] == ["absolute path", "raw dict", "unrounded float",
+                                                                 "a figure shown twice"]  # fmt: skip
+    good = _nb(("x", ["saved runs/unet/last.pt, 3920/3920 [00:12], val_dice 0.0563, see https://wandb.ai/a/b\n"]))
+    assert output_problems(good) == []
+
+
+def test_headless_progress_prints_the_final_state_once(monkeypatch, capsys):
+    """In an executed notebook a bar prints one line, its final state, and an epoch's bar
+    (leave=False) nothing: they printed a line every 10 s and each epoch's final state."""
+    import gi_utils.progress as progress_mod
+
+    monkeypatch.setenv("GI_PROGRESS", "text")
+    progress_mod.headless_kernel.cache_clear()
+    monkeypatch.setitem(__import__("sys").modules, "ipykernel", object())  # as inside a kernel
+    bar = progress_mod.progress_bar(None, "caching volumes", total=10, unit="slice", mininterval=0)
+    for _ in range(10):
+        bar.update(1)
+    bar.close()
+    for _ in progress_mod.progress_bar(range(5), "epoch 1/1", leave=False):
+        pass
+    out = capsys.readouterr().out
+    assert out.count("caching volumes") == 1 and "caching volumes: 100%" in out and "10/10" in out
+    assert "0%" not in out.replace("100%", "") and "epoch" not in out
+    progress_mod.headless_kernel.cache_clear()

@@ -1,21 +1,26 @@
 """Each notebook end to end through papermill with cheap parameters, in this session's
-temporary runs folder; the notebooks' parameters cells, setup cell and committed state."""
+temporary runs folder; what a reader of the executed notebooks meets; the executed
+notebooks published as HTML (``make docs``); the notebooks' parameters cells."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import papermill as pm
 import pytest
 
 from gi_utils.constants import CLASSES
+from gi_utils.data import build_metadata
 from gi_utils.paths import REPO_ROOT, default_runs_dir
-from gi_utils.pipeline import notebook_annotations
+from gi_utils.pipeline import lines_before_first_output, notebook_annotations, publish_demo
 from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR, notebook_paths
 
 pytestmark = pytest.mark.slow
@@ -93,6 +98,67 @@ def test_submission_is_valid_and_scored_on_the_holdout(series):
     n_test = sum(1 for _ in (data / "test").rglob("*.png"))
     assert len(sub) == 3 * n_test
     assert sub["class"].tolist()[:3] == list(CLASSES)
+
+
+def test_executed_notebooks_show_output_within_15_lines(series):
+    tmp, _, _ = series
+    for name in ("01_eda", "02_train", "03_compare", "04_submission"):
+        assert lines_before_first_output(nbformat.read(tmp / f"{name}.ipynb", as_version=4)) <= 15, name
+
+
+def test_training_prints_one_line_per_epoch(series):
+    """Two folds of two epochs: four epoch lines, a few lines per fold around them, and no
+    progress bar but the cache's final state (each epoch's bars printed a line every 10 s
+    and their final states; every checkpoint its absolute path)."""
+    tmp, _, _ = series
+    cell = next(c for c in nbformat.read(tmp / "02_train.ipynb", as_version=4).cells if "train_folds(" in c.source)
+    lines = [ln for o in cell.outputs for ln in o.get("text", "").replace("\r", "\n").splitlines() if ln.strip()]
+    epochs = [ln for ln in lines if re.match(r"epoch \d+/\d+ train_loss", ln)]
+    assert len(epochs) == 4, lines
+    assert len(lines) - len(epochs) <= 2 * 3, lines  # per fold: its name, the data path, the cache's line
+    assert all(ln.startswith("caching volumes: 100%") for ln in lines if "%|" in ln), lines
+    assert not [ln for ln in lines if "saved checkpoint" in ln or "/last.pt" in ln], lines
+
+
+def test_the_demo_is_published_as_html_without_code_or_network(series, tmp_path):
+    """What `make docs` writes under docs/demo/, from executed notebooks: a page per notebook
+    and one report, no code, no script fetched from anywhere, synthetic data said so."""
+    tmp, _, _ = series
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    for name in ("01_eda", "03_compare", "04_submission"):
+        shutil.copyfile(tmp / f"{name}.ipynb", nb_dir / f"{name}.ipynb")
+    shutil.copyfile(tmp / "02_train.ipynb", nb_dir / "02_train_unet.ipynb")  # as make demo names it
+    written = publish_demo(nb_dir, tmp_path / "demo", archs=("unet",))
+    assert sorted(p.name for p in written) == ["01_eda.html", "02_train_unet.html", "03_compare.html",
+                                               "04_submission.html", "report.html"]  # fmt: skip
+    for page in written:
+        html = page.read_text()
+        assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=\"https?:", html), page.name  # nothing fetched
+        assert not re.search(r"https?://[\w.]*(cdn|unpkg|jsdelivr|cloudflare|mathjax)", html), page.name
+        assert "hl-ipython3" not in html and "notebook_params()" not in html, page.name  # no code
+        assert "Until you run this notebook" not in html, page.name  # the note on the committed smoke outputs
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert "<title>GI tract segmentation: the demo run</title>" in report
+    assert "The data are SYNTHETIC" in report and report.count("SYNTHETIC DATA in") == 1  # the setup's lines once
+    for section in ("01 · The data", "02 · Training a 2.5D segmentation model (unet)", "03 · Comparing", "04 · Predicting",
+                    "We submit"):  # fmt: skip
+        assert section in report, section
+
+
+def test_an_empty_test_folder_shows_validation_slices_instead(series):
+    """On Kaggle the test scans appear only when the notebook runs for a submission: 04 then
+    shows the same models on validation slices (of the first model's run), and says so."""
+    from gi_utils.inference import empty_submission
+    from gi_utils.pipeline import submission_plan
+    from gi_utils.report import prediction_preview
+
+    _, data, runs = series
+    plan = submission_plan(runs)
+    meta = build_metadata(data, "test", labels=False).iloc[:0]
+    fig, caption = prediction_preview(empty_submission(), meta, plan.model_paths, data, plan.post, plan.weights, 2)
+    assert caption.startswith("The test folder has no images") and "validation slices of the first model" in caption
+    assert len(fig.axes) == 4  # two slices: truth and prediction
 
 
 def test_wrong_arch_fails_with_clear_error(tmp_path):

@@ -66,6 +66,7 @@ def test_real_data_and_named_folders_are_never_rewritten(fake, tmp_path):
 def test_demo_notebooks_done_before_are_skipped_after_a_crash(tmp_path, monkeypatch):
     """`make demo` again after the kernel died: finished notebooks (same parameters) are
     skipped, the unfinished one runs again, changed parameters run again."""
+    import nbformat
     import papermill
 
     import gi_utils.pipeline.series as series
@@ -76,7 +77,7 @@ def test_demo_notebooks_done_before_are_skipped_after_a_crash(tmp_path, monkeypa
         calls.append((Path(src).name, parameters))
         if parameters.get("crash"):
             raise RuntimeError("kernel died")
-        Path(out).write_text("{}")
+        Path(out).write_text(nbformat.writes(nbformat.v4.new_notebook()))
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)  # series imports it where it runs one
     series.run_notebook("01_eda", tmp_path, {"seed": 0})

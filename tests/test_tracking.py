@@ -21,9 +21,10 @@ ENV_KEY = "env-key-fedcba9876543210fedcba9876543210fedcba98"
 
 
 class _FakeRun:
-    def __init__(self) -> None:
+    def __init__(self, name: str = "run") -> None:
         self.logged: list[tuple[dict, int | None]] = []
         self.finished = False
+        self.url = f"https://wandb.ai/someone/gi-tract-segmentation/runs/{name}"
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         self.logged.append((dict(values), step))
@@ -40,7 +41,7 @@ def fake_wandb(monkeypatch):
 
     def init(**kwargs):
         wandb.inits.append(kwargs)
-        wandb.runs.append(_FakeRun())
+        wandb.runs.append(_FakeRun(kwargs.get("name", "run")))
         return wandb.runs[-1]
 
     def login(*args, **kwargs):  # an explicit key given to login is stored in ~/.netrc
@@ -103,6 +104,7 @@ def test_one_named_run_per_fold_grouped_by_model_key_from_the_kaggle_secret(
     assert fake_wandb.configs[0]["out_dir"] == str(out) and "api_key" not in str(fake_wandb.configs)
     assert dict(os.environ) == env_before  # nothing a child process would inherit
     printed = capfd.readouterr()
+    assert f"W&B run: {run.url}" in printed.out  # the link a notebook reader follows, printed once
     written = [p for p in out.rglob("*") if p.is_file()]
     assert {"config.json", "last.pt", "metrics.json", "history.csv"} <= {p.name for p in written}
     for key in (SECRET, ENV_KEY):

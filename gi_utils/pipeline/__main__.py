@@ -2,7 +2,8 @@
 
     python -m gi_utils.pipeline                 # make demo: 01 -> 02 (x3) -> 03 -> 04
     python -m gi_utils.pipeline --data-only     # only make sure data exist (synthetic if none)
-    python -m gi_utils.pipeline docs            # make docs: demo results -> README, pictures/
+    python -m gi_utils.pipeline docs            # make docs: the demo's results -> README, docs/, pictures/;
+                                                # its notebooks and report -> docs/demo/
     python -m gi_utils.pipeline notebooks       # copy the setup cell into every notebook, execute them
     python -m gi_utils.pipeline cv --arch unet --folds all --preset demo -p epochs 6
                                                 # every fold of one architecture (resumable)
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gi_utils.pipeline",
                                      description="The notebook series as a pipeline.")  # fmt: skip
     parser.add_argument("command", nargs="?", default="demo", choices=["demo", "docs", "notebooks", "cv", "select", "holdout", "kaggle", "ablation"],
-                        help="demo (default): run the series; docs: publish the last demo's results; "
+                        help="demo (default): run the series; docs: publish the last demo's results, notebooks and report; "
                         "notebooks: copy the setup cell into every notebook and execute them")  # fmt: skip
     parser.add_argument("--runs-dir", default=None, help="folder of run folders (default: runs/)")
     parser.add_argument("--archs", nargs="+", default=list(DEMO_ARCHS), help="architectures to train")
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {ensure_data('')}")
         return 0
     if args.command == "docs":
-        for path in publish_docs(default_runs_dir(args.runs_dir) / "pictures"):
+        for path in publish_docs(default_runs_dir(args.runs_dir)):
             print("wrote", path)
         return 0
     if args.command == "cv":

@@ -6,10 +6,11 @@ official ``kaggle`` CLI, under ``dist/kaggle/``:
   sub-folders) and not ``dataset-metadata.json``. It holds the wheels the Kaggle image
   lacks (gi_utils itself and :data:`KAGGLE_MISSING`: segmentation-models-pytorch and
   MONAI; torch, timm, albumentations, accelerate, safetensors, papermill... ship with the
-  image) and, once ``03_compare`` chose them, the models (``NN_<run>.safetensors`` with
-  their ``.json``) and ``best_config.json`` naming them relative to itself. Attached to
-  any notebook, its first cell installs gi_utils from these wheels with ``--no-index``; a
-  wheels-only dataset (no ``best_config.json`` yet) is what the training notebooks need.
+  image), ``gi_setup.py`` (what the notebooks' first cell runs) and, once ``03_compare``
+  chose them, the models (``NN_<run>.safetensors`` with their ``.json``) and
+  ``best_config.json`` naming them relative to itself. Attached to any notebook, its first
+  cell runs ``gi_setup.py``, which installs gi_utils from these wheels with ``--no-index``;
+  a wheels-only dataset (no ``best_config.json`` yet) is what the training notebooks need.
 * ``kernel/`` (written when there are models) -> ``kaggle kernels push -p
   dist/kaggle/kernel``: ``04_submission.ipynb`` with ``best_config`` set to
   ``../input/<slug>/best_config.json`` (relative to ``/kaggle/working``, the kernel's
@@ -48,7 +49,7 @@ from packaging.utils import canonicalize_name
 from gi_utils.atomic import atomic_write_json
 from gi_utils.constants import KAGGLE_COMPETITION
 from gi_utils.paths import REPO_ROOT
-from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR
+from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR, SETUP_SCRIPT
 from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 
 __all__ = [
@@ -113,7 +114,9 @@ def build_wheels(out_dir: str | os.PathLike, extra: tuple[str, ...] = KAGGLE_MIS
                  fallback: tuple[str, ...] = KAGGLE_FALLBACK) -> list[Path]:  # fmt: skip
     """``pip wheel --no-deps`` of this project, of ``extra`` (at the versions installed
     here, :func:`bundle_requirements`) and of ``fallback`` with what it needs
-    (:func:`fallback_requirements`) into ``out_dir``, flat.
+    (:func:`fallback_requirements`) into ``out_dir``, flat, with ``gi_setup.py`` beside them
+    (:data:`~gi_utils.pipeline.notebook_files.SETUP_SCRIPT`: the steps the notebooks' first
+    cell finds there and runs, before gi_utils is installed).
 
     Raises:
         RuntimeError: pip failed (its command and output are in the message).
@@ -125,6 +128,7 @@ def build_wheels(out_dir: str | os.PathLike, extra: tuple[str, ...] = KAGGLE_MIS
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    shutil.copyfile(SETUP_SCRIPT, out / SETUP_SCRIPT.name)
     return sorted(out.glob("*.whl"))
 
 

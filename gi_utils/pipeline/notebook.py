@@ -1,31 +1,78 @@
-"""Glue for the notebooks: checking their parameters.
+"""Glue for the notebooks: their parameters, checked, and the lines that open them.
 
 Papermill only *warns* about a ``-p`` name the notebook does not know, and passes values
-as whatever YAML makes of them. Each notebook therefore snapshots its globals before the
-parameters cell, annotates every parameter with its type (``n_overlays: int = 8  # ...``,
-which is also what ``papermill --help-notebook`` prints), and right after the parameters
-(and papermill's injected cell) calls :func:`check_params` with the cell's
-``__annotations__``: an unknown name or a value of the wrong type fails fast, naming the
-parameter and the expected type. The types live in the cell only.
+as whatever YAML makes of them. Each notebook therefore annotates every parameter with its
+type (``n_overlays: int = 8  # ...``, which is also what ``papermill --help-notebook``
+prints), and right after the parameters calls :func:`notebook_params`: it reads the names
+the parameters cell annotated and those papermill injected (its ``# Parameters`` cell, from
+the kernel's input history), and :func:`check_params` fails fast on an unknown name or a
+value of the wrong type, naming the parameter and the expected type. The types live in the
+cell only; the notebook needs no glue of its own.
+
+:func:`session_banner` is what the setup cell prints first: the package and the device,
+and the data the notebook finds (synthetic data said so in capitals, :func:`describe_data`).
 """
 
 from __future__ import annotations
 
+import ast
+import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ParameterError", "annotation_kinds", "check_params", "new_names"]
+from gi_utils.paths import DataNotFoundError, in_checkout, platform_name, resolve_data_dir
+from gi_utils.synthetic.generate import MARKER
+
+__all__ = ["ParameterError", "annotation_kinds", "check_params", "injected_names", "notebook_parameters",
+           "notebook_params", "shown_path", "is_synthetic", "describe_data", "session_banner"]  # fmt: skip
+
+#: The first line of the cell papermill injects after the parameters cell.
+INJECTED_COMMENT = "# Parameters"
 
 
 class ParameterError(ValueError):
     """A notebook parameter is unknown or has the wrong type or value."""
 
 
-def new_names(namespace: Mapping[str, Any], before: set[str]) -> dict[str, Any]:
-    """Globals defined since the snapshot ``before`` (private ``_names`` excluded)."""
-    return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
+def injected_names(history: Sequence[str]) -> list[str]:
+    """Names assigned by papermill's injected cells (those starting ``# Parameters``) in a
+    kernel's input history (IPython's ``In``), in order."""
+    names: list[str] = []
+    for source in history:
+        if not source.lstrip().startswith(INJECTED_COMMENT):
+            continue
+        for node in ast.parse(source).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
+
+
+def notebook_parameters(namespace: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(given, annotations)`` of a running notebook: the value of every name its
+    parameters cell annotates and of every name papermill injected, and the cell's
+    annotations (``__annotations__``).
+
+    Args:
+        namespace: the notebook's globals; default: those of the running IPython kernel
+            (its input history ``In`` says what papermill injected).
+
+    Raises:
+        RuntimeError: no namespace was given and no IPython kernel runs.
+    """
+    if namespace is None:
+        from IPython import get_ipython  # here: IPython is there wherever a notebook runs
+
+        shell = get_ipython()
+        if shell is None:
+            raise RuntimeError("notebook_parameters() reads a running notebook's parameters cell; "
+                               "elsewhere call check_params(values, annotations)")  # fmt: skip
+        namespace = shell.user_ns
+    annotations = dict(namespace.get("__annotations__", {}))
+    names = [*annotations, *(n for n in injected_names(namespace.get("In", ())) if n not in annotations)]
+    return {n: namespace[n] for n in names if n in namespace}, annotations
 
 
 def annotation_kinds(annotation: Any) -> tuple[type, ...]:
@@ -57,7 +104,7 @@ def check_params(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> di
     """Validate notebook parameters against the types annotated in the parameters cell.
 
     Args:
-        given: the parameters as the notebook sees them (from :func:`new_names`).
+        given: the parameters as the notebook sees them (from :func:`notebook_parameters`).
         annotations: the cell's annotations (the notebook passes ``__annotations__``), e.g.
             ``{"n_overlays": int, "thresholds": Union[float, list]}``; an int is accepted
             for a float and a list for a tuple (papermill passes YAML values).
@@ -91,3 +138,78 @@ def check_params(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> di
             value = tuple(value)
         out[name] = value
     return out
+
+
+def notebook_params(namespace: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The running notebook's parameters, checked: :func:`check_params` of
+    :func:`notebook_parameters` (the notebooks call it right after their parameters cell).
+
+    Raises:
+        ParameterError: see :func:`check_params`.
+    """
+    return check_params(*notebook_parameters(namespace))
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a notebook shows it: relative to the working folder where it lies below it
+    or one level up (``../data``, ``../input/<dataset>``, ``runs``), else as it is."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return str(path) if rel.startswith(os.path.join(os.pardir, os.pardir)) else rel
+
+
+def is_synthetic(data_dir: str | os.PathLike) -> bool:
+    """True for a dataset written by :mod:`gi_utils.synthetic` (it leaves ``synth.json``)."""
+    return (Path(data_dir) / MARKER).is_file()
+
+
+def describe_data(data_dir: str | os.PathLike) -> str:
+    """One sentence on where the data came from: synthetic data said so in capitals, with
+    what that means for the scores."""
+    where = shown_path(data_dir)
+    if is_synthetic(data_dir):
+        return (f"SYNTHETIC DATA in {where}: phantom scans made by gi_utils.synthetic, not patients' MRI.\n"
+                "Scores here measure the pipeline on made-up scans: not comparable with the leaderboard (~0.88).")
+    return f"Data: the scans and masks in {where} (the competition's data, or data laid out like them)."
+
+
+def session_banner(data_dir: str | os.PathLike | None = None) -> str:
+    """Two lines for the top of a notebook: the package, PyTorch and the device; and the
+    data the notebook finds by default (:func:`describe_data`), or where they will come from.
+
+    Args:
+        data_dir: the data; default: what :func:`gi_utils.paths.resolve_data_dir` finds.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch  # here: the setup cell imports this module right after installing the package
+
+    try:
+        release = version("gi-utils")
+    except PackageNotFoundError:
+        release = "(not installed)"
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())]
+        device = f"GPU: {names[0]}" + (f" x{len(names)}" if len(names) > 1 else "")
+    else:
+        device = "CPU only, no GPU"
+    origin = "this checkout" if in_checkout() else "installed"
+    head = f"gi_utils {release} ({origin}) · PyTorch {torch.__version__} · {device}"
+    try:
+        root = Path(data_dir) if data_dir else resolve_data_dir()
+    except DataNotFoundError:
+        return head + "\n" + _NO_DATA.get(platform_name(), _NO_DATA["local"])
+    return head + "\n" + describe_data(root)
+
+
+#: What the banner says when no data are found, per platform.
+_NO_DATA = {
+    "local": "Data: none found yet; the notebook writes SYNTHETIC DATA (phantom scans made by gi_utils.synthetic, not "
+             "patients' MRI) to data/ when it needs them.",
+    "kaggle": "Data: none found. Attach the competition to this notebook (Add Input -> Competitions -> UW-Madison GI "
+              "Tract Image Segmentation), or set data_dir = \"synthetic\" for SYNTHETIC DATA.",
+    "colab": "Data: none found. Copy the competition's data to Google Drive, "
+             "MyDrive/uw-madison-gi-tract-image-segmentation, or set data_dir = \"synthetic\" for SYNTHETIC DATA.",
+}  # fmt: skip

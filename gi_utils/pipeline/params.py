@@ -17,7 +17,7 @@ from gi_utils.data.cache import cache_nbytes
 from gi_utils.models.run_folder import run_name
 from gi_utils.paths import default_runs_dir, platform_cache_dir
 from gi_utils.pipeline.data_root import ensure_data
-from gi_utils.pipeline.notebook import ParameterError, check_params
+from gi_utils.pipeline.notebook import ParameterError, check_params, notebook_parameters
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.launcher import resolve_num_processes
 from gi_utils.training.loop import resolve_config
@@ -30,12 +30,14 @@ __all__ = ["CONFIG_FIELDS", "train_setup"]
 CONFIG_FIELDS: frozenset[str] = frozenset(f.name for f in fields(TrainConfig))
 
 
-def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+def train_setup(given: Mapping[str, Any] | None = None,
+                annotations: Mapping[str, Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:  # fmt: skip
     """Split 02_train's parameters into a complete TrainConfig and the notebook's own.
 
     Args:
-        given: the parameters (from :func:`gi_utils.pipeline.notebook.new_names`).
-        annotations: the parameters cell's ``__annotations__``.
+        given: the parameters; default: the running notebook's
+            (:func:`gi_utils.pipeline.notebook.notebook_parameters`).
+        annotations: the parameters cell's ``__annotations__`` (with ``given``).
 
     ``data_dir`` ("" = search) is resolved here, once.
 
@@ -59,6 +61,9 @@ def train_setup(given: Mapping[str, Any], annotations: Mapping[str, Any]) -> tup
             ``runs_dir`` and ``run_name``, so a value given would be dropped); the message
             names it.
     """
+    if given is None:
+        given, annotations = notebook_parameters()
+    annotations = annotations or {}
     own_types = {k: v for k, v in annotations.items() if k not in CONFIG_FIELDS}
     nb = check_params({k: v for k, v in given.items() if k in own_types}, own_types)
     cell_types = {k: v for k, v in annotations.items() if k in CONFIG_FIELDS}

@@ -11,6 +11,7 @@ from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.timing import SubmissionTime, measure_speed, project_submission_time
 from gi_utils.models.io import read_model_config
 from gi_utils.paths import kaggle_input_dir
+from gi_utils.pipeline.notebook import shown_path
 from gi_utils.report.runs import as_roots, ensemble_paths
 from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 
@@ -62,7 +63,7 @@ def submission_plan(
     if config_path is not None:
         record = read_best_config(config_path, roots)
         paths, weights = [Path(p) for p in record["model_paths"]], list(record["weights"])
-        post, default, source = record["post"], record["default_post"], f"best configuration {config_path}"
+        post, default, source = record["post"], record["default_post"], f"best configuration {shown_path(config_path)}"
     else:
         paths = ensemble_paths(roots, runs, model_paths)
         weights = None

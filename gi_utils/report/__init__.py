@@ -7,10 +7,15 @@ from gi_utils.report.compare import *
 from gi_utils.report.decisions import *
 from gi_utils.report.eda import *
 from gi_utils.report.holdout import *
+from gi_utils.report.lessons import *
 from gi_utils.report.plotting import *
+from gi_utils.report.previews import *
 from gi_utils.report.runs import *
 from gi_utils.report.selection import *
-from gi_utils.report import atlas, compare, decisions, eda, holdout, plotting, runs, selection
+from gi_utils.report.tables import *
+from gi_utils.report import (atlas, compare, decisions, eda, holdout, lessons, plotting, previews, runs, selection,
+    tables)
 
-__all__ = [*atlas.__all__, *compare.__all__, *decisions.__all__, *eda.__all__, *holdout.__all__, *plotting.__all__,
-    *runs.__all__, *selection.__all__]
+__all__ = [*atlas.__all__, *compare.__all__, *decisions.__all__, *eda.__all__, *holdout.__all__, *lessons.__all__,
+    *plotting.__all__, *previews.__all__,
+    *runs.__all__, *selection.__all__, *tables.__all__]

@@ -30,7 +30,7 @@ from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.progress import headless_kernel
 from gi_utils.report.plotting import overlay_rgb
 
-__all__ = ["scan_images", "worst_cases", "slice_viewer", "viewer_for", "atlas_report"]
+__all__ = ["scan_images", "worst_cases", "slice_viewer", "viewer_for", "atlas_report", "compact_atlas"]
 
 
 def scan_images(data_dir: str | os.PathLike, case_days: list[str], size: int) -> dict[str, np.ndarray]:
@@ -97,7 +97,7 @@ def _static_grid(images, truth, pred, gate, title: str, n: int = 8) -> Figure:
     present = np.flatnonzero((truth | pred).reshape(len(truth), -1).any(1))
     picks = present if len(present) <= n else present[np.linspace(0, len(present) - 1, n).round().astype(int)]
     picks = picks if len(picks) else np.arange(min(n, len(images)))
-    fig, axes = plt.subplots(2, len(picks), figsize=(2.1 * len(picks), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.1 * len(picks), 5.4), squeeze=False)
     for k, z in enumerate(picks):
         for row, (mask, what) in enumerate(((truth, "truth"), (pred, "prediction"))):
             axes[row][k].imshow(overlay_rgb(images[z], mask[z]))
@@ -121,7 +121,8 @@ def slice_viewer(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, gate: 
             ipywidgets, else a static grid of the slices that hold an organ (headless runs).
 
     Returns:
-        An ``ipywidgets.VBox`` or a matplotlib Figure.
+        An ``ipywidgets.VBox`` or a closed matplotlib Figure: either is shown once by
+        ``display()``.
     """
     if interactive is None:
         interactive = not headless_kernel()
@@ -130,8 +131,10 @@ def slice_viewer(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, gate: 
         from IPython.display import display  # noqa: PLC0415
     except ImportError:
         interactive = False
-    if not interactive:
-        return _static_grid(images, truth, pred, gate, title)
+    if not interactive:  # closed, so the notebook's display() shows it once (an open one is shown again)
+        fig = _static_grid(images, truth, pred, gate, title)
+        plt.close(fig)
+        return fig
     slider = widgets.IntSlider(value=len(images) // 2, min=0, max=len(images) - 1, description="slice")
     toggles = [widgets.ToggleButton(value=True, description=c.replace("_", " ")) for c in CLASSES]
     out = widgets.Output()
@@ -168,20 +171,36 @@ def viewer_for(source: Any, case_day: str, post: PostProcess, data_dir: str | os
 def atlas_report(candidates: list[Any], runs_root: str | os.PathLike, data_dir: str | os.PathLike,
                  n: int = 4) -> pd.DataFrame:  # fmt: skip
     """The error atlas of every candidate model (single models and the best blend), saved
-    as ``<runs>/atlas/<model>.csv``, with a figure of each one's ``n`` worst cases.
+    as ``<runs>/atlas/<model>.csv``, and a figure of the ``n`` worst (case-day, class) of the
+    chosen one (the first candidate).
 
     Returns:
-        The ``n`` worst rows of every candidate, with a ``model`` column.
+        The chosen candidate's ``n`` worst rows, worst first, in a few rounded columns
+        (the CSV files hold them all).
     """
-    out = []
     chosen = [c for c in candidates if len(c.members) == 1] + [c for c in candidates[:1] if len(c.members) > 1]
+    worst = None
     for cand in chosen:
-        post = cand.post
-        table = error_atlas(cand.source, post)
-        name = cand.name.replace(" + ", "+")
-        path = Path(runs_root) / "atlas" / f"{name}.csv"
-        atomic_write_text(path, table.to_csv(index=False))
-        fig = worst_cases(table, cand.source, post, data_dir, n)
-        fig.suptitle(f"{cand.name}: the {n} worst (case-day, class)", fontsize=10, y=1.01)
-        out.append(table.head(n).assign(model=cand.name))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+        table = error_atlas(cand.source, cand.post)
+        atomic_write_text(Path(runs_root) / "atlas" / f"{cand.name.replace(' + ', '+')}.csv", table.to_csv(index=False))
+        if cand is candidates[0]:
+            worst = table.head(n)
+    if worst is None or worst.empty:
+        return pd.DataFrame()
+    fig = worst_cases(worst, candidates[0].source, candidates[0].post, data_dir, n)
+    fig.suptitle(f"{candidates[0].name}: its {len(worst)} worst (case-day, organ), worst first", fontsize=10, y=1.01)
+    return compact_atlas(worst)
+
+
+def compact_atlas(atlas: pd.DataFrame) -> pd.DataFrame:
+    """Atlas rows in the columns a reader needs: the case-day and class, their score, Dice
+    and Hausdorff term (3 decimals), the false-positive and false-negative slices, and which
+    voxel sets the distance."""
+    side = {"pred": "a predicted voxel far from the truth", "true": "a true voxel the prediction missed", "": ""}
+    where = [f"{side[s]}, slice {int(z) + 1}" if s else "" for s, z in zip(atlas["hd_side"], atlas["hd_slice"], strict=True)]
+    return pd.DataFrame({
+        "case-day": atlas["case_day"], "class": atlas["class"].str.replace("_", " "),
+        "score": atlas["score"].round(3), "Dice": atlas["dice"].round(3), "Hausdorff": atlas["hausdorff"].round(3),
+        "false-positive slices": atlas["fp_slices"], "missed slices": atlas["fn_slices"],
+        "what sets the distance": where,
+    }).reset_index(drop=True)  # fmt: skip

@@ -107,7 +107,8 @@ def pick_validation_slices(val_meta: pd.DataFrame, n: int = 4) -> pd.DataFrame:
 
 
 def predict_slices(model_paths: Sequence[str | os.PathLike], slices: pd.DataFrame, meta: pd.DataFrame,
-                   device: str = "cpu") -> dict[str, np.ndarray]:  # fmt: skip
+                   device: str = "cpu", post: PostProcess | None = None,
+                   weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """Masks an ensemble predicts for chosen slices, through the same prediction and
     post-processing as the submission (whole scans, each scan's own size).
 
@@ -115,16 +116,18 @@ def predict_slices(model_paths: Sequence[str | os.PathLike], slices: pd.DataFram
         model_paths: ``best.safetensors`` files (one model, or an ensemble).
         slices: rows of ``meta`` to return.
         meta: the metadata of their scans.
+        post: the post-processing (``None``: the models' own settings).
+        weights: one per model (``None``: equal).
 
     Returns:
         ``{id: bool (H, W, 3)}``.
     """
     models = load_models(model_paths, device)
-    post = PostProcess.from_model_configs([c for _, c in models])
+    post = post or PostProcess.from_model_configs([c for _, c in models])
     wanted = set(slices["id"])
     out = {}
     for _, rows, probs, gate in predict_volumes(models, meta[meta["case_day"].isin(set(slices["case_day"]))],
-                                                device=device, progress=False):  # fmt: skip
+                                                device=device, weights=weights, progress=False):  # fmt: skip
         masks = post.apply(probs, gate)
         for d, sid in enumerate(rows["id"]):
             if sid in wanted:

@@ -33,7 +33,7 @@ from gi_utils.models.run_folder import GATE_SUFFIX
 from gi_utils.report.compare import table_markdown
 
 __all__ = ["complexity", "keep_searched", "decide", "explain_choice", "describe_post",
-           "choice_markdown"]  # fmt: skip
+           "choice_markdown", "verdict"]  # fmt: skip
 
 
 
@@ -185,10 +185,54 @@ def explain_choice(candidates: Sequence[Any]) -> list[str]:
 def choice_markdown(table: Any, candidates: Sequence[Any]) -> str:
     """The selection table as Markdown (:func:`~gi_utils.report.table_markdown`) followed by
     what was chosen and why, one bullet per decision (``03_compare`` writes it as
-    ``selection.md``, which ``make docs`` copies into the README)."""
+    ``selection.md``, which ``make docs`` copies into ``docs/results.md``)."""
     best = candidates[0]
     weights = "/".join(f"{w:g}" for w in best.weights)
     lines = [f"**Chosen: {best.name}** (weights {weights}, {'searched' if best.keep_tuned else 'default'} "
              "post-processing), because:", ""]  # fmt: skip
     lines += [f"- {sentence}" for sentence in explain_choice(candidates)]
     return table_markdown(table) + "\n" + "\n".join(lines) + "\n"
+
+
+def _negated(gap: Interval) -> Interval:
+    return Interval(-gap.value, -gap.high, -gap.low)
+
+
+def verdict(candidates: Sequence[Any], holdout: float | None = None, synthetic: bool = False) -> str:
+    """The choice in one plain paragraph (Markdown), for the top of ``03_compare``: what is
+    submitted, its score on case-days it was not tuned on, its gain over the simpler option
+    and whether that is beyond the noise, and its hold-out score where there is one.
+
+    Args:
+        candidates: :func:`~gi_utils.report.selection.select`'s, the chosen one first (their
+            ``figures`` filled).
+        holdout: the chosen one's score on the hold-out (the test split's own truth), if any.
+        synthetic: the runs trained on synthetic data (then the paragraph says so).
+    """
+    best, others = candidates[0], list(candidates[1:])
+    common = set(best.case_days).intersection(*(set(c.case_days) for c in others))
+    score = Interval(*best.figures["common"])
+    what = f"the blend {best.name} (weights {'/'.join(f'{w:g}' for w in best.weights)})" if len(best.members) > 1 else best.name
+    post = "the post-processing searched on its out-of-fold predictions" if best.keep_tuned else "the models' own post-processing"
+    text = (f"**We submit {what}** with {post}. On the {len(common)} case-days "
+            f"{'every candidate was validated on' if others else 'it was validated on'}, each predicted by models that "
+            f"did not train on it and scored with settings not tuned on it, it scores **{score.value:.3f}** "
+            f"(95% interval {score.low:.3f} to {score.high:.3f}, from resampling those case-days).")  # fmt: skip
+    simpler = [c for c in others if complexity(c.member_names) < complexity(best.member_names)]
+    rival = simpler[0] if simpler else others[0] if others else None
+    if rival is None:
+        text += " It is the only candidate, so nothing is compared."
+    else:
+        gain = _negated(Interval(*rival.figures["vs_chosen"]))
+        kind = "simpler" if simpler else "next-best"
+        noise = ("beyond the noise (the whole 95% interval is above 0)" if gain.above_zero
+                 else "within the noise (the 95% interval includes 0)")  # fmt: skip
+        text += f" Against the {kind} option, {rival.name}, it gains {gain.signed()}: {noise}."
+        if not simpler:
+            text += " It is also the simplest candidate, which wins ties."
+    if holdout is not None:
+        text += (f" On the hold-out, scans whose truth no step of the choice read, it scores {holdout:.3f} "
+                 "(a handful of scans: a few thousandths are noise).")  # fmt: skip
+    if synthetic:
+        text += " **These are scores on SYNTHETIC DATA, not leaderboard scores.**"
+    return text

@@ -1,4 +1,6 @@
-"""Exploratory summaries of the metadata table (pure functions returning tables)."""
+"""Exploratory summaries of the metadata table (pure functions returning tables) and the
+sentence each one teaches, written from the figures measured (``*_note``), so that a
+notebook's takeaway holds for the data it shows."""
 
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ __all__ = [
     "organ_area_by_position",
     "sample_labelled",
     "overlay_grid",
+    "data_kind",
+    "empty_share_note",
+    "organ_range",
+    "organ_range_note",
+    "sizes_note",
 ]
 
 
@@ -93,3 +100,51 @@ def overlay_grid(meta: pd.DataFrame, n: int = 8, seed: int = 0, ncols: int = 4):
     masks = [slice_mask(r) for _, r in rows.iterrows()]
     titles = [f"{i} ({w}x{h})" for i, w, h in zip(rows["id"], rows["width"], rows["height"])]
     return plot_overlays(images, masks, titles, ncols=ncols)
+
+
+def data_kind(synthetic: bool) -> str:
+    """How the notes name the data: ``"these synthetic data"`` or ``"these data"``."""
+    return "these synthetic data" if synthetic else "these data"
+
+
+def empty_share_note(share: pd.Series, synthetic: bool = False) -> str:
+    """What :func:`empty_share` teaches, with its figures."""
+    per_class = ", ".join(f"the {name.replace('_', ' ')} from {share[name]:.0%}" for name in CLASSES)
+    return (f"In {data_kind(synthetic)}, {share['all']:.0%} of the slices hold no organ at all, and each organ alone is "
+            f"absent from more ({per_class}). A model "
+            "that rarely sees such slices predicts organs where there are none, and a few false-positive pixels far "
+            "from the organ set the 3-D Hausdorff distance of the whole scan. So training draws the empty slices at a "
+            "chosen rate (`sample_empty_fraction`), and the post-processing chosen in 03 can add a slice gate that "
+            "erases a class on slices where the model is unsure.")  # fmt: skip
+
+
+def organ_range(area: pd.DataFrame, share: float = 0.1) -> tuple[float, float]:
+    """The span of relative positions where the organs are: the first and last bin whose
+    mean area (all classes) reaches ``share`` of its peak, as bin edges in [0, 1].
+
+    Args:
+        area: :func:`organ_area_by_position`.
+    """
+    total = area.sum(axis=1)
+    present = total.index[total >= share * total.max()]
+    half = (area.index[1] - area.index[0]) / 2 if len(area) > 1 else 0.5
+    return float(max(present.min() - half, 0.0)), float(min(present.max() + half, 1.0))
+
+
+def organ_range_note(area: pd.DataFrame, synthetic: bool = False) -> str:
+    """What :func:`organ_area_by_position` teaches, with the span of :func:`organ_range`."""
+    lo, hi = organ_range(area)
+    return (f"In {data_kind(synthetic)} the organs lie between {lo:.0%} and {hi:.0%} of the way through a scan, and "
+            "their areas rise and fall smoothly from slice to slice. One slice alone does not say where in the body "
+            "it is; its neighbours do. That is why the model sees each slice with its neighbours (2.5D: slices "
+            "i-2, i, i+2 as the three channels of one image), and why 3-D models, which see many slices at once, "
+            "are worth a try.")  # fmt: skip
+
+
+def sizes_note(sizes: pd.DataFrame, synthetic: bool = False) -> str:
+    """What :func:`size_table` teaches."""
+    shapes = ", ".join(f"{w}x{h}" for w, h in zip(sizes["width"], sizes["height"], strict=True))
+    return (f"The slices of {data_kind(synthetic)} come in {len(sizes)} sizes (width x height: {shapes}) and "
+            f"{sizes[['spacing_w']].drop_duplicates().shape[0]} pixel spacings. A model takes one square size, so "
+            "every slice is resized on the way in (`img_size`), and each prediction is resized back to its slice's "
+            "own size before it is encoded for the submission.")  # fmt: skip

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gi_utils.atomic import atomic_path  # noqa: E402
 from gi_utils.constants import CLASS_COLORS, CLASSES  # noqa: E402
@@ -27,6 +28,7 @@ __all__ = [
     "to_display",
     "overlay_rgb",
     "plot_overlays",
+    "METRIC_LABELS",
     "plot_history",
     "plot_organ_area",
     "plot_empty_share",
@@ -101,30 +103,48 @@ def plot_overlays(
     return fig
 
 
+#: How the training curves name history.csv's columns (their y axes).
+METRIC_LABELS: dict[str, str] = {
+    "train_loss": "training loss (BCE + Dice)", "val_loss": "validation loss", "val_dice": "validation Dice",
+    "val_hausdorff": "validation Hausdorff term", "val_score": "validation score",
+}  # fmt: skip
+
+
 def plot_history(
     histories: Mapping[str, pd.DataFrame] | pd.DataFrame,
     metrics: Sequence[str] = ("train_loss", "val_loss", "val_dice", "val_score"),
+    title: str = "",
 ) -> Figure:
-    """Training curves: one panel per metric, one line per run.
+    """Training curves: one panel per metric (its name on the y axis), one line per run,
+    whole epochs on the x axis.
 
     Args:
         histories: one history table (columns ``epoch`` + metrics), or ``{run: table}``.
         metrics: columns to draw; those absent from every table are skipped.
+        title: above the panels (e.g. the architecture).
     """
     if isinstance(histories, pd.DataFrame):
         histories = {"run": histories}
     present = [m for m in metrics if any(m in h.columns for h in histories.values())]
     if not present:
         raise ValueError(f"none of the metrics {list(metrics)} is in the histories")
-    fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.0), squeeze=False)
+    epochs = sorted({int(e) for hist in histories.values() for e in hist["epoch"]})
+    fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], present):
         for name, hist in histories.items():
             if metric in hist.columns:
                 ax.plot(hist["epoch"], hist[metric], marker="o", ms=3, label=name)
-        ax.set_title(metric.replace("_", " "))
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
         ax.set_xlabel("epoch")
+        if len(epochs) <= 15:  # every epoch a tick, whole numbers only
+            ax.set_xticks(epochs)
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

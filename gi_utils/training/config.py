@@ -1,7 +1,7 @@
 """The settings of a training run: :class:`TrainConfig` and its validation.
 
 Every field is a parameter of ``02_train.ipynb`` and a flag of ``python -m gi_utils.training``
-(its help text, ``TrainConfig.help(name)``, feeds ``--help`` and the README table); an
+(its help text, ``TrainConfig.help(name)``, feeds ``--help`` and the table of ``docs/configuration.md``); an
 unknown name or a bad value raises a ``ValueError`` that names the field. Named presets of
 values (``smoke``, ``demo``, ``gpu``) live beside it in :mod:`gi_utils.training.presets`.
 """

@@ -15,8 +15,8 @@ settings of the notebook default, the CPU demo and a Kaggle/Colab GPU are writte
   week's plan are in ``docs/levers.md`` (:data:`RECIPE_SOURCES` holds the sources).
 
 A preset is a set of overrides of the TrainConfig defaults, plus per-architecture
-overrides (:data:`ARCH_PRESETS`); values given by the user win over both. The README's
-configuration table is :func:`presets_table`, and a test keeps the two equal.
+overrides (:data:`ARCH_PRESETS`); values given by the user win over both. The configuration
+table of ``docs/configuration.md`` is :func:`presets_table`, and a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _GPU: dict[str, Any] = {
     "sample_empty_fraction": 0.5, "max_steps_per_epoch": 0, "min_size": 20,
 }  # fmt: skip
 #: Kaggle and Colab sessions: the compact cache (3.9 GB instead of 11.8 GB for the whole
-#: competition at 320 px, README 4.3), so a session's 20 GB of disk holds two runs.
+#: competition at 320 px, docs/configuration.md), so a session's 20 GB of disk holds two runs.
 _PLATFORM_GPU: dict[str, Any] = {**_GPU, "cache_dtype": "uint8", "cache_masks": False}
 
 #: Sources of the recipes' settings (docs/levers.md gives the addresses): setting -> who.
@@ -143,7 +143,7 @@ ARCH_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       for name, v in _GPU_3D.items()},
 }  # fmt: skip
 
-#: Rows of the README's configuration table.
+#: Rows of the configuration table (``docs/configuration.md``).
 TABLE_FIELDS: tuple[str, ...] = (
     "arch", "encoder", "weights", "model_kwargs", "img_size", "epochs", "max_steps_per_epoch",
     "batch_size", "lr", "slice_offsets", "loss", "sample_empty_fraction", "min_size", "amp",

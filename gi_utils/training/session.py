@@ -224,9 +224,9 @@ class TrainingRun:
             }  # fmt: skip
             check_room_for(self.last_path, state, "the training state")
             save_state(self.last_path, state)
-            where = (f"epoch {st['epoch'] + 1}, batch {st['n_batches']}" if st["n_batches"]
-                     else f"end of epoch {st['epoch']}")  # fmt: skip
-            print(f"saved checkpoint {self.last_path} ({where})", flush=True)
+            if st["n_batches"]:  # inside an epoch (the epoch's own line says when one ends)
+                print(f"saved checkpoint {self.last_path.name} (epoch {st['epoch'] + 1}, batch {st['n_batches']})",
+                      flush=True)  # fmt: skip
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ one epoch

@@ -112,3 +112,6 @@ def start_trackers(acc: Accelerator, cfg: TrainConfig, key: str | None = None) -
     project, init_kwargs = tracker_setup(cfg, key)
     simple = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
     acc.init_trackers(project, config=simple, init_kwargs=init_kwargs)
+    if cfg.log_with == "wandb" and acc.is_main_process:  # the link a notebook reader follows
+        url = getattr(acc.get_tracker("wandb", unwrap=True), "url", None)
+        print(f"W&B run: {url}" if url else "W&B run: offline (no link; `wandb sync` uploads it)", flush=True)
