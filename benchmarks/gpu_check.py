@@ -1,7 +1,7 @@
 """The GPU acceptance check (issue 27): one command on a fresh GPU machine, one line per
 fact, in at most 6 minutes including the data and caches it builds.
 
-    make gpu-check              # on a GPU machine: python benchmarks/gpu_check.py
+    make gpu-check              # on a GPU machine: python3 benchmarks/gpu_check.py
     make gpu-check SMOKE=1      # its smallest size, on a CPU too (CI): --smoke
 
 The facts come in parts, each with a time budget (:data:`BUDGETS`, seconds on a GPU): a
@@ -31,11 +31,14 @@ project root after ``make venv`` (about 25 MB; ``python3 /work/shared/tools/gpu_
 
     python3 /work/shared/tools/gpu_wheels.py                      # -> .whl/
 
-then run, on the device machine from the project root (carry ``.whl``; ``timeout_s`` 480)::
+then run, on the device machine from the project root (carry ``.whl``; ``timeout_s`` 480;
+no network there and no ``.venv``: the image's python3 with the wheels installed)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl && \\
       export PYTHONPATH=$PWD NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 GI_HEADLESS=1 && \\
-      make gpu-check PY=python3 2>&1 | tee $OUT/gpu_check.txt
+      set -o pipefail && python3 benchmarks/gpu_check.py 2>&1 | tee $OUT/gpu_check.txt
+
+(``make gpu-check`` runs the same: the venv's python where it exists, else python3.)
 
 Exit status 1 when a part failed or a check did not hold (a resume not identical, a
 submission not valid); with ``--smoke`` a cut part counts as a failure too (CI must see

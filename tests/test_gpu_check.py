@@ -6,6 +6,7 @@ the whole check on the CPU, about a minute, is not repeated here)."""
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 
 import pytest
@@ -66,3 +67,13 @@ def test_ci_runs_the_smallest_size_and_without_a_gpu_the_full_size_refuses(capsy
         pytest.skip("a GPU is here: the full size would run")
     assert gpu_check.main([]) == 2
     assert "make gpu-check SMOKE=1" in capsys.readouterr().err
+
+
+def test_make_gpu_check_needs_no_venv():
+    """The GPU machine has no network: the target must not build .venv, and runs python3
+    with the project on PYTHONPATH."""
+    made = subprocess.run(["make", "-n", "gpu-check", "VENV=/nonexistent"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert "python3 benchmarks/gpu_check.py" in made and "venv" not in made and "pip" not in made, made
+    assert f"PYTHONPATH={REPO_ROOT}" in made
+    assert "python3 benchmarks/gpu_check.py" in gpu_check.__doc__
