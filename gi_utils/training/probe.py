@@ -61,8 +61,8 @@ def probe_step(
         measure: read ``torch.cuda``'s memory statistics (default: on CUDA).
 
     Returns:
-        The peak in bytes; ``None`` when the step ran out of GPU memory or nothing was
-        measured (off CUDA).
+        The peak in bytes; ``None`` when the step ran out of GPU memory (the memory it
+        took is given back to the driver) or nothing was measured (off CUDA).
     """
     measure = device.type == "cuda" if measure is None else measure
     dtype = autocast_dtype(amp)
@@ -78,9 +78,9 @@ def probe_step(
                 return int(torch.cuda.max_memory_allocated(device) - base)
         except torch.cuda.OutOfMemoryError:
             pass
-        finally:
+        finally:  # the step's blocks (all of them after an OOM) go back before the next probe
             gc.collect()
-            if device.type == "cuda":
+            if measure or device.type == "cuda":
                 torch.cuda.empty_cache()
     return None
 
