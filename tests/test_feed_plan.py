@@ -248,6 +248,28 @@ def test_resuming_with_cache_none_over_a_recorded_device_plan_is_refused(synth_f
         load_train_data(cfg, plan=recorded)
 
 
+def test_t4_3d_sizes_count_the_training_slices_beside_the_step(synth_factory, tmp_path, tiny_config, monkeypatch):
+    """A T4 (15.7 GB free) and 6.3 GB of training slices: SegResNet's 2 x 32 step (11.8 GB)
+    fits alone but not beside them, 2 x 16 (5.9 GB) does: the device path at 2 x 16 (once
+    the step alone was counted: 2 x 32, and ``auto`` then took the workers). Where no size
+    fits beside the slices, the sizes are chosen for the workers path, and the plan says so."""
+    cfg = preset_config("kaggle", arch="segresnet3d", data_dir=str(synth_factory()), out_dir=str(tmp_path / "r"),
+                        img_size=32, device="cpu", n_folds=2, weights=None)  # fmt: skip
+    mock_gpu(monkeypatch, "Tesla T4", free=15.7 * GB, total=15.8 * GB)
+    monkeypatch.setattr(probe_mod, "probe_step", lambda net, loss, shape, *a: int(11.8 * GB * shape[0] * shape[2] / 64))
+    fold = load_fold_data(cfg)
+    net = build_model("segresnet3d", in_channels=1, classes=3, **cfg.model_kwargs)
+    monkeypatch.setattr(type(fold), "train_bytes", property(lambda self: int(6.3 * GB)))
+    plan = plan_feed(cfg, fold, net, build_loss("bce_dice"), CUDA, "fp16")
+    assert plan.config_sizes == {"batch_size": 2, "patch_depth": 16}
+    assert (plan.path, plan.train_resident, plan.step_bytes) == ("device", True, int(11.8 * GB * 2 * 16 / 64))
+    monkeypatch.setattr(type(fold), "train_bytes", property(lambda self: 12 * GB))
+    plan = plan_feed(cfg, fold, net, build_loss("bce_dice"), CUDA, "fp16")
+    assert plan.config_sizes == {"batch_size": 2, "patch_depth": 32} and plan.path == "workers"
+    assert "3-D sizes chosen for the workers path: none fits beside the 12.00 GB of training slices" in plan.reason
+    assert "workers path" in plan.summary().splitlines()[-1]
+
+
 @pytest.mark.parametrize("card,free,want", [("Tesla T4", 15.7, (2, 32)), ("NVIDIA H100 80GB HBM3", 84.5, (4, 64))])
 def test_3d_sizes_from_a_mocked_probe(synth_factory, tmp_path, tiny_config, monkeypatch, card, free, want):
     """A probe that says SegResNet takes 5.9 GB per 2 x 32 x 320 x 320 patches of voxels
