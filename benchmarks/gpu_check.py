@@ -434,7 +434,7 @@ TOGETHER_FREE: dict[str, float] = {"model": 45e9, "all": 60e9}
 #: The output line at which the resume part kills a run (SIGKILL): its checkpoint after batch 2.
 KILL_AT = ("saved checkpoint", "batch 2)")
 #: What the resumed run must print: it went on from that checkpoint.
-RESUMED_AT = re.compile(r"^resuming \S+ at epoch 1, batch 2$", re.MULTILINE)
+RESUMED_AT = re.compile(r"^resuming .+ at epoch 1, batch 2$", re.MULTILINE)
 #: The resume part's runs of one model and their run folders (suffixes of its ``out_dir``).
 ROLES: dict[str, str] = {"full": "", "control": "_control", "killed": "_cut", "resumed": "_cut"}
 

@@ -1,7 +1,9 @@
 """benchmarks/gpu_check.py (``make gpu-check``): its parts keep their time budgets (a part
 that runs out says so and the next one runs; a failing one is reported and the next one
 runs), and CI runs it at its smallest size (``make gpu-check SMOKE=1``, in ``.ci/run``:
-the whole check on the CPU, about a minute, is not repeated here)."""
+the whole check on the CPU, about a minute, is not repeated here; its resume part runs
+here once, for UNet, as on a GPU with room for the runs at once). Its figures are tested on
+mocked ``torch.cuda`` statistics and fake profiler events."""
 
 from __future__ import annotations
 
