@@ -90,6 +90,15 @@ class Stepper:
         self.loss = build_loss("bce_dice")
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the training state: the model's parameters and buffers, their gradients
+        and AdamW's moments (what a probe step holds beside its activations)."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
+        tensors += [t for s in self.opt.state.values() for t in s.values() if torch.is_tensor(t)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         masks = masks.to(self.device, non_blocking=True)
@@ -111,12 +120,19 @@ def measure(step: Stepper, batches: Iterator, batch: int, seconds: float, max_st
             warmup: int = 3, watch: bool = False) -> dict[str, float]:  # fmt: skip
     """samples/s of ``step`` over ``batches`` (after ``warmup`` steps), peak memory, and
     NVML's utilisation of the GPU during the timed steps when ``watch`` (``util``: % or
-    NaN, ``util_text``: the figure or why there is none)."""
+    NaN, ``util_text``: the figure or why there is none).
+
+    ``peak_mb``: on CUDA the peak of ``torch.cuda.max_memory_allocated`` during the timed
+    steps, ``base_mb`` what was allocated when they began (the model, its optimizer state,
+    data kept on the device: ``peak_mb - base_mb`` is what the steps add); on a CPU this
+    process's peak RSS, ``base_mb`` 0."""
     dev = step.device
     for _ in range(warmup):
         step(*next(batches))
     sync(dev)
+    base = 0.0
     if dev.type == "cuda":
+        base = torch.cuda.memory_allocated(dev) / 2**20
         torch.cuda.reset_peak_memory_stats(dev)
     busy = NvmlBusy(dev if watch else torch.device("cpu"))
     with busy:
@@ -129,8 +145,25 @@ def measure(step: Stepper, batches: Iterator, batch: int, seconds: float, max_st
         sync(dev)
         took = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_rss_mb()
-    return {"samples_s": n * batch / took, "steps": n, "seconds": took, "peak_mb": peak,
+    return {"samples_s": n * batch / took, "steps": n, "seconds": took, "peak_mb": peak, "base_mb": base,
             "util": busy.mean if busy.mean is not None else float("nan"), "util_text": busy.text()}  # fmt: skip
+
+
+def worker_loader(samples, empty, batch: int, workers: int, pin: bool):
+    """The worker path's DataLoader over ``samples`` (a :class:`SeededSamples`) as the
+    training loop makes it (an :class:`EpochSampler`, the last short batch dropped), and
+    ``epoch(e)``: an iterator of its batches of epoch ``e``. Its workers persist from one
+    epoch to the next: a measurement that crosses an epoch times the batches, not 16
+    workers starting again."""
+    sampler = EpochSampler(empty, SEED)
+    dl = DataLoader(samples, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
+                    pin_memory=pin, persistent_workers=workers > 0)  # fmt: skip
+
+    def epoch(e: int):
+        sampler.set_epoch(e)
+        return iter(dl)
+
+    return dl, epoch
 
 
 def feeds(arch: str, meta, cache: VolumeCache, size: int, device: torch.device, depth: int):
@@ -161,14 +194,9 @@ def run_batch(step: Stepper, fed, batch: int, workers: list[int], seconds: float
     got: dict[str, dict[str, float]] = {}
     samples = SeededSamples(ds, SEED)  # one view of the dataset for every worker count
     for w in workers:  # one DataLoader, iterated once per epoch, as the training loop does
-        sampler = EpochSampler(empty, SEED)
-        dl = DataLoader(samples, batch_size=batch, sampler=sampler, drop_last=True, num_workers=w, pin_memory=pin)
-
-        def worker_epoch(epoch: int, sampler=sampler, dl=dl):
-            sampler.set_epoch(epoch)
-            return iter(dl)
-
+        _dl, worker_epoch = worker_loader(samples, empty, batch, w, pin)
         got[f"workers{w}"] = measure(step, cycle(worker_epoch), batch, seconds, max_steps)
+        del _dl, worker_epoch  # its workers end here
     for name, data in (("device", on_device), ("device_pinned", in_host)):
         if data is None:  # off CUDA: no pinned variant
             continue

@@ -25,6 +25,7 @@ from gi_utils.training import (
     decide_feed,
     gpu_memory,
     load_fold_data,
+    load_train_data,
     plan_feed,
     preset_config,
     probe_size_3d,
@@ -202,6 +203,71 @@ def test_choose_size_takes_the_first_candidate_that_fits():
     chosen, tried = choose_size([(4, 64), (2, 64), (4, 32), (2, 32)], lambda b, d: peaks[b, d], lambda b, d: 20)
     assert chosen == (4, 32) and tried == [[4, 64, None], [2, 64, 30], [4, 32, 12]]
     assert choose_size([(2, 64)], lambda b, d: 30, lambda b, d: 20) == (None, [[2, 64, 30]])
+
+
+def test_the_probe_step_out_of_memory_gives_none_and_frees_the_cache(monkeypatch):
+    freed = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
+
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(probe_mod, "_step", out_of_memory)
+    net = build_model("unet", "resnet18", 3, 3, weights=None, encoder_depth=3, decoder_channels=[16, 8, 8])
+    assert probe_step(net, build_loss("bce_dice"), (64, 3, 32, 32), torch.device("cpu"), measure=True) is None
+    assert freed  # the failed step's blocks go back before the next probe
+
+
+def test_a_probe_step_out_of_memory_stops_the_run_after_its_plan(synth_factory, tmp_path, tiny_config, monkeypatch,
+                                                                 capsys):  # fmt: skip
+    """A step that ran out of memory in the probe would at the run's first step: the run
+    prints its plan and stops, naming the settings to lower."""
+    mock_gpu(monkeypatch, "Tesla T4", free=15.7 * GB, total=15.8 * GB)
+    monkeypatch.setattr(probe_mod, "probe_step", lambda *a, **k: None)
+    cfg = tiny_config(synth_factory(), tmp_path / "run")
+    fold = load_fold_data(cfg)
+    net = build_model("unet", "resnet18", 3, 3, weights=None)
+    plan = plan_feed(cfg, fold, net, build_loss("bce_dice"), CUDA, "fp16")
+    assert (plan.gpu, plan.step_bytes) == ("Tesla T4", None)
+    with pytest.raises(ValueError, match=r"batch_size=4.*img_size=64"):
+        load_train_data(cfg, plan=plan, fold=fold)
+    monkeypatch.setattr(session_mod, "plan_feed", lambda *a, **k: plan)
+    with pytest.raises(ValueError, match="ran out of GPU memory"):
+        train(cfg)
+    assert "feed plan: workers path (data_path='auto'); the probe step ran out of memory" in capsys.readouterr().out
+
+
+def test_resuming_with_cache_none_over_a_recorded_device_plan_is_refused(synth_factory, tmp_path, tiny_config):
+    """``cache`` may change on a resume; the device path has nothing to copy without one."""
+    cfg = tiny_config(synth_factory(), tmp_path / "run", cache="none")
+    recorded = FeedPlan("device", "auto", True, True, reason="fits", recorded=True)
+    with pytest.raises(ValueError, match=r"cache='none'.*cache='disk'"):
+        load_train_data(cfg, plan=recorded)
+
+
+def test_t4_3d_sizes_count_the_training_slices_beside_the_step(synth_factory, tmp_path, tiny_config, monkeypatch):
+    """A T4 (15.7 GB free) and 6.3 GB of training slices: SegResNet's 2 x 32 step (11.8 GB)
+    fits alone but not beside them, 2 x 16 (5.9 GB) does: the device path at 2 x 16 (once
+    the step alone was counted: 2 x 32, and ``auto`` then took the workers). Where no size
+    fits beside the slices, the sizes are chosen for the workers path, and the plan says so."""
+    cfg = preset_config("kaggle", arch="segresnet3d", data_dir=str(synth_factory()), out_dir=str(tmp_path / "r"),
+                        img_size=32, device="cpu", n_folds=2, weights=None)  # fmt: skip
+    mock_gpu(monkeypatch, "Tesla T4", free=15.7 * GB, total=15.8 * GB)
+    monkeypatch.setattr(probe_mod, "probe_step", lambda net, loss, shape, *a: int(11.8 * GB * shape[0] * shape[2] / 64))
+    fold = load_fold_data(cfg)
+    net = build_model("segresnet3d", in_channels=1, classes=3, **cfg.model_kwargs)
+    monkeypatch.setattr(type(fold), "train_bytes", property(lambda self: int(6.3 * GB)))
+    plan = plan_feed(cfg, fold, net, build_loss("bce_dice"), CUDA, "fp16")
+    assert plan.config_sizes == {"batch_size": 2, "patch_depth": 16}
+    assert (plan.path, plan.train_resident, plan.step_bytes) == ("device", True, int(11.8 * GB * 2 * 16 / 64))
+    monkeypatch.setattr(type(fold), "train_bytes", property(lambda self: 12 * GB))
+    plan = plan_feed(cfg, fold, net, build_loss("bce_dice"), CUDA, "fp16")
+    assert plan.config_sizes == {"batch_size": 2, "patch_depth": 32} and plan.path == "workers"
+    assert "3-D sizes chosen for the workers path: none fits beside the 12.00 GB of training slices" in plan.reason
+    assert "workers path" in plan.summary().splitlines()[-1]
 
 
 @pytest.mark.parametrize("card,free,want", [("Tesla T4", 15.7, (2, 32)), ("NVIDIA H100 80GB HBM3", 84.5, (4, 64))])

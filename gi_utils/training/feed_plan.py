@@ -203,6 +203,7 @@ class FeedPlan:
         if self.sizes:
             tried = ", ".join(f"{b}x{d}: {'out of memory' if p is None else _gb(p)}" for b, d, p in self.sizes["tried"])
             how = "from probe steps" if self.sizes.get("fits", True) else "kept: no probed size fits"
+            how += " for the workers path" if self.sizes.get("without_cache") else ""
             lines.append(f"  3-D batch_size {self.sizes['batch_size']}, patch_depth {self.sizes['patch_depth']} "
                          f"{how} (batch x depth: {tried})")  # fmt: skip
         return "\n".join(lines)
@@ -231,7 +232,9 @@ def decide_feed(
         step_bytes: peak of the probe step (``None`` on a GPU: it ran out of memory).
         allowance: :func:`allowances`.
         device_augment: the device augmentation honours the run's ``augment_kwargs``.
-        sizes: 3-D sizes chosen by probe steps, recorded with the plan.
+        sizes: 3-D sizes chosen by probe steps, recorded with the plan (``without_cache``:
+            chosen for the workers path, none fitting beside the training slices; the
+            reason says so).
 
     ``workers`` is kept; ``device`` is kept, its slices resident where they fit and in
     host memory where they do not; ``auto`` takes the device path only on a GPU,
@@ -241,6 +244,8 @@ def decide_feed(
     the reason also says when the step alone does not fit, whatever the path.
     """
     allowance = dict(allowance or {})
+    sized = ("3-D sizes chosen for the workers path: none fits beside the "
+             f"{_gb(train_bytes)} of training slices") if sizes and sizes.get("without_cache") else ""  # fmt: skip
     plan = {"asked": asked, "train_bytes": int(train_bytes), "val_bytes": int(val_bytes), "allowance": allowance,
             "headroom": headroom, "step_bytes": step_bytes, "sizes": sizes}  # fmt: skip
     room, short = 0.0, ""  # bytes left beside the step and allowances; why there are none
@@ -254,7 +259,7 @@ def decide_feed(
     if asked == "workers" or (asked == "auto" and (not has_cache or not device_augment)):
         why = ("asked" if asked == "workers" else "no cache to copy (cache='none')" if not has_cache
                else "augment_kwargs the device augmentation cannot honour")  # fmt: skip
-        return FeedPlan("workers", reason="; ".join(filter(None, (why, short))), **plan)
+        return FeedPlan("workers", reason="; ".join(filter(None, (why, short, sized))), **plan)
     if memory is None:
         if asked == "auto":
             return FeedPlan("workers", reason="no GPU; nothing probed", **plan)
@@ -264,12 +269,13 @@ def decide_feed(
     val_fits = train_fits and train_bytes + val_bytes <= room
     if asked == "auto" and not train_fits:
         why = short or f"the training slices do not fit beside the step ({_gb(train_bytes)} > {_gb(room)} left)"
-        return FeedPlan("workers", reason=why, **plan)
+        return FeedPlan("workers", reason="; ".join(filter(None, (why, sized))), **plan)
     if train_fits:
         why = "fits" if val_fits or not val_bytes else "the training slices fit, the validation slices do not"
     else:
         why = short or f"asked; the slices do not fit beside the step ({_gb(train_bytes)} > {_gb(room)} left)"
-    return FeedPlan("device", train_resident=train_fits, val_resident=val_fits, reason=why, **plan)
+    return FeedPlan("device", train_resident=train_fits, val_resident=val_fits,
+                    reason="; ".join(filter(None, (why, sized))), **plan)  # fmt: skip
 
 
 def choose_size(

@@ -33,7 +33,7 @@ from gi_utils.training.device_feed import DeviceLoader, DeviceValLoader
 from gi_utils.training.feed_plan import FeedPlan, decide_feed
 from gi_utils.training.sampler import EpochSampler, SeededSamples
 
-__all__ = ["FoldData", "TrainData", "load_fold_data", "load_train_data", "unprobed_plan"]
+__all__ = ["FoldData", "TrainData", "load_fold_data", "load_train_data", "unprobed_plan", "check_plan"]
 
 
 class _Indexed(Dataset):
@@ -139,6 +139,26 @@ def unprobed_plan(cfg: TrainConfig, fold: FoldData) -> FeedPlan:
                        val_bytes=fold.val_bytes)  # fmt: skip
 
 
+def check_plan(cfg: TrainConfig, plan: FeedPlan, fold: FoldData) -> None:
+    """Refuse a plan the run cannot follow, before any loader is made.
+
+    Raises:
+        ValueError: the probe step ran out of GPU memory (the run would at its first
+            step), naming the sizes to lower; or a device plan (recorded by the run being
+            resumed) without a cache to copy (``cache="none"``).
+    """
+    if plan.gpu is not None and plan.step_bytes is None:
+        sizes = f"batch_size={cfg.batch_size}, img_size={cfg.img_size}"
+        sizes += f", patch_depth={cfg.patch_depth}" if cfg.spec.is_3d else ""
+        raise ValueError(f"one training step ({sizes}) ran out of GPU memory on {plan.gpu} in the probe before the "
+                         "run (feed plan above): the run would at its first step; lower batch_size (or img_size"
+                         f"{', patch_depth' if cfg.spec.is_3d else ''})")  # fmt: skip
+    if plan.path == "device" and fold.cache is None:
+        raise ValueError(f"the feed plan{' recorded in last.pt' if plan.recorded else ''} takes the device path, "
+                         f"which copies the cache, and cache='none' has none: resume with cache='disk' (or "
+                         "'memory'), or start over with resume=False")  # fmt: skip
+
+
 def load_train_data(
     cfg: TrainConfig,
     num_processes: int = 1,
@@ -159,6 +179,7 @@ def load_train_data(
     """
     fold = fold if fold is not None else load_fold_data(cfg)
     plan = plan if plan is not None else unprobed_plan(cfg, fold)
+    check_plan(cfg, plan, fold)
     train_meta, val_meta, cache = fold.train_meta, fold.val_meta, fold.cache
     kw = {"cache": cache, "mode": cfg.resize_mode}
     is_3d = fold.is_3d

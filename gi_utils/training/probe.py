@@ -61,8 +61,8 @@ def probe_step(
         measure: read ``torch.cuda``'s memory statistics (default: on CUDA).
 
     Returns:
-        The peak in bytes; ``None`` when the step ran out of GPU memory or nothing was
-        measured (off CUDA).
+        The peak in bytes; ``None`` when the step ran out of GPU memory (the memory it
+        took is given back to the driver) or nothing was measured (off CUDA).
     """
     measure = device.type == "cuda" if measure is None else measure
     dtype = autocast_dtype(amp)
@@ -78,9 +78,9 @@ def probe_step(
                 return int(torch.cuda.max_memory_allocated(device) - base)
         except torch.cuda.OutOfMemoryError:
             pass
-        finally:
+        finally:  # the step's blocks (all of them after an OOM) go back before the next probe
             gc.collect()
-            if device.type == "cuda":
+            if measure or device.type == "cuda":
                 torch.cuda.empty_cache()
     return None
 
@@ -160,13 +160,15 @@ def probe_size_3d(
 ) -> tuple[dict[str, Any] | None, int | None]:
     """A 3-D run's ``batch_size`` and ``patch_depth`` from probe steps (``cfg.probe_size``
     on CUDA): the first of :data:`SIZES_3D` (depths the model takes) whose step and
-    allowances fit in :data:`HEADROOM` of the free memory.
+    allowances fit in :data:`HEADROOM` of the free memory beside the training slices (on
+    the device path: ``data_path`` auto or device); where none fits beside them, the first
+    that fits alone, for the workers path (``"without_cache"``, said in the plan's reason).
 
     Returns:
         ``(sizes, step bytes)``: ``sizes`` is ``{"batch_size", "patch_depth", "tried",
-        "fits"}`` (``None`` off CUDA or without ``probe_size``; where no candidate fits,
-        ``fits`` is False and the config's values are kept), the step's peak at the
-        chosen size (``None``: not probed at it).
+        "fits", "without_cache"}`` (``None`` off CUDA or without ``probe_size``; where no
+        candidate fits, ``fits`` is False and the config's values are kept), the step's
+        peak at the chosen size (``None``: not probed at it).
     """
     if not (cfg.probe_size and cfg.spec.is_3d and device.type == "cuda"):
         return None, None
@@ -174,15 +176,20 @@ def probe_size_3d(
     candidates = [(b, d) for b, d in SIZES_3D if d % stride == 0]
     peaks: dict[tuple[int, int], int | None] = {}
 
-    def peak_of(b: int, d: int) -> int | None:
-        peaks[b, d] = probe_step(net, loss_fn, batch_shape(cfg, b, d), device, amp, memory_format)
+    def peak_of(b: int, d: int) -> int | None:  # each size probed once
+        if (b, d) not in peaks:
+            peaks[b, d] = probe_step(net, loss_fn, batch_shape(cfg, b, d), device, amp, memory_format)
         return peaks[b, d]
 
-    def budget(b: int, d: int) -> float:
+    def budget(b: int, d: int, cache: int = 0) -> float:
         allow = _allowance(cfg, fold, net, cfg.data_path != "workers", batch_shape(cfg, b, d))
-        return HEADROOM * gpu_memory(device).free - sum(allow.values())
+        return HEADROOM * gpu_memory(device).free - sum(allow.values()) - cache
 
-    chosen, tried = choose_size(candidates, peak_of, budget)
+    cache = fold.train_bytes if cfg.data_path != "workers" and fold.cache is not None else 0
+    chosen, tried = choose_size(candidates, peak_of, lambda b, d: budget(b, d, cache))
+    without_cache = chosen is None and cache > 0
+    if without_cache:  # none fits beside the slices: the first that fits alone (the workers path)
+        chosen, _ = choose_size(candidates, peak_of, budget)
     size = chosen or (cfg.batch_size, cfg.patch_depth)
-    return ({"batch_size": size[0], "patch_depth": size[1], "tried": tried, "fits": chosen is not None},
-            peaks.get(size))  # fmt: skip
+    return ({"batch_size": size[0], "patch_depth": size[1], "tried": tried, "fits": chosen is not None,
+             "without_cache": without_cache and chosen is not None}, peaks.get(size))  # fmt: skip
