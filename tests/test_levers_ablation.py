@@ -10,8 +10,9 @@ import math
 
 import pytest
 
+from gi_utils.evaluation.bootstrap import score_interval
 from gi_utils.pipeline.__main__ import main
-from gi_utils.pipeline.ablation import LEVERS, parse_levers
+from gi_utils.pipeline.ablation import LEVERS, parse_levers, score_run
 
 SMOKE = ["-p", "img_size", "64", "-p", "epochs", "2", "-p", "max_steps_per_epoch", "2", "-p", "batch_size", "4",
          "-p", "n_folds", "2", "-p", "progress", "false", "-p", "device", "cpu"]  # fmt: skip
@@ -47,6 +48,9 @@ def test_the_ablation_command_at_smoke_size(synth_factory, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [  # the runs share one cache and folds file
         "baseline", "body_crop", "cache", "classification_first", "folds", "gate", "lovasz", "pretrain", "swa"]
     assert (out / "pretrain" / "classification_first_first" / "best.safetensors").is_file()
+    # SWA is the average itself, not the run's best model (its last epoch where that scored higher)
+    swa = score_interval(score_run(out / "swa", data, model_file="swa.safetensors")).value
+    assert rows["swa"]["score"] == swa
     capsys.readouterr()
     assert main(argv) == 0  # a second call trains nothing: every run has finished
     assert "=== ablation" in capsys.readouterr().out and json.loads((out / "ablation.json").read_text()) == record

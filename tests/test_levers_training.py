@@ -96,6 +96,8 @@ def test_a_run_averages_the_validated_weights_of_its_last_epochs(synth_dir, tmp_
     best_row = history.loc[history["val_score"] == history["val_score"].max()].iloc[-1]
     assert metrics["best"]["val_score"] == best_row["val_score"]
     kept = load_file(out / "best.safetensors")
+    average = load_file(out / "swa.safetensors")  # the average itself, kept whether or not it won
+    assert set(average) <= set(swa) and all(torch.equal(average[k], swa[k]) for k in average)
     if best_row.get("model") == "swa":  # the average won: it is the run's model, BN recomputed
         assert all(torch.equal(kept[k], swa[k]) for k in kept)
     else:  # an epoch won: its validated (EMA) weights are kept

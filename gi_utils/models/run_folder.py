@@ -22,7 +22,7 @@ from typing import Any
 
 from gi_utils.models.registry import find_arch
 
-__all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "OOF_DIR", "OOF_STAGING_DIR", "HISTORY_FILE", "METRICS_FILE",
+__all__ = ["CONFIG_FILE", "SPLIT_FILE", "STATE_FILE", "MODEL_FILE", "SWA_MODEL_FILE", "OOF_DIR", "OOF_STAGING_DIR", "HISTORY_FILE", "METRICS_FILE",
            "FINISHED_FILES", "GATE_SUFFIX", "CLS_SUFFIX", "NUMBER_FREE_FIELDS", "RESUME_FREE_FIELDS", "PER_RUN_FIELDS",
            "model_stem", "run_name", "stem_of_run", "resume_differences"]  # fmt: skip
 
@@ -30,6 +30,9 @@ CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 STATE_FILE = "last.pt"
 MODEL_FILE = "best.safetensors"
+#: The SWA average of a run with ``swa_epochs`` (its BatchNorm statistics recomputed), kept
+#: whether or not it scored best (then it is also :data:`MODEL_FILE`).
+SWA_MODEL_FILE = "swa.safetensors"
 OOF_DIR = "oof"
 #: Where validation writes the next out-of-fold set, moved to :data:`OOF_DIR` when it is the best.
 OOF_STAGING_DIR = f".{OOF_DIR}.tmp"

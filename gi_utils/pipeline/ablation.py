@@ -43,6 +43,7 @@ from gi_utils.evaluation.bootstrap import (
 from gi_utils.evaluation.metric import ScoreAccumulator
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.predict import load_models, predict_volumes
+from gi_utils.models.run_folder import MODEL_FILE, SWA_MODEL_FILE
 from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.data_root import ensure_data
 from gi_utils.report.runs import load_run
@@ -71,6 +72,9 @@ class Lever:
         first: a run trained before it, whose weights it starts from (``init_from``):
             the classification-first run, the 3-D round 1 on crops.
         unmeasured: why the synthetic data cannot show it (then nothing is trained).
+        model_file: the file of the run folder scored: the run's best model, or for SWA
+            the average itself (a run keeps its best epoch where that scores higher, which
+            would score the baseline's model again).
     """
 
     name: str
@@ -79,6 +83,7 @@ class Lever:
     reference: str = "baseline"
     first: Callable[[TrainConfig], dict[str, Any]] | None = None
     unmeasured: str = ""
+    model_file: str = MODEL_FILE
 
 
 #: Runs that are references, not levers: the demo baseline, the baseline with the
@@ -90,7 +95,7 @@ BASE_RUNS: dict[str, Callable[[TrainConfig], dict[str, Any]]] = {
 }
 
 _LEVER_LIST = [
-    Lever("swa", "3rd, 2nd", lambda base: {"swa_epochs": max(1, base.epochs // 2)}),
+    Lever("swa", "3rd, 2nd", lambda base: {"swa_epochs": max(1, base.epochs // 2)}, model_file=SWA_MODEL_FILE),
     Lever("lovasz", "3rd", lambda base: {"loss": "bce_dice_lovasz"}),
     Lever("cutmix_mixup", "3rd", lambda base: {"mix": "cutmix_mixup", "mix_p": 0.33}),
     Lever("five_slices", "3rd, 2nd", lambda base: {"slice_offsets": [-2, -1, 0, 1, 2]}),
@@ -128,15 +133,16 @@ def parse_levers(levers: str | Sequence[str]) -> list[str]:
 
 
 
-def score_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, device: str | None = None) -> ScoreTerms:
-    """The competition score's terms of a run's model on its validation scans, predicted at
-    their own resolution (as a submission is) and post-processed with its run's threshold
-    and minimum size."""
+def score_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, device: str | None = None,
+              model_file: str = MODEL_FILE) -> ScoreTerms:  # fmt: skip
+    """The competition score's terms of a run's model (``model_file`` in its folder) on its
+    validation scans, predicted at their own resolution (as a submission is) and
+    post-processed with its run's threshold and minimum size."""
     run = load_run(run_dir)
     cfg = run.config
     meta = build_metadata(data_dir, "train")
     val = meta.loc[meta["case_day"].isin(run.split["val_case_days"])]
-    models = load_models([run.model_path], device)
+    models = load_models([Path(run_dir) / model_file], device)
     post = PostProcess((cfg["threshold"],) * len(CLASSES), (cfg["min_size"],) * len(CLASSES), size_ref=cfg["img_size"])
     acc = ScoreAccumulator()
     for case_day, rows, probs, gate in predict_volumes(models, val, device=device, progress=False):
@@ -186,7 +192,8 @@ def run_ablation(
             continue
         for which in (lever.reference, name):
             if which not in terms:
-                terms[which] = score_run(run(which), root, device)
+                file = LEVERS[which].model_file if which in LEVERS else MODEL_FILE
+                terms[which] = score_run(run(which), root, device, file)
         ref, own = terms[lever.reference], terms[name]
         diff = paired_difference(own, ref)
         verdict = "a gain" if diff.above_zero else "a loss" if diff.high < 0 else "within the noise"

@@ -19,6 +19,7 @@ from gi_utils.constants import CLASSES
 from gi_utils.data.mixing import BatchMix, mix_generator
 from gi_utils.models.io import read_model_config
 from gi_utils.models.registry import build_model
+from gi_utils.models.run_folder import SWA_MODEL_FILE
 from gi_utils.models.transfer import init_from_weights, init_source
 from gi_utils.training.swa import SwaAverage
 from gi_utils.training.validation import sync_buffers
@@ -98,9 +99,9 @@ class RunLevers:
     def end_epoch(self, run: Any) -> None:
         """After ``run``'s epoch bookkeeping: add the epoch's weights to the SWA average;
         after the last epoch, validate the average as one more row of the history (its
-        BatchNorm statistics recomputed first), kept as the best when it scores better
-        (always without validation, or without a segmentation score: then it is the run's
-        final model)."""
+        BatchNorm statistics recomputed first), saved as ``swa.safetensors`` and kept as the
+        best when it scores better (always without validation, or without a segmentation
+        score: then it is the run's final model)."""
         if self.swa is None:
             return
         st = run.state
@@ -116,6 +117,7 @@ class RunLevers:
         row = {"epoch": st["epoch"], "model": "swa", **val, "epoch_time_s": time.perf_counter() - t0}
         score = val.get("val_score", math.nan) if run.validated and self.cfg.seg_weight > 0 else math.inf
         improved = run.keep_if_best(row, score, self.swa.module)
+        run.save_model_file(SWA_MODEL_FILE, row, self.swa.module)  # the average itself, best or not
         st["history"].append(row)
         figures = " ".join(f"{k} {val[k]:.4f}" for k in ("val_dice", "val_hausdorff", "val_score") if k in val)
         self.acc.print(f"SWA of epochs {self.swa.first}-{self.cfg.epochs} ({self.swa.n_averaged}): {figures}"
