@@ -291,7 +291,7 @@ def test_the_recipes_are_valid_for_their_models():
     for arch in ("segresnet3d", "unet3d"):  # round 1 of the 3-D rounds: 192 px crops, no 2.5D lever
         cfg = preset_config("kaggle_levers", arch=arch)
         assert cfg.patch_size == 192 and cfg.drop_tail == 0 and not cfg.gate
-    assert not any(f"`{name}`" in presets_table().splitlines()[0] for name in RECIPES)  # the README's table: machines
+    assert not any(f"`{name}`" in presets_table().splitlines()[0] for name in RECIPES)  # docs/configuration.md's table: machines
 
 
 @pytest.mark.slow

@@ -106,28 +106,25 @@ def test_executed_notebooks_show_output_within_15_lines(series):
         assert lines_before_first_output(nbformat.read(tmp / f"{name}.ipynb", as_version=4)) <= 15, name
 
 
+#: Lines of the run's plan (gi_utils.training.run_plan.SessionPlan, printed once per fold and
+#: session) and of the feed plan (FeedPlan.summary: its first line, then indented ones).
+PLAN_ROW = re.compile(r"^(plan of |run |seconds per step|validation |this run|folds all|session limit|disk: |GPU memory|to fit: )")
+FEED_PLAN_ROW = re.compile(r"^(feed plan: |  )")
+
+
 def test_training_prints_one_line_per_epoch(series):
-    """Two folds of two epochs: four epoch lines, a few lines per fold around them, and no
-    progress bar but the cache's final state (each epoch's bars printed a line every 10 s
-    and their final states; every checkpoint its absolute path)."""
+    """Two folds of two epochs: four epoch lines; per fold its name, the cache's line, the
+    feed plan and the run's plan (one table each); once the processes line; and no progress
+    bar but the cache's final state (each epoch's bars printed a line every 10 s and their
+    final states; every checkpoint its absolute path)."""
     tmp, _, _ = series
     cell = next(c for c in nbformat.read(tmp / "02_train.ipynb", as_version=4).cells if "train_folds(" in c.source)
     lines = [ln for o in cell.outputs for ln in o.get("text", "").replace("\r", "\n").splitlines() if ln.strip()]
     epochs = [ln for ln in lines if re.match(r"epoch \d+/\d+ train_loss", ln)]
     assert len(epochs) == 4, lines
-    # the two plans of a run, printed once each before its hours are spent: the feed's
-    # ("feed plan: ...", indented lines) and the session's ("plan of <run> ...", a table)
-    plans = [i for i, ln in enumerate(lines) if ln.startswith(("feed plan:", "plan of "))]
-    assert sum(lines[i].startswith("plan of ") for i in plans) == 2, lines
-    in_plans = set()
-    for i in plans:
-        j = i + 1
-        while j < len(lines) and (lines[j].startswith(" ") or lines[i].startswith("plan of ") and not re.match(
-                r"(epoch \d|=== |caching)", lines[j])):  # fmt: skip
-            j += 1
-        in_plans.update(range(i, j))
-    rest = [ln for k, ln in enumerate(lines) if k not in in_plans and ln not in epochs]
-    assert len(rest) <= 2 * 3, rest  # per fold: its name, the processes' line, the cache's line
+    assert sum(ln.startswith("plan of ") for ln in lines) == 2 and sum(ln.startswith("feed plan: ") for ln in lines) == 2
+    others = [ln for ln in lines if ln not in epochs and not PLAN_ROW.match(ln) and not FEED_PLAN_ROW.match(ln)]
+    assert len(others) <= 1 + 2 * 2, others  # the processes; per fold its name and the cache's line
     assert all(ln.startswith("caching volumes: 100%") for ln in lines if "%|" in ln), lines
     assert not [ln for ln in lines if "saved checkpoint" in ln or "/last.pt" in ln], lines
 

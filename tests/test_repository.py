@@ -108,7 +108,7 @@ def test_readme_and_docs_links_resolve():
     for doc in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\((?!https?://)([^)#\s]+)", doc.read_text()):
             path = (doc.parent / target).resolve()
-            if "docs/demo/" in str(path) or path.name == "sessions.md":  # written by make docs / by issue 28
+            if "docs/demo/" in str(path):  # written by make docs
                 continue
             assert path.exists(), f"{doc.name} links to {target}, which does not exist"
 

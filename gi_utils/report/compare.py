@@ -135,9 +135,13 @@ def predict_slices(model_paths: Sequence[str | os.PathLike], slices: pd.DataFram
     return out
 
 
-def prediction_grid(runs: Sequence[Run], data_dir: str | os.PathLike | None = None, n_slices: int = 4, device: str = "cpu") -> Figure:
+def prediction_grid(runs: Sequence[Run], data_dir: str | os.PathLike | None = None, n_slices: int = 4,
+                    device: str = "cpu") -> Figure | None:  # fmt: skip
     """Rows = the same validation slices; columns = ground truth, then each model validated
-    on the first run's split (the runs of other folds are left out: they trained on it)."""
+    on the first run's split (the runs of other folds are left out: they trained on it).
+    No run (none finished an epoch yet): ``None``."""
+    if not runs:
+        return None
     runs = [r for r in runs if r.split["val_case_days"] == runs[0].split["val_case_days"]]
     val_meta = validation_meta(runs[0], data_dir)
     picks = pick_validation_slices(val_meta, n_slices)

@@ -114,7 +114,7 @@ def plot_history(
     histories: Mapping[str, pd.DataFrame] | pd.DataFrame,
     metrics: Sequence[str] = ("train_loss", "val_loss", "val_dice", "val_score"),
     title: str = "",
-) -> Figure:
+) -> Figure | None:
     """Training curves: one panel per metric (its name on the y axis), one line per run,
     whole epochs on the x axis.
 
@@ -122,9 +122,14 @@ def plot_history(
         histories: one history table (columns ``epoch`` + metrics), or ``{run: table}``.
         metrics: columns to draw; those absent from every table are skipped.
         title: above the panels (e.g. the architecture).
+
+    Returns:
+        The figure; ``None`` for no run (``{}``: none finished an epoch yet).
     """
     if isinstance(histories, pd.DataFrame):
         histories = {"run": histories}
+    if not histories:
+        return None
     present = [m for m in metrics if any(m in h.columns for h in histories.values())]
     if not present:
         raise ValueError(f"none of the metrics {list(metrics)} is in the histories")
@@ -208,11 +213,14 @@ def plot_search_trace(trace: Mapping[str, Mapping[str, Mapping[float, float]]],
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110, close: bool = False) -> Path:
+def save_figure(fig: Figure | None, path: str | os.PathLike, dpi: int = 110, close: bool = False) -> Path | None:
     """Save atomically (temp file + rename); close the figure if asked; return the path.
+    No figure (``None``: nothing to draw), nothing written and ``None`` returned.
 
     In a notebook leave ``close=False`` so the inline backend still shows the figure.
     """
+    if fig is None:
+        return None
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")

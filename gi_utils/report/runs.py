@@ -8,6 +8,7 @@ files back into a :class:`Run`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from gi_utils.models.run_folder import (
 )
 from gi_utils.paths import resolve_data_dir
 
-__all__ = ["Run", "load_run", "as_roots", "find_runs", "ensemble_paths", "data_dir_of"]
+__all__ = ["Run", "load_run", "trained_runs", "as_roots", "find_runs", "ensemble_paths", "data_dir_of"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class Run:
         """The run's out-of-fold set (absent for ``fold=-1`` runs)."""
         return self.path / OOF_DIR
 
+    @property
+    def time_limit_stop(self) -> bool:
+        """The session's time limit stopped the run before its last epoch (``metrics.json``'s
+        ``time_limit_stop``): its figures are those of the epochs trained so far."""
+        return bool(self.metrics.get("time_limit_stop"))
+
 
 def load_run(path: str | os.PathLike) -> Run:
     """Read a run folder. Raises ``FileNotFoundError`` naming the missing file."""
@@ -63,6 +70,22 @@ def load_run(path: str | os.PathLike) -> Run:
         history=pd.read_csv(path / HISTORY_FILE),
         split=read_json(path / SPLIT_FILE),
     )
+
+
+def trained_runs(folder: str | os.PathLike, names: Iterable[str]) -> list[Run]:
+    """The runs ``names`` of ``folder`` read back (:func:`load_run`): those ``02_train``
+    trained an epoch of (:func:`gi_utils.pipeline.train_folds` returns their names).
+
+    None, because the session's time limit came before the first epoch ended (``last.pt``
+    alone is saved): one line says so, and the tables and figures made from the list are
+    empty (:func:`~gi_utils.report.history_table`, :func:`~gi_utils.report.plot_history`
+    and :func:`~gi_utils.report.prediction_grid` take an empty list).
+    """
+    runs = [load_run(Path(folder) / name) for name in names]
+    if not runs:
+        print("no epoch finished in this session: nothing to show below until one has; the run continues in the "
+              "next session (the line above says how)", flush=True)  # fmt: skip
+    return runs
 
 
 def as_roots(runs_dir: str | os.PathLike | list | tuple) -> list[Path]:

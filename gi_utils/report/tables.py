@@ -84,8 +84,11 @@ def history_table(runs: Sequence[Run], digits: int = 3) -> pd.DataFrame:
     """One row per epoch of each run (its ``history.csv``), rounded, the best epoch marked.
 
     Returns:
-        Columns ``fold`` (with several runs), :data:`HISTORY_COLUMNS` present, ``best``.
+        Columns ``fold`` (with several runs), :data:`HISTORY_COLUMNS` present, ``best``;
+        no run (none finished an epoch: :func:`~gi_utils.report.trained_runs`), no row.
     """
+    if not runs:
+        return pd.DataFrame(columns=[*HISTORY_COLUMNS.values(), "best"])
     parts = []
     for run in runs:
         hist = run.history
@@ -107,7 +110,10 @@ def history_table(runs: Sequence[Run], digits: int = 3) -> pd.DataFrame:
 
 def fold_table(runs: Sequence[Run], digits: int = 3) -> pd.DataFrame:
     """One row per run (fold) at its best epoch, and with two folds or more a last row of
-    the mean and standard deviation over folds."""
+    the mean and standard deviation over folds; no run, no row."""
+    if not runs:
+        return pd.DataFrame(columns=["run", "fold", "best epoch", "val Dice", "val Hausdorff", "val score",
+                                     "minutes"]).set_index("run")  # fmt: skip
     rows = []
     for run in runs:
         best = run.metrics.get("best") or {}
@@ -128,14 +134,19 @@ def fold_table(runs: Sequence[Run], digits: int = 3) -> pd.DataFrame:
     return table.set_index("run")
 
 
-def compact_results(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+def compact_results(table: pd.DataFrame, runs: Sequence[Run] = (), digits: int = 3) -> pd.DataFrame:
     """:func:`gi_utils.report.results_table` in the columns a reader compares: the run, its
     fold, the validation Dice, Hausdorff term and score at the best epoch, the epochs, size
-    and training minutes."""
+    and training minutes. Of ``runs`` (those of the table), one the session's time limit
+    stopped says so beside its epochs (``2 of 2 run, 20 planned: stopped by the time
+    limit``): its figures are those of an unfinished run."""
+    stopped = {r.name: r.config.get("epochs") for r in runs if r.time_limit_stop}
+    epochs = [f"{b:g} of {e:g}" + (f" run, {stopped[m]} planned: stopped by the time limit" if m in stopped else "")
+              for m, b, e in zip(table["Model"], table["Best epoch"], table["Epochs"], strict=True)]  # fmt: skip
     out = pd.DataFrame({
         "run": table["Model"], "fold": table["Fold"], "Dice": table["Accuracy Dice"].round(digits),
         "Hausdorff": table["Hausdorff"].round(digits), "score": table["Score"].round(digits),
-        "best epoch": [f"{b:g} of {e:g}" for b, e in zip(table["Best epoch"], table["Epochs"], strict=True)],
+        "best epoch": epochs,
         "params (M)": table["Params (M)"].round(1), "minutes": table["Train time (min)"].round(1),
     })  # fmt: skip
     return out.set_index("run")

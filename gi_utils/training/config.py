@@ -88,7 +88,7 @@ class TrainConfig:
     cache_dir: str | None = _f(None, "folder of the disk cache; None: <out_dir>/../cache")
     cache_dtype: str = _f("float16", "float16 (exact) | uint8 (half the disk: for 320 px and more on Kaggle)")
     cache_masks: bool = _f(True, "keep the masks in the cache; False: decode them from train.csv per sample")
-    num_workers: int = _f(0, "DataLoader worker processes (2 on Kaggle/Colab)")
+    num_workers: int = _f(0, "DataLoader worker processes (the GPU presets: one per CPU, 4 on Kaggle, 2 on Colab)")
     data_path: str = _f("auto", "auto | device (the cache on the GPU, augmentation in batches there: kornia for 2.5D, "
                         "torch for 3-D patches) | workers (DataLoader workers, albumentations or MONAI); "
                         "auto: device on CUDA when the slices fit beside a probe step of the model")
@@ -100,7 +100,7 @@ class TrainConfig:
     warmup_epochs: float = _f(0.5, "linear warm-up, in epochs")
     grad_accum: int = _f(1, "gradient accumulation steps")
     scale_lr: str = _f("none", "none | linear | sqrt: scale lr to batch_size x processes x grad_accum")
-    loss: str = _f("bce_dice", "bce_dice | bce_tversky | bce | dice | tversky")
+    loss: str = _f("bce_dice", "bce_dice | bce_tversky | bce_dice_lovasz | bce | dice | tversky")
     loss_kwargs: dict[str, Any] = _f({}, "arguments of the loss, e.g. {\"bce_weight\": 0.3}")
     ema_decay: float = _f(0.99, "validate and keep an exponential moving average of the weights; 0 is off")
     amp: str = _f("auto", "auto | no | fp16 | bf16 (auto: fp16/bf16 on a GPU, bf16 on a CPU that has it)")

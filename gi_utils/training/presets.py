@@ -4,9 +4,10 @@ settings of the notebook default, the CPU demo and a Kaggle/Colab GPU are writte
 * ``smoke``: the cheap default of ``02_train`` and the tests (64 px, one short epoch);
 * ``demo``: what ``make demo`` trains on a 2-core CPU (128 px, light decoders);
 * ``gpu``: one GPU anywhere (320 px, whole epochs, a loader worker per CPU);
-* ``kaggle``, ``colab``: the same on a Kaggle or Colab GPU session (16 GB T4 or P100, about
-  20 GB of disk on Kaggle), with the compact cache (uint8 images, masks decoded from
-  ``train.csv``: a third of the bytes) and 3-D entries sized for 16 GB;
+* ``kaggle``, ``colab``: the same on a Kaggle or Colab GPU session (16 GB T4s: two on
+  Kaggle, one on Colab; about 20 GB of saved output on Kaggle), with the compact cache
+  (uint8 images, masks decoded from ``train.csv``: a third of the bytes) and 3-D entries
+  sized for 16 GB;
 * ``auto`` (the notebooks' default) is not a set of values: it names the preset that fits
   the machine, :func:`machine_preset` (a platform's GPU preset on a GPU, ``smoke`` on a CPU);
 * the recipes (:data:`RECIPES`): ``kaggle_levers``, the ``kaggle`` preset with the levers of
@@ -97,7 +98,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     **RECIPES,
 }  # fmt: skip
 
-#: 3-D models on a GPU: the largest patches that fit a 16 GB T4 or P100 (fp16 with a
+#: 3-D models on a GPU: the largest patches that fit a 16 GB T4 (fp16 with a
 #: gradient scaler, AdamW, the weight average) with a margin, estimated from activation
 #: memory measured on the CPU and extrapolated (``python benchmarks/memory_3d.py``: SegResNet
 #: about 11.8 GB, UNet about 8.5 GB of a 13.6 GB budget = 16 GB x 0.85; not yet measured on
