@@ -8,6 +8,9 @@ collected (``make test``, ``pytest --nbval``, ``pytest --nbval notebooks`` alone
 * ``GI_PRESET=smoke``: the notebooks' ``preset="auto"`` takes the cheap preset, even on a GPU;
 * nbval's sanitizer (``tests/nbval_sanitize.cfg``: temporary paths, times) unless another
   is named;
+* the notebooks' kernels draw with Jupyter's inline backend, as a reader's do, whatever
+  ``MPLBACKEND`` the shell or an imported module set (``benchmarks/_common.py`` sets
+  ``Agg``, and a kernel inherits it: no figure shown, the committed figures missing);
 * under pytest-xdist (``make test`` runs two workers), what shares state stays on one
   worker, in order: all the notebooks (03 reads what 02 wrote), and each test module (its
   module-scoped fixtures are made once); each worker and what it starts (kernels, training
@@ -118,6 +121,16 @@ def pytest_collection_finish(session) -> None:
         for name in missing:
             print(f"\nconftest: {name} first (what {last} reads)", flush=True)
             run_notebook(name, out)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Before a notebook's cell (its kernel starts with the first): no ``MPLBACKEND``, so
+    the kernel takes Jupyter's inline backend and shows the figures its outputs hold."""
+    if str(item.fspath).endswith(".ipynb"):
+        from gi_utils.pipeline.notebook_files import headless_kernel_env
+
+        headless_kernel_env()
 
 
 def pytest_unconfigure(config) -> None:

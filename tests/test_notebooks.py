@@ -218,3 +218,15 @@ def test_pytest_nbval_on_one_notebook_alone_is_hermetic(tmp_path):
     assert "02_train first" in done.stdout and "03_compare first" in done.stdout
     after = sorted(p.relative_to(user_runs) for p in user_runs.rglob("*")) if user_runs.exists() else None
     assert after == before
+
+
+def test_pytest_nbval_shows_the_figures_whatever_backend_the_shell_set():
+    """`MPLBACKEND=Agg` in the shell (a headless server), or set by a module the suite
+    imports (``benchmarks/_common.py``, imported by test_gpu_check.py on the notebooks'
+    worker): the kernels inherited it, drew nothing, and nbval failed every figure cell
+    (the committed outputs hold the figures). The kernels draw inline now."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GI_RUNS_DIR", "GI_PRESET", "GI_HEADLESS", "PYTEST_ADDOPTS")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-p", "no:cacheprovider", "-q",
+                           "notebooks/01_eda.ipynb"], cwd=REPO_ROOT, env={**env, "MPLBACKEND": "Agg"},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,38 @@ def test_older_synthetic_dataset_is_written_again(fake, capsys):
     assert pipeline.ensure_data("") == root
     assert len(calls) == 1 and calls[0][:2] == (root, pipeline.SYNTH_CASES)
     assert "older synthetic dataset (12 cases)" in capsys.readouterr().out
+
+
+def test_two_notebooks_started_at_once_write_the_dataset_once(tmp_path, monkeypatch):
+    """A fresh checkout, two notebooks (or test workers) started together: both wrote the
+    dataset, each renaming the folder under the other's reader. The second waits now."""
+    root = tmp_path / "data"
+    calls: list[Path] = []
+
+    def resolve(given=None):
+        if not (root / MARKER).is_file():
+            raise pipeline.DataNotFoundError("no data")
+        return root
+
+    def generate(out, *args, **kwargs):
+        calls.append(out)
+        time.sleep(0.5)  # the other one arrives meanwhile
+        out.mkdir()
+        _marker(out)
+        return out
+
+    monkeypatch.delenv("GI_DATA_DIR", raising=False)
+    monkeypatch.setattr(pipeline, "platform_name", lambda: "local")
+    monkeypatch.setattr(pipeline, "_synthetic_target", lambda: root)
+    monkeypatch.setattr(pipeline, "resolve_data_dir", resolve)
+    monkeypatch.setattr(pipeline, "generate_dataset", generate)
+    found: list[Path] = []
+    threads = [threading.Thread(target=lambda: found.append(pipeline.ensure_data(""))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == [root, root] and calls == [root]
 
 
 def test_real_data_and_named_folders_are_never_rewritten(fake, tmp_path):

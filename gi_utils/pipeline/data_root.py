@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from gi_utils.constants import DATA_DIR_ENV
 from gi_utils.data.holdout import solution_path
 from gi_utils.paths import (
@@ -109,7 +111,13 @@ def ensure_data(data_dir: str | os.PathLike | None = "", synthetic_if_missing: b
         reason = _stale_synthetic(root) if stale else ""
         if not reason:
             return root
-    print(f"{reason}: writing the synthetic dataset ({SYNTH_CASES} cases, seed {SYNTH_SEED}) "
-          f"to {target}")
-    return generate_dataset(target, SYNTH_CASES, SYNTH_TEST_CASES, SYNTH_SEED,
-                            slices_per_scan=SYNTH_SLICES, progress=False)  # fmt: skip
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one writer: two notebooks or test workers started at once on a fresh checkout wrote
+    # the same dataset together, each renaming the folder under the other's reader
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if (target / MARKER).is_file() and not _stale_synthetic(target):
+            return target  # written by the other one while this one waited
+        print(f"{reason}: writing the synthetic dataset ({SYNTH_CASES} cases, seed {SYNTH_SEED}) "
+              f"to {target}")
+        return generate_dataset(target, SYNTH_CASES, SYNTH_TEST_CASES, SYNTH_SEED,
+                                slices_per_scan=SYNTH_SLICES, progress=False)  # fmt: skip

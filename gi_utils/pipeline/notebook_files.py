@@ -34,7 +34,7 @@ from gi_utils.constants import RUNS_DIR_ENV
 from gi_utils.paths import REPO_ROOT
 
 __all__ = ["NOTEBOOKS_DIR", "SETUP_CELL", "SETUP_SCRIPT", "SETUP_TAGS", "SMOKE_NOTE_TAG", "notebook_paths",
-           "parameters_cell", "notebook_annotations", "setup_cell_drift", "sync_setup_cells", "execute_in_place",
+           "parameters_cell", "notebook_annotations", "setup_cell_drift", "sync_setup_cells", "headless_kernel_env", "execute_in_place",
            "lines_before_first_output", "output_problems"]  # fmt: skip
 
 NOTEBOOKS_DIR: Path = REPO_ROOT / "notebooks"
@@ -144,6 +144,15 @@ def _without_path(node: Any, path: str, shown: str) -> Any:
     return node
 
 
+def headless_kernel_env() -> None:
+    """Set what the kernel of a notebook run from this process inherits: text progress and
+    the static viewer (``GI_HEADLESS=1``), and no ``MPLBACKEND``, so the kernel draws with
+    Jupyter's inline backend and the executed notebook holds its figures, as a reader's
+    does, whatever the shell or an imported module set (``Agg`` hides them)."""
+    os.environ["GI_HEADLESS"] = "1"
+    os.environ.pop("MPLBACKEND", None)
+
+
 def execute_in_place(paths: list[Path] | None = None, timeout: int = 1800) -> list[Path]:
     """Execute notebooks (default: all, in order) with their default parameters and save
     them executed. They share one temporary runs folder, as under nbval, so 03 and 04 see
@@ -154,7 +163,7 @@ def execute_in_place(paths: list[Path] | None = None, timeout: int = 1800) -> li
 
     paths = paths or notebook_paths()
     old = os.environ.get(RUNS_DIR_ENV)
-    os.environ["GI_HEADLESS"] = "1"  # as under nbval: text progress, static viewer
+    headless_kernel_env()  # as under nbval
     os.environ.setdefault("GI_PRESET", "smoke")  # as under pytest: preset="auto" is the cheap one
     with tempfile.TemporaryDirectory(prefix="gi_nb_runs_") as runs:
         os.environ[RUNS_DIR_ENV] = runs

@@ -27,7 +27,7 @@ from gi_utils.atomic import atomic_write_json, atomic_write_text, read_json
 from gi_utils.models.run_folder import run_name
 from gi_utils.paths import default_runs_dir
 from gi_utils.pipeline.data_root import ensure_data
-from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR, SMOKE_NOTE_TAG
+from gi_utils.pipeline.notebook_files import NOTEBOOKS_DIR, SMOKE_NOTE_TAG, headless_kernel_env
 from gi_utils.pipeline.publish import drop_tagged_cells, export_html, report_notebook
 from gi_utils.training.presets import preset_config
 
@@ -62,7 +62,7 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: Mapping[str,
     record.unlink(missing_ok=True)
     t0 = time.perf_counter()
     print(f"--- {src.name} -> {out} {params}", flush=True)
-    os.environ["GI_HEADLESS"] = "1"  # the kernel inherits it: text progress, static viewer
+    headless_kernel_env()
     import nbformat  # here, not with the module (pipeline/notebook_files.py)
     import papermill as pm
 

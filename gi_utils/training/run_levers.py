@@ -117,7 +117,7 @@ class RunLevers:
         row = {"epoch": st["epoch"], "model": "swa", **val, "epoch_time_s": time.perf_counter() - t0}
         score = val.get("val_score", math.nan) if run.validated and self.cfg.seg_weight > 0 else math.inf
         improved = run.keep_if_best(row, score, self.swa.module)
-        run.save_model_file(SWA_MODEL_FILE, row, self.swa.module)  # the average itself, best or not
+        run.save_model_file(SWA_MODEL_FILE, row, self.swa.module, what="the weight average")  # the average itself, best or not
         st["history"].append(row)
         figures = " ".join(f"{k} {val[k]:.4f}" for k in ("val_dice", "val_hausdorff", "val_score") if k in val)
         self.acc.print(f"SWA of epochs {self.swa.first}-{self.cfg.epochs} ({self.swa.n_averaged}): {figures}"

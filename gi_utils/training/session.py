@@ -287,15 +287,16 @@ class TrainingRun:
             return
         if self.validated:
             replace_dir(self.out_dir / OOF_STAGING_DIR, self.out_dir / OOF_DIR)
-        self.save_model_file(MODEL_FILE, row, model)
+        self.save_model_file(MODEL_FILE, row, model, what="the best weights")
 
-    def save_model_file(self, name: str, row: dict[str, Any], model: torch.nn.Module | None = None) -> None:
+    def save_model_file(self, name: str, row: dict[str, Any], model: torch.nn.Module | None = None,
+                        what: str = "the weights") -> None:
         """Write ``model``'s weights (default: the validated ones) with ``row``'s figures
-        as ``name`` in the run folder (main process)."""
+        as ``name`` in the run folder (main process); ``what`` names them in a disk-space error."""
         if not self.acc.is_main_process:
             return
         model = model if model is not None else self.ema.module if self.ema is not None else self.net
-        check_room_for(self.out_dir / name, model.state_dict(), f"the weights {name}")
+        check_room_for(self.out_dir / name, model.state_dict(), what)
         save_model(self.out_dir / name, model, self._model_config(row))
 
     def keep_if_best(self, row: dict[str, Any], score: float, model: torch.nn.Module | None = None) -> bool:
