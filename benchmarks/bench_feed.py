@@ -6,8 +6,8 @@ batch, training steps fed three ways.
   pinned batches copied to the device;
 * device: the device path (``data_path="device"``): the cache's slices on the device,
   batches gathered and augmented there (kornia), no workers; on CUDA also
-  ``device_pinned``, the same with the slices in pinned host memory (a cache larger than
-  the GPU) and each uint8 batch copied asynchronously;
+  ``device_host``, the same with the slices in host memory (a cache larger than the GPU):
+  each batch gathered on the CPU one ahead and copied through pinned buffers;
 * limit: the same steps on one batch already on the device, no data work at all.
 
 Two models: UNet/ResNet-34 (2.5D slices) and the 3-D SegResNet (patches of the ``gpu``
@@ -167,8 +167,8 @@ def worker_loader(samples, empty, batch: int, workers: int, pin: bool):
 
 
 def feeds(arch: str, meta, cache: VolumeCache, size: int, device: torch.device, depth: int):
-    """(worker dataset, its sampler's empty flags, data on the device, data in pinned host
-    memory or ``None`` off CUDA, device augmentation) of one model."""
+    """(worker dataset, its sampler's empty flags, data on the device, data in host memory
+    or ``None`` off CUDA, device augmentation) of one model."""
     if arch_spec(arch).is_3d:
         ds = PatchDataset(meta, cache, depth, build_transforms_3d())
 
@@ -187,7 +187,7 @@ def feeds(arch: str, meta, cache: VolumeCache, size: int, device: torch.device, 
 
 
 def run_batch(step: Stepper, fed, batch: int, workers: list[int], seconds: float, max_steps: int):
-    """samples/s etc. of each feed at ``batch``: workers (each count), device, device_pinned
+    """samples/s etc. of each feed at ``batch``: workers (each count), device, device_host
     (CUDA), limit."""
     ds, empty, on_device, in_host, augment = fed
     pin = step.device.type == "cuda"
@@ -197,8 +197,8 @@ def run_batch(step: Stepper, fed, batch: int, workers: list[int], seconds: float
         _dl, worker_epoch = worker_loader(samples, empty, batch, w, pin)
         got[f"workers{w}"] = measure(step, cycle(worker_epoch), batch, seconds, max_steps)
         del _dl, worker_epoch  # its workers end here
-    for name, data in (("device", on_device), ("device_pinned", in_host)):
-        if data is None:  # off CUDA: no pinned variant
+    for name, data in (("device", on_device), ("device_host", in_host)):
+        if data is None:  # off CUDA: no host variant
             continue
         loader = DeviceLoader(data, EpochSampler(empty, SEED), batch, augment, SEED)
 

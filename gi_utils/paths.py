@@ -57,6 +57,7 @@ from gi_utils.constants import (
 
 __all__ = [
     "REPO_ROOT",
+    "shown_path",
     "PLATFORMS",
     "DataNotFoundError",
     "platform_root",
@@ -272,3 +273,13 @@ def default_submission_path(runs_dir: str | os.PathLike) -> Path:
     if on_kaggle():
         return kaggle_working_dir() / "submission.csv"
     return Path(runs_dir) / "submission.csv"
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a notebook shows it: relative to the working folder where it lies below it
+    or one level up (``../data``, ``../input/<dataset>``, ``runs``), else as it is."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return str(path) if rel.startswith(os.path.join(os.pardir, os.pardir)) else rel

@@ -147,6 +147,18 @@ def test_config_against_preset_says_where_each_value_came_from():
     assert table.loc["loss"].tolist() == ["bce_dice", "default", "·", "bce_dice"]
 
 
+def test_config_against_preset_writes_keyword_settings_as_keywords():
+    """The demo's 02 showed the model's keyword settings as Python prints a dict
+    (``{'encoder_depth': 4, ...}``), a raw dict make docs reported in every 02."""
+    from gi_utils.training import preset_config
+
+    config = preset_config("demo", arch="unet")
+    table = config_against_preset(config, "demo")
+    assert table.loc["model_kwargs", "value"] == ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items())
+    assert table.loc["model_kwargs", "default"] == "none"
+    assert output_problems(_nb(("config_against_preset(config, 'demo')", [table.to_string()]))) == []
+
+
 def test_postprocess_table_is_one_row_per_organ():
     from gi_utils.inference import PostProcess
 

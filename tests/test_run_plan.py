@@ -89,3 +89,19 @@ def test_the_run_plan_shows_the_feed_plans_gpu_figures():
     assert run._gpu_memory() == {"total": 16 * GB, "probe_peak": 3 * GB, "cache": 6 * GB}
     run.plan = FeedPlan("workers", train_bytes=6 * GB, gpu="Tesla T4", free=15 * GB, total=16 * GB, step_bytes=3 * GB)
     assert run._gpu_memory() == {"total": 16 * GB, "probe_peak": 3 * GB, "cache": 0}
+
+
+def test_the_plan_names_its_folders_as_a_notebook_shows_them(tmp_path, monkeypatch):
+    """02's plan printed the demo's cache and runs folders as absolute paths
+    (/work/.../runs/cache), which make docs reports; below the working folder or one level
+    up they are relative now, elsewhere as they are."""
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    disk = DiskFigures(cache_bytes=GB, cache_dir=str(tmp_path / "runs" / "cache"), cache_free=100 * GB,
+                       run_bytes=GB, out_dir=str(tmp_path / "runs"), out_free=100 * GB)  # fmt: skip
+    text = str(plan(disk=disk))
+    assert "in ../runs/cache," in text and "free in ../runs" in text and str(tmp_path) not in text
+    elsewhere = DiskFigures(cache_bytes=GB, cache_dir="/elsewhere/cache", cache_free=100 * GB, run_bytes=GB,
+                            out_dir="/elsewhere/runs", out_free=100 * GB)  # fmt: skip
+    assert "in /elsewhere/cache," in str(plan(disk=elsewhere))

@@ -453,6 +453,31 @@ def test_ctrl_c_during_training_keeps_last_pt_and_the_next_run_resumes(synth_dir
     assert "resuming" in capsys.readouterr().out and len(history) == 1
 
 
+def test_a_resumed_run_reports_the_time_of_every_session(synth_dir, tmp_path, monkeypatch, tiny_config):
+    """metrics.json's train_time_s (03's and the README's "Train time") counted the last
+    session only: the demo's fold 1, resumed after its second epoch, said 0.5 min for 0.9."""
+    import time as time_mod
+
+    out = tmp_path / "run"
+    cfg = tiny_config(synth_dir, out, epochs=2, save_every_steps=1, max_steps_per_epoch=4)
+    real = session_mod.TrainingRun._on_step
+
+    def slow_first_epoch_then_stop(self, tally, n_batches):
+        real(self, tally, n_batches)
+        if self.state["epoch"] == 0:
+            time_mod.sleep(1.0)  # the first session: at least 4 s of training
+        elif n_batches == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(session_mod.TrainingRun, "_on_step", slow_first_epoch_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    history = train(cfg)
+    seconds = json.loads((out / "metrics.json").read_text())["train_time_s"]
+    assert len(history) == 2 and seconds >= history["epoch_time_s"].sum() >= 4.0
+
+
 def test_a_second_run_in_the_same_folder_stops_at_once(synth_dir, tmp_path, tiny_config):
     from gi_utils.runlock import RunLockedError, run_lock
 

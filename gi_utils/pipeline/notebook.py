@@ -23,11 +23,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gi_utils.paths import DataNotFoundError, in_checkout, platform_name, resolve_data_dir
+from gi_utils.paths import (
+    DataNotFoundError,
+    in_checkout,
+    platform_name,
+    resolve_data_dir,
+    shown_path,
+)
 from gi_utils.synthetic.generate import MARKER
 
 __all__ = ["ParameterError", "annotation_kinds", "check_params", "injected_names", "notebook_parameters",
-           "notebook_params", "shown_path", "is_synthetic", "describe_data", "session_banner"]  # fmt: skip
+           "notebook_params", "is_synthetic", "describe_data", "session_banner"]  # fmt: skip
 
 #: The first line of the cell papermill injects after the parameters cell.
 INJECTED_COMMENT = "# Parameters"
@@ -148,16 +154,6 @@ def notebook_params(namespace: Mapping[str, Any] | None = None) -> dict[str, Any
         ParameterError: see :func:`check_params`.
     """
     return check_params(*notebook_parameters(namespace))
-
-
-def shown_path(path: str | os.PathLike) -> str:
-    """A path as a notebook shows it: relative to the working folder where it lies below it
-    or one level up (``../data``, ``../input/<dataset>``, ``runs``), else as it is."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:  # another drive (Windows)
-        return str(path)
-    return str(path) if rel.startswith(os.path.join(os.pardir, os.pardir)) else rel
 
 
 def is_synthetic(data_dir: str | os.PathLike) -> bool:

@@ -10,8 +10,7 @@ from pathlib import Path
 from gi_utils.inference.postprocessing import PostProcess
 from gi_utils.inference.timing import SubmissionTime, measure_speed, project_submission_time
 from gi_utils.models.io import read_model_config
-from gi_utils.paths import kaggle_input_dir
-from gi_utils.pipeline.notebook import shown_path
+from gi_utils.paths import kaggle_input_dir, shown_path
 from gi_utils.report.runs import as_roots, ensemble_paths
 from gi_utils.report.selection import BEST_CONFIG_NAME, read_best_config
 

@@ -54,9 +54,12 @@ HISTORY_COLUMNS: dict[str, str] = {
 
 
 def plain_value(value: Any) -> str:
-    """A setting as a reader writes it: ``unet``, ``64``, ``0.002``, ``(-2, 0, 2)``, ``None``."""
+    """A setting as a reader writes it: ``unet``, ``64``, ``0.002``, ``(-2, 0, 2)``, ``None``;
+    a dict as keywords, ``encoder_depth=4, decoder_channels=[128, 64]`` (``none`` when empty)."""
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={plain_value(v)}" for k, v in value.items()) or "none"
     return str(value)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from gi_utils.paths import resolve_data_dir
+from gi_utils.paths import resolve_data_dir, shown_path
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.time_limit import platform_time_limit, session_start
 from gi_utils.training.timed_run import TimedRun
@@ -61,7 +61,7 @@ def train(config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
     """
     run = TimedRun(resolve_config(config))
     if run.finished:
-        run.acc.print(f"{run.last_path}: run already finished; returning its history", flush=True)
+        run.acc.print(f"{shown_path(run.last_path)}: run already finished; returning its history", flush=True)
         return pd.DataFrame(run.saved["history"])
     with run.lock():  # a second run writing the same folder stops at once
         run.setup()

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from gi_utils.atomic import format_bytes
+from gi_utils.paths import shown_path
 
 __all__ = ["PLAN_STEPS", "DiskFigures", "PlanInputs", "SessionPlan", "session_plan", "training_slices"]
 
@@ -115,12 +116,12 @@ class SessionPlan:
         rows.append(("session limit", limit, ""))
         if i.disk is not None:
             d = i.disk
-            cache = (f"{format_bytes(d.cache_bytes)} in {d.cache_dir}, {_free(d.cache_free)}" if d.cache_bytes
-                     else f"none on disk ({d.cache_dir})")  # fmt: skip
+            cache = (f"{format_bytes(d.cache_bytes)} in {shown_path(d.cache_dir)}, {_free(d.cache_free)}" if d.cache_bytes
+                     else f"none on disk ({shown_path(d.cache_dir)})")  # fmt: skip
             rows.append(("disk: cache", cache, ""))
             rows.append(("disk: checkpoints + out-of-fold",
                          f"{format_bytes(d.run_bytes)} per run, {format_bytes(d.run_bytes * i.n_folds)} for "
-                         f"{i.n_folds} folds; {_free(d.out_free)} in {d.out_dir}", _yes(self.disk_fits)))  # fmt: skip
+                         f"{i.n_folds} folds; {_free(d.out_free)} in {shown_path(d.out_dir)}", _yes(self.disk_fits)))  # fmt: skip
         if i.gpu_memory:
             g = i.gpu_memory
             parts = [f"{name.replace('_', ' ')} {format_bytes(g[name])}" for name in ("probe_peak", "cache", "total")

@@ -54,6 +54,7 @@ from gi_utils.models.run_folder import (
     STATE_FILE,
     resume_differences,
 )
+from gi_utils.paths import shown_path
 from gi_utils.runlock import run_lock
 from gi_utils.training.accelerator import make_accelerator
 from gi_utils.training.config import TrainConfig
@@ -118,6 +119,13 @@ class TrainingRun:
         # W&B: the key is looked for now, before any work (not for a finished run), kept in memory only
         self._wandb_key = wandb_key() if cfg.log_with == "wandb" and not self.finished else None
         self.t_start = time.perf_counter()
+        # the seconds of the sessions before this one (a resumed run's time is their sum)
+        self.seconds_before = float(self.saved.get("train_time_s", 0.0)) if self.saved else 0.0
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds this run has trained, the sessions before a resume included."""
+        return self.seconds_before + time.perf_counter() - self.t_start
 
     def lock(self) -> contextlib.AbstractContextManager:
         """The run folder's lock (main process): a second run writing the same folder at
@@ -205,7 +213,7 @@ class TrainingRun:
         self.acc.step = int(s["accelerator_step"])
         self.state.update({k: s[k] for k in self.state})
         set_rng_state(s["rng"])
-        self.acc.print(f"resuming {self.last_path} at epoch {self.state['epoch'] + 1}, "
+        self.acc.print(f"resuming {shown_path(self.last_path)} at epoch {self.state['epoch'] + 1}, "
                        f"batch {self.state['n_batches']}", flush=True)  # fmt: skip
 
     def checkpoint(self, finished: bool = False) -> None:
@@ -220,7 +228,7 @@ class TrainingRun:
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "accelerator_step": int(acc.step), "rng": rng_state(), "num_processes": acc.num_processes,
-                "feed_plan": self.plan.to_dict(), **self.levers.state_dict(),
+                "feed_plan": self.plan.to_dict(), "train_time_s": self.train_seconds, **self.levers.state_dict(),
             }  # fmt: skip
             check_room_for(self.last_path, state, "the training state")
             save_state(self.last_path, state)
@@ -335,7 +343,7 @@ class TrainingRun:
         """Write ``metrics.json`` (main process); return the history."""
         history = pd.DataFrame(self.state["history"])
         if self.acc.is_main_process:
-            self._write_metrics(history, time.perf_counter() - self.t_start)
+            self._write_metrics(history, self.train_seconds)
         if self.cfg.log_with != "none":
             self.acc.end_training()
         self.acc.wait_for_everyone()

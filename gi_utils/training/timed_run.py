@@ -33,7 +33,7 @@ from gi_utils.constants import KAGGLE_OUTPUT_BYTES
 from gi_utils.data.cache import cache_nbytes
 from gi_utils.evaluation.oof import oof_bytes_per_slice
 from gi_utils.models.run_folder import MODEL_FILE
-from gi_utils.paths import kaggle_working_dir, on_kaggle
+from gi_utils.paths import kaggle_working_dir, on_kaggle, shown_path
 from gi_utils.training.config import TrainConfig
 from gi_utils.training.run_plan import (
     PLAN_STEPS,
@@ -131,7 +131,7 @@ class TimedRun(TrainingRun):
         st = self.state
         self.acc.print(f"time limit: the session's {self.budget.limit_s / 3600:.2f} h (time_limit) would be crossed; "
                        f"stopped at epoch {st['epoch'] + 1} of {self.cfg.epochs}, batch {st['n_batches']}, with "
-                       f"{self.last_path} saved: run again with the same settings to continue", flush=True)  # fmt: skip
+                       f"{shown_path(self.last_path)} saved: run again with the same settings to continue", flush=True)  # fmt: skip
         return None
 
     def finish(self) -> pd.DataFrame:
