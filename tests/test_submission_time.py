@@ -31,6 +31,8 @@ def test_a_blend_that_fits():
     t = project_submission_time([MemberSpeed("a", 0.1, 2), MemberSpeed("b", 0.2, 2)], 0.01)
     assert t.hours == pytest.approx(0.31 * HOURS) and t.fits and t.advice == []
     assert "against the 9 h limit: fits" in str(t)
+    total = t.table().iloc[-1]  # 04 showed NaN ms per slice on its total row
+    assert total["ms per slice"] == pytest.approx(310.0) and total["hours"] == pytest.approx(round(t.hours, 3))
 
 
 def test_over_the_limit_tta_off_first():
