@@ -45,9 +45,10 @@ def test_a_part_out_of_time_is_cut_a_failing_one_reported_and_the_next_still_run
     assert chk.run("3d", work, "3d") == "3d"
     out = capsys.readouterr().out
     assert ran == [("3d", "limit"), ("3d", "device path")]
-    assert "feed: cut at 0 s of its 0 s; left out: limit; device path" in out
-    assert "data: FAILED after 0 s (RuntimeError: CUDA error: no kernel image is available)" in out
-    assert "3d: 0 s of its 100 s" in out
+    # the seconds are the machine's (a loaded CI worker printed "3d: 1 s"): not asserted
+    assert re.search(r"^feed: cut at \d+ s of its 0 s; left out: limit; device path$", out, re.M), out
+    assert re.search(r"^data: FAILED after \d+ s \(RuntimeError: CUDA error: no kernel image is available\)$", out, re.M), out
+    assert re.search(r"^3d: \d+ s of its 100 s$", out, re.M), out
     assert (chk.cut, chk.failed) == (["feed"], ["data"])
     chk.fact("resume identical, device path, UNet", "NO", ok=False)
     assert chk.failed == ["data", "resume identical, device path, UNet"]
