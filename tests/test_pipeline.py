@@ -40,6 +40,12 @@ def test_current_synthetic_dataset_is_used_as_is(fake):
     assert pipeline.ensure_data("") == root and calls == []
 
 
+def test_the_synthetic_dataset_asked_for_and_current_is_used_as_is(fake):
+    root, calls = fake
+    _marker(root)
+    assert pipeline.ensure_data("synthetic") == root and calls == []
+
+
 def test_synthetic_dataset_without_its_holdout_truth_is_written_again(fake, capsys):
     root, calls = fake
     _marker(root, solution=False)

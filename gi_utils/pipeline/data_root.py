@@ -104,8 +104,6 @@ def ensure_data(data_dir: str | os.PathLike | None = "", synthetic_if_missing: b
                                         f"data_dir={SYNTHETIC!r} to train on the synthetic dataset.") from None
             raise
         reason = "Asked for the synthetic dataset" if asked else "No data found"
-        if asked and (target / MARKER).is_file() and not _stale_synthetic(target):
-            return target
     else:
         stale = not named and synthetic_if_missing and root.resolve() == target.resolve()
         reason = _stale_synthetic(root) if stale else ""
@@ -116,7 +114,7 @@ def ensure_data(data_dir: str | os.PathLike | None = "", synthetic_if_missing: b
     # the same dataset together, each renaming the folder under the other's reader
     with FileLock(target.parent / f".{target.name}.lock"):
         if (target / MARKER).is_file() and not _stale_synthetic(target):
-            return target  # written by the other one while this one waited
+            return target  # current already (asked for it), or written by another process while this one waited
         print(f"{reason}: writing the synthetic dataset ({SYNTH_CASES} cases, seed {SYNTH_SEED}) "
               f"to {target}")
         return generate_dataset(target, SYNTH_CASES, SYNTH_TEST_CASES, SYNTH_SEED,
